@@ -1,0 +1,1 @@
+"""Run the real tritonserver locally: backend directory assembly and process control."""

@@ -1,0 +1,153 @@
+"""Start, probe and stop a real local tritonserver process (used by `make serve` and the tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from mlapi_backend.local.backend_dir import TritonInstall, assemble
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+    @classmethod
+    def from_env(cls) -> Ports:
+        return cls(
+            http=int(os.environ.get("TRITON_HTTP_PORT", 8000)),
+            grpc=int(os.environ.get("TRITON_GRPC_PORT", 8001)),
+            metrics=int(os.environ.get("TRITON_METRICS_PORT", 8002)),
+        )
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Three ports the OS reports free right now (bound together so they are distinct)."""
+        with contextlib.ExitStack() as stack:
+            socks = [stack.enter_context(socket.socket()) for _ in range(3)]
+            for sock in socks:
+                sock.bind(("127.0.0.1", 0))
+            http, grpc, metrics = (sock.getsockname()[1] for sock in socks)
+        return cls(http, grpc, metrics)
+
+
+@dataclass
+class TritonServer:
+    """One tritonserver process in its own process group, so stopping it leaves nothing behind."""
+
+    repositories: Sequence[Path]
+    backend_dir: Path
+    ports: Ports = field(default_factory=Ports.from_env)
+    extra_args: Sequence[str] = ()
+    exit_timeout_s: int = 15
+    install: TritonInstall = field(default_factory=TritonInstall.find)
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.ports.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.metrics}/metrics"
+
+    def command(self) -> list[str]:
+        repos = [f"--model-repository={Path(r).resolve()}" for r in self.repositories]
+        return [
+            str(self.install.binary),
+            *repos,
+            f"--backend-directory={self.backend_dir.resolve()}",
+            f"--cache-directory={self.install.cache_dir}",
+            f"--http-port={self.ports.http}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--metrics-port={self.ports.metrics}",
+            # Explicit control lets versions be loaded/unloaded and configs overridden at run time.
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            "--strict-readiness=true",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            *self.extra_args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        libs = str(self.install.library_dir)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (libs, env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        # The Python stub finds its packages (numpy, onnxruntime, mlapi_backend) through the
+        # first python3 on PATH: make that this interpreter's environment.
+        env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+        return env
+
+    def start(self, log_file: IO[bytes] | None = None) -> None:
+        assemble(self.backend_dir, self.install)
+        log.info("starting tritonserver: %s", " ".join(self.command()))
+        self.process = subprocess.Popen(
+            self.command(),
+            env=self.environment(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT if log_file is not None else None,
+            start_new_session=True,
+        )
+
+    def is_ready(self) -> bool:
+        try:
+            url = f"http://{self.http_url}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                return bool(reply.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with status {self.process.returncode} before it was ready")
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"tritonserver not ready on {self.http_url} after {timeout_s:.0f}s")
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM (graceful: in-flight requests finish), then SIGKILL the whole process group."""
+        if self.process is None:
+            return None
+        process, self.process = self.process, None
+        timeout_s = timeout_s if timeout_s is not None else self.exit_timeout_s + 10
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("tritonserver did not stop within %.0fs; killing it", timeout_s)
+        # Python stubs are in the server's process group; make sure none outlives it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return process.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

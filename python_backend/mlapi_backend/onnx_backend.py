@@ -1,0 +1,228 @@
+"""Logic of the Python stand-in for Triton's native ``onnxruntime`` backend (CPU only).
+
+The stand-in lets a config with ``backend: "onnxruntime"`` run unchanged on a CPU host whose
+tritonserver has only the Python backend. It implements what the project's configs use and
+refuses, at load time, everything else, so a config never silently means something different
+here than on the NGC container:
+
+- inputs/outputs are taken from the config and checked against the ONNX graph (names, types,
+  shapes);
+- every request of one ``execute`` call is concatenated along the batch axis and run in one
+  session call (requests whose non-batch shapes differ are run in one call per shape);
+- ``intra_op_thread_count`` / ``inter_op_thread_count`` parameters set the session's threads,
+  as they do for the native backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlapi_backend.errors import InvalidInputError, ModelConfigError
+from mlapi_backend.model_config import ModelConfig, TensorSpec
+
+ORT_TO_TRITON = {
+    "tensor(bool)": "TYPE_BOOL",
+    "tensor(uint8)": "TYPE_UINT8",
+    "tensor(uint16)": "TYPE_UINT16",
+    "tensor(uint32)": "TYPE_UINT32",
+    "tensor(uint64)": "TYPE_UINT64",
+    "tensor(int8)": "TYPE_INT8",
+    "tensor(int16)": "TYPE_INT16",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(float)": "TYPE_FP32",
+    "tensor(double)": "TYPE_FP64",
+}
+SUPPORTED_PARAMETERS = ("intra_op_thread_count", "inter_op_thread_count")
+# Config sections the stand-in cannot honour. Scheduling sections that Triton's core implements
+# (dynamic_batching, response_cache, model_warmup, version_policy) are fine.
+UNSUPPORTED_SECTIONS = {
+    "sequence_batching": "sequence batching",
+    "ensemble_scheduling": "ensemble scheduling",
+    "batch_input": "batch inputs",
+    "batch_output": "batch outputs",
+}
+UNSUPPORTED_TENSOR_FIELDS = {
+    "reshape": "reshape",
+    "allow_ragged_batch": "ragged batching",
+    "is_shape_tensor": "shape tensors",
+    "optional": "optional inputs",
+}
+
+
+def check_supported(config: ModelConfig, instance_kind: str) -> None:
+    """Raise ModelConfigError naming the first config feature the stand-in does not implement."""
+    name = config.name
+    raw = config.raw
+    if instance_kind.upper() not in ("CPU", "KIND_CPU"):
+        raise ModelConfigError(
+            f"model '{name}': the Python onnxruntime stand-in runs on CPU only, got instance kind "
+            f"{instance_kind}; GPU instances need the native onnxruntime backend (NGC container)"
+        )
+    for section, what in UNSUPPORTED_SECTIONS.items():
+        if raw.get(section):
+            raise ModelConfigError(f"model '{name}': {what} is not supported by the onnxruntime stand-in")
+    if raw.get("model_transaction_policy", {}).get("decoupled"):
+        raise ModelConfigError(f"model '{name}': decoupled models are not supported by the onnxruntime stand-in")
+    accelerators = raw.get("optimization", {}).get("execution_accelerators", {})
+    if any(accelerators.get(kind) for kind in ("gpu_execution_accelerator", "cpu_execution_accelerator")):
+        raise ModelConfigError(
+            f"model '{name}': execution accelerators (TensorRT, OpenVINO) are not supported by the "
+            "onnxruntime stand-in; keep them in the GPU variant of the config"
+        )
+    for spec in (*config.inputs, *config.outputs):
+        for key, what in UNSUPPORTED_TENSOR_FIELDS.items():
+            if spec.raw.get(key):
+                raise ModelConfigError(
+                    f"model '{name}': tensor '{spec.name}' uses {what}, which the onnxruntime stand-in does not support"
+                )
+        if spec.data_type not in ORT_TO_TRITON.values():
+            raise ModelConfigError(
+                f"model '{name}': tensor '{spec.name}' has type {spec.data_type}; the onnxruntime "
+                f"stand-in supports {sorted(set(ORT_TO_TRITON.values()))}"
+            )
+    unknown = sorted(set(config.parameters) - set(SUPPORTED_PARAMETERS))
+    if unknown:
+        raise ModelConfigError(
+            f"model '{name}': unsupported parameters {unknown}; the onnxruntime stand-in supports "
+            f"{list(SUPPORTED_PARAMETERS)}"
+        )
+
+
+def session_options(config: ModelConfig) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.int_parameter("intra_op_thread_count", 0, 0, 1024)
+    options.inter_op_num_threads = config.int_parameter("inter_op_thread_count", 0, 0, 1024)
+    return options
+
+
+def _check_tensor(config: ModelConfig, spec: TensorSpec, node: Any, kind: str) -> None:
+    """Compare a config tensor with the ONNX graph's node argument of the same name."""
+    triton_type = ORT_TO_TRITON.get(node.type)
+    if triton_type != spec.data_type:
+        raise ModelConfigError(
+            f"model '{config.name}': {kind} '{spec.name}' is {spec.data_type} in the config but "
+            f"{node.type} in the ONNX model"
+        )
+    graph_dims = list(node.shape)
+    if config.max_batch_size > 0:
+        if not graph_dims or isinstance(graph_dims[0], int):
+            raise ModelConfigError(
+                f"model '{config.name}': max_batch_size > 0 needs a dynamic first dimension on "
+                f"{kind} '{spec.name}', ONNX shape is {graph_dims}"
+            )
+        graph_dims = graph_dims[1:]
+    if len(graph_dims) != len(spec.dims):
+        raise ModelConfigError(
+            f"model '{config.name}': {kind} '{spec.name}' has dims {list(spec.dims)} in the config "
+            f"but ONNX shape {list(node.shape)} (batch dimension excluded: {config.max_batch_size > 0})"
+        )
+    for want, have in zip(spec.dims, graph_dims, strict=True):
+        if isinstance(have, int) and want != have:
+            raise ModelConfigError(
+                f"model '{config.name}': {kind} '{spec.name}' has dims {list(spec.dims)} in the "
+                f"config but ONNX shape {list(node.shape)}"
+            )
+
+
+@dataclass
+class OnnxModel:
+    """An ONNX Runtime session checked against its Triton config."""
+
+    config: ModelConfig
+    session: Any
+
+    @classmethod
+    def load(cls, config: ModelConfig, model_dir: Path, version: str, instance_kind: str) -> OnnxModel:
+        check_supported(config, instance_kind)
+        filename = str(config.raw.get("default_model_filename") or "model.onnx")
+        path = model_dir / version / filename
+        if not path.is_file():
+            raise ModelConfigError(f"model '{config.name}': no model file at {path}")
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(
+            str(path), sess_options=session_options(config), providers=["CPUExecutionProvider"]
+        )
+        graph_inputs = {node.name: node for node in session.get_inputs()}
+        graph_outputs = {node.name: node for node in session.get_outputs()}
+        config_inputs = {spec.name for spec in config.inputs}
+        if config_inputs != set(graph_inputs):
+            raise ModelConfigError(
+                f"model '{config.name}': config inputs {sorted(config_inputs)} differ from the ONNX "
+                f"model's inputs {sorted(graph_inputs)}"
+            )
+        for spec in config.inputs:
+            _check_tensor(config, spec, graph_inputs[spec.name], "input")
+        for spec in config.outputs:
+            if spec.name not in graph_outputs:
+                raise ModelConfigError(
+                    f"model '{config.name}': output '{spec.name}' is not produced by the ONNX model "
+                    f"(it produces {sorted(graph_outputs)})"
+                )
+            _check_tensor(config, spec, graph_outputs[spec.name], "output")
+        return cls(config=config, session=session)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [spec.name for spec in self.config.outputs]
+
+    def check_request(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Reject a request whose tensors do not fit the config (Triton core checks most of this)."""
+        for spec in self.config.inputs:
+            array = inputs.get(spec.name)
+            if array is None:
+                raise InvalidInputError(spec.name, "a tensor", "nothing")
+            if array.dtype != spec.numpy_dtype:
+                raise InvalidInputError(spec.name, spec.data_type, str(array.dtype))
+
+    def run(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
+        """Run every request; batched requests with equal non-batch shapes share one session run.
+
+        Returns, per request, its outputs or the exception that failed it (so one bad request
+        never fails its batch-mates).
+        """
+        results: list[dict[str, np.ndarray] | Exception] = [RuntimeError("not run")] * len(requests)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, inputs in enumerate(requests):
+            try:
+                self.check_request(inputs)
+            except InvalidInputError as exc:
+                results[index] = exc
+                continue
+            if self.config.max_batch_size > 0:
+                key = tuple((name, inputs[name].shape[1:]) for name in sorted(inputs))
+            else:
+                key = (index,)
+            groups.setdefault(key, []).append(index)
+        for members in groups.values():
+            for index, outputs in zip(members, self._run_group([requests[i] for i in members]), strict=True):
+                results[index] = outputs
+        return results
+
+    def _run_group(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
+        feed = {
+            spec.name: np.concatenate([r[spec.name] for r in requests]) if len(requests) > 1
+            else requests[0][spec.name]
+            for spec in self.config.inputs
+        }
+        try:
+            arrays = self.session.run(self.output_names, feed)
+        except Exception as exc:  # onnxruntime raises several unrelated types for bad input
+            return [exc] * len(requests)
+        if self.config.max_batch_size <= 0:
+            return [dict(zip(self.output_names, arrays, strict=True))]
+        sizes = np.cumsum([len(next(iter(r.values()))) for r in requests])[:-1]
+        per_output = [np.split(array, sizes) for array in arrays]
+        return [
+            {name: parts[i] for name, parts in zip(self.output_names, per_output, strict=True)}
+            for i in range(len(requests))
+        ]

@@ -1,0 +1,134 @@
+"""Digit-image preprocessing: any-size grayscale image in either polarity -> the classifier's 8x8 input.
+
+The classifiers are trained on scikit-learn's digits data: 8x8 images whose pixels count how many
+of a 4x4 block of a 32x32 bitmap carry ink (0..16, ink high, background 0). Preprocessing maps a
+real image onto that distribution:
+
+1. polarity: the border of a digit image is background; if the border is brighter than the
+   middle of the image's range, the ink is dark and the image is inverted;
+2. background removal: the border's median level is subtracted (clipped at 0);
+3. exact area averaging down to 8x8 (each output pixel is the mean of the input area it covers,
+   with fractional weights when the size is not a multiple of 8, like PIL's BOX filter);
+4. contrast scaling: the brightest cell maps to 16 (the training maximum). An image with
+   (almost) no contrast is *blank*: its pixels are all zero and it is flagged as such.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlapi_backend.errors import InvalidInputError
+
+OUTPUT_SIDE = 8
+TRAINING_MAX = 16.0
+MIN_SIDE = 8
+MAX_SIDE = 1024
+# Contrast (in 0..255 grey levels, after averaging to 8x8) below which an image is treated as
+# blank. Two grey levels is below what any scanned or drawn digit shows, and above the rounding
+# noise of an upscaled uniform image.
+BLANK_CONTRAST = 2.0
+
+
+@dataclass(frozen=True)
+class PreprocessedDigit:
+    """The classifier input for one image plus a record of what was done to produce it."""
+
+    pixels: np.ndarray  # float32, shape (64,), range 0..16
+    original_size: tuple[int, int]
+    inverted: bool
+    background_level: float
+    contrast: float
+    blank: bool
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "original_size": list(self.original_size),
+            "resized_to": [OUTPUT_SIDE, OUTPUT_SIDE],
+            "resize": "area_average",
+            "inverted": self.inverted,
+            "background_level": round(self.background_level, 2),
+            "contrast": round(self.contrast, 2),
+            "scaled_to": [0.0, TRAINING_MAX],
+            "blank": self.blank,
+        }
+
+
+def validate_image(image: np.ndarray, field: str = "image") -> None:
+    """Raise InvalidInputError unless ``image`` is a 2-D uint8 array with sides in 8..1024."""
+    if image.dtype != np.uint8:
+        raise InvalidInputError(field, "UINT8 pixels", f"{image.dtype}")
+    if image.ndim != 2:
+        raise InvalidInputError(field, "a 2-D grayscale image [height, width]", f"shape {image.shape}")
+    height, width = image.shape
+    if min(height, width) < MIN_SIDE or max(height, width) > MAX_SIDE:
+        raise InvalidInputError(
+            field,
+            f"height and width between {MIN_SIDE} and {MAX_SIDE} pixels",
+            f"{height}x{width}",
+        )
+
+
+def area_weights(size_in: int, size_out: int) -> np.ndarray:
+    """Matrix W (size_out x size_in) such that W @ v is the exact area average of v.
+
+    Output cell i covers the input interval [i*s, (i+1)*s) with s = size_in / size_out; each input
+    pixel j contributes the length of its overlap with that interval, divided by s.
+    """
+    scale = size_in / size_out
+    starts = np.arange(size_out)[:, None] * scale
+    ends = starts + scale
+    pixel_lo = np.arange(size_in)[None, :]
+    overlap = np.clip(np.minimum(ends, pixel_lo + 1) - np.maximum(starts, pixel_lo), 0.0, None)
+    return overlap / scale
+
+
+def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area-average ``image`` (2-D) to ``height`` x ``width`` (float64); works for up- or downscale."""
+    rows = area_weights(image.shape[0], height)
+    cols = area_weights(image.shape[1], width)
+    return rows @ image.astype(np.float64) @ cols.T
+
+
+def border_pixels(image: np.ndarray) -> np.ndarray:
+    """The one-pixel frame of a 2-D image, as a flat array."""
+    return np.concatenate([image[0, :], image[-1, :], image[1:-1, 0], image[1:-1, -1]])
+
+
+def preprocess_digit(image: np.ndarray) -> PreprocessedDigit:
+    """Turn one validated grayscale image into the classifier's (64,) float32 input."""
+    validate_image(image)
+    grey = image.astype(np.float32)
+    low, high = float(grey.min()), float(grey.max())
+    inverted = float(np.median(border_pixels(grey))) > (low + high) / 2.0
+    if inverted:
+        grey = 255.0 - grey
+    background = float(np.median(border_pixels(grey)))
+    ink = np.clip(grey - background, 0.0, None)
+    small = area_resize(ink, OUTPUT_SIDE, OUTPUT_SIDE)
+    contrast = float(small.max())
+    blank = contrast < BLANK_CONTRAST
+    if blank:
+        pixels = np.zeros(OUTPUT_SIDE * OUTPUT_SIDE, dtype=np.float32)
+    else:
+        pixels = (small / contrast * TRAINING_MAX).astype(np.float32).reshape(-1)
+    return PreprocessedDigit(
+        pixels=pixels,
+        original_size=(int(image.shape[0]), int(image.shape[1])),
+        inverted=inverted,
+        background_level=background,
+        contrast=contrast,
+        blank=blank,
+    )
+
+
+def digits_to_images(pixels: np.ndarray) -> np.ndarray:
+    """scikit-learn digits rows (N, 64) in 0..16 -> uint8 images (N, 8, 8), ink bright.
+
+    The inverse of the training-range scaling, used to feed the dataset through the served
+    pipeline exactly as a user's image would go.
+    """
+    scaled = np.rint(np.asarray(pixels, dtype=np.float64) * (255.0 / TRAINING_MAX))
+    return scaled.clip(0, 255).astype(np.uint8).reshape(-1, OUTPUT_SIDE, OUTPUT_SIDE)
