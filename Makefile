@@ -1,0 +1,51 @@
+# One Makefile for people and CI. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+REPO := model_repository
+CLASSIFIER_FILES := $(REPO)/digits_classifier/1/model.onnx $(REPO)/digits_classifier/2/model.onnx
+BUILD_SOURCES := $(wildcard python_backend/mlapi_backend/build/*.py) python_backend/mlapi_backend/preprocessing.py
+
+.PHONY: help install models backends serve test test-unit test-integration lint format clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(INSTALLED) ## Create .venv and install the project with its extras (idempotent)
+
+$(CLASSIFIER_FILES) &: $(INSTALLED) $(BUILD_SOURCES)
+	$(BIN)/python -m mlapi_backend.build --repository $(REPO)
+
+models: $(CLASSIFIER_FILES) ## Train and export the default models (only when missing or stale)
+
+backends: $(INSTALLED) ## Assemble build/backends for the local tritonserver
+	@$(BIN)/python -m mlapi_backend.local backends --backend-dir build/backends
+
+serve: models backends ## Build what is missing, then run Triton in the foreground (Ctrl-C stops)
+	$(BIN)/python -m mlapi_backend.local serve --repository $(REPO) --backend-dir build/backends
+
+test: models backends ## Run the whole test suite (unit + integration against a real tritonserver)
+	$(BIN)/python -m pytest
+
+test-unit: $(INSTALLED) ## Unit tests only (no server)
+	$(BIN)/python -m pytest tests/unit
+
+lint: $(INSTALLED) ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(INSTALLED) ## Apply ruff's formatting and safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean: ## Remove built models and backends (keeps .venv)
+	rm -rf build $(REPO)/*/[0-9]*/*.onnx $(REPO)/*/[0-9]*/metrics.json

@@ -1,0 +1,1 @@
+"""Load harness and benchmark tooling for the project's Triton deployment."""
