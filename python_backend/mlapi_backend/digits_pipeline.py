@@ -18,7 +18,11 @@ import numpy as np
 
 from mlapi_backend.errors import InvalidInputError, MlapiBackendError, ModelConfigError
 from mlapi_backend.model_config import ModelConfig
-from mlapi_backend.postprocessing import DEFAULT_LOW_CONFIDENCE_THRESHOLD, low_confidence_reasons, rank
+from mlapi_backend.postprocessing import (
+    DEFAULT_LOW_CONFIDENCE_THRESHOLD,
+    low_confidence_reasons,
+    rank,
+)
 from mlapi_backend.preprocessing import PreprocessedDigit, preprocess_digit
 
 INPUTS = {"image": "TYPE_UINT8", "top_k": "TYPE_INT32"}
@@ -58,9 +62,13 @@ class DigitsSettings:
             "classifier_labels", "../digits_classifier/labels.txt"
         )
         try:
-            labels = tuple(line.strip() for line in labels_path.read_text().splitlines() if line.strip())
+            labels = tuple(
+                line.strip() for line in labels_path.read_text().splitlines() if line.strip()
+            )
         except OSError as exc:
-            raise ModelConfigError(f"model '{config.name}': cannot read labels {labels_path}: {exc}") from exc
+            raise ModelConfigError(
+                f"model '{config.name}': cannot read labels {labels_path}: {exc}"
+            ) from exc
         max_top_k = config.int_parameter("max_top_k", 10, 1, len(labels))
         return cls(
             model_name=config.name,
@@ -97,9 +105,15 @@ class DigitsPipeline:
         """Validate one request's tensors (batch axis first) and preprocess its images."""
         s = self.settings
         if image is None:
-            raise InvalidInputError("image", "a UINT8 tensor [batch, height, width]", "no 'image' input")
+            raise InvalidInputError(
+                "image", "a UINT8 tensor [batch, height, width]", "no 'image' input"
+            )
         if image.ndim != 3 or image.shape[0] < 1:
-            raise InvalidInputError("image", "shape [batch, height, width] with batch >= 1", f"shape {list(image.shape)}")
+            raise InvalidInputError(
+                "image",
+                "shape [batch, height, width] with batch >= 1",
+                f"shape {list(image.shape)}",
+            )
         k = s.default_top_k
         if top_k is not None:
             values = np.asarray(top_k).reshape(-1)
@@ -113,9 +127,15 @@ class DigitsPipeline:
         digits = tuple(preprocess_digit(img) for img in image)
         return ParsedRequest(digits, k, s.default_version, "default")
 
-    def run(self, parsed: Sequence[ParsedRequest | Exception], classify: Classify) -> list[Outputs | Exception]:
+    def run(
+        self, parsed: Sequence[ParsedRequest | Exception], classify: Classify
+    ) -> list[Outputs | Exception]:
         """Classify every valid request, one classifier call per version, and build responses."""
-        results: list[Outputs | Exception] = list(parsed)  # exceptions pass through unchanged
+        # Exceptions pass through unchanged; every ParsedRequest is replaced below.
+        results: list[Outputs | Exception] = [
+            item if isinstance(item, Exception) else RuntimeError("not classified")
+            for item in parsed
+        ]
         groups: dict[int, list[tuple[int, ParsedRequest]]] = {}
         for index, item in enumerate(parsed):
             if isinstance(item, ParsedRequest):
@@ -144,8 +164,15 @@ class DigitsPipeline:
             labels.append([s.labels[i].encode() for i in ranked.indices])
             scores.append(ranked.scores)
             flags.append([bool(reasons)])
-            metadata.append([json.dumps(self._metadata(request, digit, ranked.top1_margin,
-                                                       ranked.rest_probability, reasons)).encode()])
+            metadata.append(
+                [
+                    json.dumps(
+                        self._metadata(
+                            request, digit, ranked.top1_margin, ranked.rest_probability, reasons
+                        )
+                    ).encode()
+                ]
+            )
         return {
             "labels": np.array(labels, dtype=np.object_),
             "scores": np.stack(scores).astype(np.float32),
@@ -153,8 +180,14 @@ class DigitsPipeline:
             "metadata": np.array(metadata, dtype=np.object_),
         }
 
-    def _metadata(self, request: ParsedRequest, digit: PreprocessedDigit, margin: float,
-                  rest: float, reasons: list[str]) -> dict[str, Any]:
+    def _metadata(
+        self,
+        request: ParsedRequest,
+        digit: PreprocessedDigit,
+        margin: float,
+        rest: float,
+        reasons: list[str],
+    ) -> dict[str, Any]:
         s = self.settings
         return {
             "model": s.model_name,

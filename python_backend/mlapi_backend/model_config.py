@@ -59,7 +59,9 @@ class TensorSpec:
         try:
             return TRITON_TO_NUMPY[self.data_type]
         except KeyError:
-            raise ModelConfigError(f"tensor '{self.name}': unsupported data type {self.data_type}") from None
+            raise ModelConfigError(
+                f"tensor '{self.name}': unsupported data type {self.data_type}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ class ModelConfig:
     def from_json(cls, config: str | Mapping[str, Any]) -> ModelConfig:
         raw = json.loads(config) if isinstance(config, str) else config
         parameters = {
-            key: str(value.get("string_value", "")) for key, value in raw.get("parameters", {}).items()
+            key: str(value.get("string_value", ""))
+            for key, value in raw.get("parameters", {}).items()
         }
         return cls(
             name=str(raw.get("name", "")),
@@ -109,7 +112,7 @@ class ModelConfig:
             value = parse(text)
         except ValueError:
             raise ModelConfigError(
-                f"model '{self.name}': parameter '{key}' must be a {parse.__name__}, got {text!r}"
+                f"model '{self.name}': parameter '{key}' must be of type {parse.__name__}, got {text!r}"
             ) from None
         if not low <= value <= high:
             raise ModelConfigError(
@@ -117,9 +120,7 @@ class ModelConfig:
             )
         return value
 
-    def require_tensors(
-        self, inputs: Mapping[str, str], outputs: Mapping[str, str]
-    ) -> None:
+    def require_tensors(self, inputs: Mapping[str, str], outputs: Mapping[str, str]) -> None:
         """Fail unless the config declares exactly these tensors with these data types."""
         for kind, declared, wanted in (
             ("input", self.inputs, inputs),

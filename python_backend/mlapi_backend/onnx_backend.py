@@ -67,11 +67,18 @@ def check_supported(config: ModelConfig, instance_kind: str) -> None:
         )
     for section, what in UNSUPPORTED_SECTIONS.items():
         if raw.get(section):
-            raise ModelConfigError(f"model '{name}': {what} is not supported by the onnxruntime stand-in")
+            raise ModelConfigError(
+                f"model '{name}': {what} is not supported by the onnxruntime stand-in"
+            )
     if raw.get("model_transaction_policy", {}).get("decoupled"):
-        raise ModelConfigError(f"model '{name}': decoupled models are not supported by the onnxruntime stand-in")
+        raise ModelConfigError(
+            f"model '{name}': decoupled models are not supported by the onnxruntime stand-in"
+        )
     accelerators = raw.get("optimization", {}).get("execution_accelerators", {})
-    if any(accelerators.get(kind) for kind in ("gpu_execution_accelerator", "cpu_execution_accelerator")):
+    if any(
+        accelerators.get(kind)
+        for kind in ("gpu_execution_accelerator", "cpu_execution_accelerator")
+    ):
         raise ModelConfigError(
             f"model '{name}': execution accelerators (TensorRT, OpenVINO) are not supported by the "
             "onnxruntime stand-in; keep them in the GPU variant of the config"
@@ -141,7 +148,9 @@ class OnnxModel:
     session: Any
 
     @classmethod
-    def load(cls, config: ModelConfig, model_dir: Path, version: str, instance_kind: str) -> OnnxModel:
+    def load(
+        cls, config: ModelConfig, model_dir: Path, version: str, instance_kind: str
+    ) -> OnnxModel:
         check_supported(config, instance_kind)
         filename = str(config.raw.get("default_model_filename") or "model.onnx")
         path = model_dir / version / filename
@@ -184,7 +193,9 @@ class OnnxModel:
             if array.dtype != spec.numpy_dtype:
                 raise InvalidInputError(spec.name, spec.data_type, str(array.dtype))
 
-    def run(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
+    def run(
+        self, requests: Sequence[Mapping[str, np.ndarray]]
+    ) -> list[dict[str, np.ndarray] | Exception]:
         """Run every request; batched requests with equal non-batch shapes share one session run.
 
         Returns, per request, its outputs or the exception that failed it (so one bad request
@@ -198,19 +209,23 @@ class OnnxModel:
             except InvalidInputError as exc:
                 results[index] = exc
                 continue
+            key: tuple[Any, ...] = (index,)  # without batching every request runs alone
             if self.config.max_batch_size > 0:
                 key = tuple((name, inputs[name].shape[1:]) for name in sorted(inputs))
-            else:
-                key = (index,)
             groups.setdefault(key, []).append(index)
         for members in groups.values():
-            for index, outputs in zip(members, self._run_group([requests[i] for i in members]), strict=True):
+            for index, outputs in zip(
+                members, self._run_group([requests[i] for i in members]), strict=True
+            ):
                 results[index] = outputs
         return results
 
-    def _run_group(self, requests: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
+    def _run_group(
+        self, requests: Sequence[Mapping[str, np.ndarray]]
+    ) -> list[dict[str, np.ndarray] | Exception]:
         feed = {
-            spec.name: np.concatenate([r[spec.name] for r in requests]) if len(requests) > 1
+            spec.name: np.concatenate([r[spec.name] for r in requests])
+            if len(requests) > 1
             else requests[0][spec.name]
             for spec in self.config.inputs
         }

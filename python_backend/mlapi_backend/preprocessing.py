@@ -61,7 +61,9 @@ def validate_image(image: np.ndarray, field: str = "image") -> None:
     if image.dtype != np.uint8:
         raise InvalidInputError(field, "UINT8 pixels", f"{image.dtype}")
     if image.ndim != 2:
-        raise InvalidInputError(field, "a 2-D grayscale image [height, width]", f"shape {image.shape}")
+        raise InvalidInputError(
+            field, "a 2-D grayscale image [height, width]", f"shape {image.shape}"
+        )
     height, width = image.shape
     if min(height, width) < MIN_SIDE or max(height, width) > MAX_SIDE:
         raise InvalidInputError(

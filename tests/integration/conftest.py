@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-
 from mlapi_backend.build.digits_data import DigitsSplit, load_split
 from mlapi_backend.local.triton_process import Ports, TritonServer
 

@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from mlapi_backend.build.digits_data import noise_images
 from mlapi_backend.build.digits_models import read_metrics
+from PIL import Image
 
 from .conftest import MODEL_REPOSITORY
 
@@ -47,9 +46,14 @@ def test_held_out_accuracy_matches_offline(caller, split, variant, report_figure
     served_versions = {meta["classifier"]["version"] for _, _, meta in results}
     assert len(served_versions) == 1, served_versions
     offline = read_metrics(MODEL_REPOSITORY, int(served_versions.pop()))["held_out_accuracy"]
-    accuracy = float(np.mean([label == y for (label, _, _), y in zip(results, split.test_y, strict=True)]))
+    accuracy = float(
+        np.mean([label == y for (label, _, _), y in zip(results, split.test_y, strict=True)])
+    )
     low_rate = float(np.mean([low for _, low, _ in results]))
-    report_figure(f"digits {variant} over {caller.protocol}: accuracy", f"{accuracy:.4f} (offline {offline:.4f}), low_confidence {low_rate:.3f}")
+    report_figure(
+        f"digits {variant} over {caller.protocol}: accuracy",
+        f"{accuracy:.4f} (offline {offline:.4f}), low_confidence {low_rate:.3f}",
+    )
     assert abs(accuracy - offline) <= 0.01
     assert low_rate <= 0.15
     if variant.startswith("inverted"):
@@ -58,11 +62,17 @@ def test_held_out_accuracy_matches_offline(caller, split, variant, report_figure
 
 def test_noise_and_blank_images_are_low_confidence(caller, split, report_figure):
     noise = noise_images(300, seed=2024, sizes=(8, 28, 200))
-    blank = [np.full((side, side), level, dtype=np.uint8) for side in (8, 28, 200) for level in (0, 128, 255)]
+    blank = [
+        np.full((side, side), level, dtype=np.uint8)
+        for side in (8, 28, 200)
+        for level in (0, 128, 255)
+    ]
     noise_rate = float(np.mean([low for _, low, _ in _classify_all(caller, noise)]))
     blank_results = _classify_all(caller, blank)
     blank_rate = float(np.mean([low for _, low, _ in blank_results]))
-    digits_rate = float(np.mean([low for _, low, _ in _classify_all(caller, list(split.test_images))]))
+    digits_rate = float(
+        np.mean([low for _, low, _ in _classify_all(caller, list(split.test_images))])
+    )
     report_figure(
         f"low_confidence rate over {caller.protocol}",
         f"noise {noise_rate:.3f}, blank {blank_rate:.3f}, held-out digits {digits_rate:.3f}",

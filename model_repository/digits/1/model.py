@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-
 from mlapi_backend.digits_pipeline import (
     CLASSIFIER_INPUT,
     CLASSIFIER_OUTPUT,
@@ -26,13 +25,17 @@ from mlapi_backend.model_config import ModelConfig
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = ModelConfig.from_json(json.loads(args["model_config"]))
-        self.pipeline = DigitsPipeline(DigitsSettings.from_config(config, Path(args["model_repository"])))
+        self.pipeline = DigitsPipeline(
+            DigitsSettings.from_config(config, Path(args["model_repository"]))
+        )
 
     def execute(self, requests: list) -> list:
         parsed = []
         for request in requests:
             try:
-                parsed.append(self.pipeline.parse(_input(request, "image"), _input(request, "top_k")))
+                parsed.append(
+                    self.pipeline.parse(_input(request, "image"), _input(request, "top_k"))
+                )
             except InvalidInputError as exc:
                 parsed.append(exc)
         responses = []
@@ -43,7 +46,9 @@ class TritonPythonModel:
                     if isinstance(result, InvalidInputError)
                     else pb_utils.TritonError.INTERNAL
                 )
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code)))
+                responses.append(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code))
+                )
             else:
                 responses.append(
                     pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in result.items()])

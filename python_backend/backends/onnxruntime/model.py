@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
-
 from mlapi_backend.errors import InvalidInputError
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.onnx_backend import OnnxModel
@@ -49,7 +48,9 @@ class TritonPythonModel:
                     if isinstance(result, InvalidInputError)
                     else pb_utils.TritonError.INTERNAL
                 )
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code)))
+                responses.append(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code))
+                )
             else:
                 responses.append(
                     pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in result.items()])

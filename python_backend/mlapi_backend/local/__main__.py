@@ -37,7 +37,9 @@ def serve(repositories: list[Path], backend_dir: Path) -> int:
         server.wait_ready()
         log.info(
             "ready: HTTP http://%s  gRPC %s  metrics %s  (Ctrl-C to stop)",
-            server.http_url, server.grpc_url, server.metrics_url,
+            server.http_url,
+            server.grpc_url,
+            server.metrics_url,
         )
         while not stopping and server.process is not None and server.process.poll() is None:
             time.sleep(0.2)
@@ -52,11 +54,18 @@ def serve(repositories: list[Path], backend_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["serve", "backends"])
-    parser.add_argument("--repository", type=Path, action="append", default=None,
-                        help="model repository (repeatable; default: model_repository)")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        action="append",
+        default=None,
+        help="model repository (repeatable; default: model_repository)",
+    )
     parser.add_argument("--backend-dir", type=Path, default=Path("build/backends"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
+    )
     if args.command == "backends":
         print(assemble(args.backend_dir))
         return 0

@@ -54,9 +54,13 @@ class TritonInstall:
 
     def stub(self, version: tuple[int, int] | None = None) -> Path:
         major, minor = version or sys.version_info[:2]
-        path = self.root / "python_backend_stubs" / f"{major}.{minor}" / "triton_python_backend_stub"
+        path = (
+            self.root / "python_backend_stubs" / f"{major}.{minor}" / "triton_python_backend_stub"
+        )
         if not path.is_file():
-            raise RuntimeError(f"no Triton Python backend stub for Python {major}.{minor} at {path}")
+            raise RuntimeError(
+                f"no Triton Python backend stub for Python {major}.{minor} at {path}"
+            )
         return path
 
 

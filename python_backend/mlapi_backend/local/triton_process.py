@@ -123,7 +123,9 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with status {self.process.returncode} before it was ready")
+                raise RuntimeError(
+                    f"tritonserver exited with status {self.process.returncode} before it was ready"
+                )
             if self.is_ready():
                 return
             time.sleep(0.25)

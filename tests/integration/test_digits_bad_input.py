@@ -1,0 +1,93 @@
+"""Every malformed `digits` request gets a 400 / INVALID_ARGUMENT naming the problem, and the
+server keeps serving correct answers afterwards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from .conftest import DigitsCaller
+
+GOOD = np.zeros((1, 8, 8), dtype=np.uint8)
+GOOD[0, 1:7, 3:5] = 255  # a vertical bar: a "1"
+
+CASES = {
+    "wrong dtype": ({"image": GOOD.astype(np.float32)}, ["image", "FP32", "UINT8"]),
+    "wrong rank": ({"image": np.zeros((1, 64), dtype=np.uint8)}, ["image", "shape"]),
+    "zero size": ({"image": np.zeros((1, 0, 8), dtype=np.uint8)}, ["image", "0x8"]),
+    "too small": (
+        {"image": np.zeros((1, 4, 4), dtype=np.uint8)},
+        ["image", "between 8 and 1024", "4x4"],
+    ),
+    "too large": ({"image": np.zeros((1, 1025, 16), dtype=np.uint8)}, ["image", "1025x16"]),
+    "top_k zero": (
+        {"image": GOOD, "top_k": np.array([[0]], dtype=np.int32)},
+        ["top_k", "1..10", "got 0"],
+    ),
+    "top_k too big": (
+        {"image": GOOD, "top_k": np.array([[11]], dtype=np.int32)},
+        ["top_k", "got 11"],
+    ),
+    "top_k wrong dtype": (
+        {"image": GOOD, "top_k": np.array([[3]], dtype=np.int64)},
+        ["top_k", "INT64", "INT32"],
+    ),
+    "missing image": ({"top_k": np.array([[3]], dtype=np.int32)}, ["image"]),
+    "batch above max": ({"image": np.zeros((65, 8, 8), dtype=np.uint8)}, ["batch", "64"]),
+}
+
+
+def _expect_invalid(caller: DigitsCaller, inputs: dict) -> str:
+    with pytest.raises(InferenceServerException) as info:
+        caller.infer("digits", inputs)
+    status = info.value.status()
+    assert status in ("400", "StatusCode.INVALID_ARGUMENT"), (status, info.value.message())
+    return info.value.message()
+
+
+def _assert_still_serving(caller: DigitsCaller) -> None:
+    assert caller.client.is_server_ready()
+    assert caller.client.is_model_ready("digits")
+    result = caller.digits(GOOD[0], top_k=1)
+    assert result.as_numpy("labels")[0, 0] == b"1"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_a_client_error_naming_the_problem(caller, case):
+    inputs, fragments = CASES[case]
+    message = _expect_invalid(caller, inputs)
+    for fragment in fragments:
+        assert fragment.lower() in message.lower(), message
+    _assert_still_serving(caller)
+
+
+def test_bad_request_does_not_fail_its_batch_mates(caller, triton):
+    """Good and bad requests sent together (dynamically batched) get their own answers."""
+    good = {"image": GOOD}
+    bad = {"image": np.zeros((1, 4, 4), dtype=np.uint8)}
+    requests = [good, bad] * 16
+    if caller.protocol == "http":
+        handles = [
+            caller.client.async_infer("digits", caller._request(r, None)[0]) for r in requests
+        ]
+        outcomes = []
+        for handle in handles:
+            try:
+                outcomes.append(handle.get_result().as_numpy("labels")[0, 0])
+            except InferenceServerException as exc:
+                outcomes.append(exc.status())
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(r):
+            try:
+                return caller.infer("digits", r).as_numpy("labels")[0, 0]
+            except InferenceServerException as exc:
+                return exc.status()
+
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(one, requests))
+    assert outcomes[0::2] == [b"1"] * 16
+    assert set(outcomes[1::2]) <= {"400", "StatusCode.INVALID_ARGUMENT"}
+    _assert_still_serving(caller)
