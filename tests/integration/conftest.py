@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+
 from mlapi_backend.build.digits_data import DigitsSplit, load_split
 from mlapi_backend.local.triton_process import Ports, TritonServer
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = ROOT / "model_repository"
 TEST_REPOSITORY = ROOT / "tests" / "model_repository"
+PUBLIC_MODELS = ("digits", "digits_classifier")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -43,7 +45,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     with log_path.open("wb") as log_file:
         server.start(log_file)
         try:
-            server.wait_ready(timeout_s=120)
+            server.wait_ready(timeout_s=120, models=PUBLIC_MODELS)
         except (RuntimeError, TimeoutError) as exc:
             server.stop()
             pytest.fail(f"{exc}\n--- tritonserver log ---\n{log_path.read_text()[-5000:]}")

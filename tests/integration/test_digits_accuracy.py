@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from mlapi_backend.build.digits_data import noise_images
 from mlapi_backend.build.digits_models import read_metrics
-from PIL import Image
 
 from .conftest import MODEL_REPOSITORY
 

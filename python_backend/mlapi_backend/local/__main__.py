@@ -34,7 +34,7 @@ def serve(repositories: list[Path], backend_dir: Path) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     server.start()
     try:
-        server.wait_ready()
+        server.wait_ready(models=("digits",))
         log.info(
             "ready: HTTP http://%s  gRPC %s  metrics %s  (Ctrl-C to stop)",
             server.http_url,

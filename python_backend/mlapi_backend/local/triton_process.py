@@ -84,7 +84,10 @@ class TritonServer:
             # Explicit control lets versions be loaded/unloaded and configs overridden at run time.
             "--model-control-mode=explicit",
             "--load-model=*",
-            "--strict-readiness=true",
+            # Ready = up and initial models loaded (a failed startup load exits the server).
+            # Non-strict, so that a later failed load of a *new* model or version through the
+            # repository API does not take the whole server out of rotation.
+            "--strict-readiness=false",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             *self.extra_args,
         ]
@@ -111,22 +114,26 @@ class TritonServer:
             start_new_session=True,
         )
 
-    def is_ready(self) -> bool:
+    def _ok(self, path: str) -> bool:
         try:
-            url = f"http://{self.http_url}/v2/health/ready"
-            with urllib.request.urlopen(url, timeout=2) as reply:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as reply:
                 return bool(reply.status == 200)
         except (urllib.error.URLError, OSError):
             return False
 
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
+    def is_ready(self, models: Sequence[str] = ()) -> bool:
+        """Server ready and, when given, each of ``models`` ready."""
+        paths = ["/v2/health/ready", *(f"/v2/models/{m}/ready" for m in models)]
+        return all(self._ok(path) for path in paths)
+
+    def wait_ready(self, timeout_s: float = 120.0, models: Sequence[str] = ()) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(
                     f"tritonserver exited with status {self.process.returncode} before it was ready"
                 )
-            if self.is_ready():
+            if self.is_ready(models):
                 return
             time.sleep(0.25)
         raise TimeoutError(f"tritonserver not ready on {self.http_url} after {timeout_s:.0f}s")

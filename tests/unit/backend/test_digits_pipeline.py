@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mlapi_backend.digits_pipeline import (
     ClassifierError,
     DigitsPipeline,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from mlapi_backend.errors import ModelConfigError
 from mlapi_backend.model_config import ModelConfig
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
+
 from mlapi_backend.errors import InvalidInputError, ModelConfigError
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.onnx_backend import OnnxModel
-from onnx import TensorProto, helper
 
 BASE_CONFIG = {
     "name": "doubler",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mlapi_backend.postprocessing import low_confidence_reasons, rank
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mlapi_backend.errors import InvalidInputError
 from mlapi_backend.preprocessing import (
     MAX_SIDE,

@@ -1,0 +1,1 @@
+"""Offline model builds (training and ONNX export). Never imported inside Triton."""

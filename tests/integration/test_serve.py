@@ -1,0 +1,97 @@
+"""`make serve`'s launcher: foreground tritonserver on the env-configured ports, stopped cleanly
+by Ctrl-C (SIGINT) or SIGTERM with no process left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mlapi_backend.local.triton_process import Ports
+
+from .conftest import MODEL_REPOSITORY, ROOT
+
+
+def _process_group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of /proc/<pid>/stat: process group id
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _server_pid(http_port: int) -> int | None:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            args
+            and args[0].endswith(b"tritonserver")
+            and f"--http-port={http_port}".encode() in args
+        ):
+            return int(cmdline.parent.name)
+    return None
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_serve_runs_on_env_ports_and_stops_cleanly(tmp_path, stop_signal):
+    ports = Ports.free()
+    env = dict(
+        os.environ,
+        TRITON_HTTP_PORT=str(ports.http),
+        TRITON_GRPC_PORT=str(ports.grpc),
+        TRITON_METRICS_PORT=str(ports.metrics),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "mlapi_backend.local",
+        "serve",
+        "--repository",
+        str(MODEL_REPOSITORY),
+        "--backend-dir",
+        str(tmp_path / "backends"),
+    ]
+    log = (tmp_path / "serve.log").open("wb")
+    launcher = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{ports.http}/v2/models/digits/ready", timeout=2
+                ):
+                    break
+            except OSError:
+                assert launcher.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(0.3)
+        else:
+            pytest.fail("serve did not become ready")
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{ports.metrics}/metrics", timeout=5
+        ) as reply:
+            assert b"nv_inference_count" in reply.read()
+        server_pid = _server_pid(ports.http)
+        assert server_pid is not None
+        assert len(_process_group_members(server_pid)) >= 2  # the server and its Python stubs
+
+        launcher.send_signal(stop_signal)
+        assert launcher.wait(timeout=60) == 0
+        assert _process_group_members(server_pid) == []
+        assert _server_pid(ports.http) is None
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        log.close()
