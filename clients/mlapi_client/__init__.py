@@ -1,1 +1,48 @@
-"""Typed Python clients for the project's models over Triton HTTP and gRPC."""
+"""Typed Python clients for the project's models over Triton HTTP and gRPC, sync and asyncio."""
+
+from mlapi_client.async_client import AsyncClient
+from mlapi_client.errors import (
+    ConnectionFailedError,
+    InferenceTimeoutError,
+    InvalidInputError,
+    MlapiError,
+    ModelNotFoundError,
+    ModelUnavailableError,
+    ServerError,
+    ServerOverloadedError,
+    UnsupportedRequestError,
+)
+from mlapi_client.results import (
+    DigitsResult,
+    InferResponse,
+    ModelContract,
+    ModelEntry,
+    Prediction,
+    TensorSpec,
+)
+from mlapi_client.settings import NO_RETRY, ClientSettings, Endpoint, RetryPolicy
+from mlapi_client.sync_client import Client
+
+__all__ = [
+    "NO_RETRY",
+    "AsyncClient",
+    "Client",
+    "ClientSettings",
+    "ConnectionFailedError",
+    "DigitsResult",
+    "Endpoint",
+    "InferResponse",
+    "InferenceTimeoutError",
+    "InvalidInputError",
+    "MlapiError",
+    "ModelContract",
+    "ModelEntry",
+    "ModelNotFoundError",
+    "ModelUnavailableError",
+    "Prediction",
+    "RetryPolicy",
+    "ServerError",
+    "ServerOverloadedError",
+    "TensorSpec",
+    "UnsupportedRequestError",
+]

@@ -1,0 +1,275 @@
+"""The asyncio client: the one implementation of every call (the sync ``Client`` wraps it)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from mlapi_client import digits as digits_model
+from mlapi_client.error_mapping import CallContext, translated
+from mlapi_client.errors import MlapiError
+from mlapi_client.images import ImageLike
+from mlapi_client.results import DigitsResult, InferResponse, ModelContract, ModelEntry, TensorSpec
+from mlapi_client.retry import call_with_retry
+from mlapi_client.settings import (
+    DEFAULT_TIMEOUT_S,
+    NO_RETRY,
+    ClientSettings,
+    Endpoint,
+    Protocol,
+    RetryPolicy,
+)
+from mlapi_client.transport import Parameters, Transport, open_transport
+
+T = TypeVar("T")
+Retry = RetryPolicy | bool | None
+
+
+class AsyncClient:
+    """Calls the project's models on Triton over HTTP or gRPC, from asyncio code.
+
+    ``url`` is ``http://host:8000`` or ``grpc://host:8001`` (or a bare ``host:port`` with
+    ``protocol``). One connection pool / channel is opened on first use and reused until
+    ``close()`` (or the end of ``async with``). Every call takes ``timeout_s`` (default: the
+    client's, 30 s) and ``retry`` (a RetryPolicy, or False to fail on the first error).
+    """
+
+    def __init__(
+        self,
+        url: str = "localhost:8000",
+        *,
+        protocol: Protocol | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.settings = ClientSettings(
+            endpoint=Endpoint.parse(url, protocol),
+            timeout_s=timeout_s,
+            retry=retry or RetryPolicy(),
+        )
+        self._transport: Transport | None = None
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: ClientSettings) -> AsyncClient:
+        client = cls(settings.endpoint.url, timeout_s=settings.timeout_s, retry=settings.retry)
+        return client
+
+    @property
+    def protocol(self) -> Protocol:
+        return self.settings.endpoint.protocol
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.close()
+
+    # --- discovery -------------------------------------------------------------------------
+
+    async def is_live(self, *, timeout_s: float | None = None, retry: Retry = None) -> bool:
+        """Whether the server answers its liveness probe (raises ConnectionFailedError if unreachable)."""
+        return await self._call(CallContext("is_live"), lambda t: t.is_live(), timeout_s, retry)
+
+    async def is_ready(
+        self,
+        model: str | None = None,
+        version: int | str | None = None,
+        *,
+        timeout_s: float | None = None,
+        retry: Retry = None,
+    ) -> bool:
+        """Server readiness, or readiness of ``model`` (at ``version``) when given."""
+        ver = _version(version)
+        context = CallContext("is_ready", model, ver)
+        return await self._call(context, lambda t: t.is_ready(model, ver), timeout_s, retry)
+
+    async def list_models(
+        self, *, timeout_s: float | None = None, retry: Retry = None
+    ) -> list[ModelEntry]:
+        """Every model version the repository knows, with its state (READY, UNAVAILABLE, ...)."""
+        rows = await self._call(
+            CallContext("list_models"), lambda t: t.repository_index(), timeout_s, retry
+        )
+        return [
+            ModelEntry(
+                name=row["name"],
+                version=row.get("version") or None,
+                state=row.get("state") or None,
+                reason=row.get("reason") or None,
+            )
+            for row in rows
+        ]
+
+    async def live_versions(
+        self, model: str, *, timeout_s: float | None = None, retry: Retry = None
+    ) -> list[str]:
+        """The versions of ``model`` that are loaded and ready, in numeric order."""
+        entries = await self.list_models(timeout_s=timeout_s, retry=retry)
+        ready = [e.version for e in entries if e.name == model and e.state == "READY" and e.version]
+        return sorted(ready, key=lambda v: (len(v), v))
+
+    async def contract(
+        self,
+        model: str,
+        version: int | str | None = None,
+        *,
+        timeout_s: float | None = None,
+        retry: Retry = None,
+    ) -> ModelContract:
+        """The tensors ``model`` accepts and returns, its versions, batching and streaming mode."""
+        ver = _version(version)
+        context = CallContext("contract", model, ver)
+
+        async def both(transport: Transport) -> tuple[dict[str, Any], dict[str, Any]]:
+            return await transport.model_metadata(model, ver), await transport.model_config(
+                model, ver
+            )
+
+        metadata, config = await self._call(context, both, timeout_s, retry)
+        optional = {t["name"] for t in config.get("input", []) if t.get("optional")}
+        return ModelContract(
+            name=metadata["name"],
+            versions=tuple(str(v) for v in metadata.get("versions", [])),
+            platform=metadata.get("platform", ""),
+            max_batch_size=int(config.get("max_batch_size", 0)),
+            decoupled=bool(config.get("model_transaction_policy", {}).get("decoupled", False)),
+            inputs=tuple(_spec(t, t["name"] in optional) for t in metadata.get("inputs", [])),
+            outputs=tuple(_spec(t, False) for t in metadata.get("outputs", [])),
+        )
+
+    # --- inference -------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        version: int | str | None = None,
+        outputs: Sequence[str] | None = None,
+        *,
+        parameters: Parameters | None = None,
+        timeout_s: float | None = None,
+        retry: Retry = None,
+    ) -> InferResponse:
+        """Run any model: tensors by name in, tensors by name out (all outputs unless ``outputs``).
+
+        ``version`` uses Triton's versioned endpoint (``/v2/models/<m>/versions/<n>``).
+        """
+        ver = _version(version)
+        context = CallContext("infer", model, ver)
+        limit = self._timeout(timeout_s)
+        return await self._call(
+            context,
+            lambda t: t.infer(model, inputs, ver, outputs, parameters, limit),
+            timeout_s,
+            retry,
+        )
+
+    async def digits(
+        self,
+        image: ImageLike,
+        *,
+        top_k: int | None = None,
+        version: int | str | None = None,
+        timeout_s: float | None = None,
+        retry: Retry = None,
+    ) -> DigitsResult:
+        """Classify one digit image (array, PIL image, path or PNG/JPEG bytes).
+
+        ``version`` pins the classifier version through the request parameter ``model_version``;
+        the result's ``model_version`` is the version that actually served the request.
+        """
+        inputs = digits_model.digits_inputs(image, top_k)
+        response = await self.infer(
+            digits_model.MODEL,
+            inputs,
+            parameters=digits_model.digits_parameters(version),
+            timeout_s=timeout_s,
+            retry=retry,
+        )
+        return digits_model.digits_result(response)
+
+    async def stream(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        version: int | str | None = None,
+        *,
+        parameters: Parameters | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[InferResponse]:
+        """Responses of a decoupled (streaming) model as they arrive.
+
+        gRPC uses ModelStreamInfer, HTTP uses generate_stream (server-sent events; inputs must be
+        JSON-representable). Stopping early (``break``, ``aclose()``, cancellation) cancels the
+        gRPC call / closes the HTTP connection. ``timeout_s`` bounds the whole stream (default:
+        none). Streams are not retried.
+        """
+        ver = _version(version)
+        context = CallContext("stream", model, ver, timeout_s)
+        async with translated(context):
+            transport = self._ensure_transport()
+            async for response in transport.stream(model, inputs, ver, parameters, timeout_s):
+                yield response
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        context: CallContext,
+        operation: Callable[[Transport], Awaitable[T]],
+        timeout_s: float | None,
+        retry: Retry,
+    ) -> T:
+        limit = self._timeout(timeout_s)
+        context = dataclasses.replace(context, timeout_s=limit)
+
+        async def attempt() -> T:
+            async with translated(context):
+                return await asyncio.wait_for(operation(self._ensure_transport()), limit)
+
+        return await call_with_retry(attempt, self._policy(retry))
+
+    def _ensure_transport(self) -> Transport:
+        if self._closed:
+            raise MlapiError("the client is closed")
+        if self._transport is None:
+            # Opened lazily so it binds to the event loop that uses it.
+            self._transport = open_transport(self.settings.endpoint)
+        return self._transport
+
+    def _timeout(self, timeout_s: float | None) -> float:
+        limit = self.settings.timeout_s if timeout_s is None else timeout_s
+        if limit <= 0:
+            raise ValueError("timeout_s must be positive")
+        return limit
+
+    def _policy(self, retry: Retry) -> RetryPolicy:
+        if retry is None or retry is True:
+            return self.settings.retry
+        if retry is False:
+            return NO_RETRY
+        return retry
+
+
+def _version(version: int | str | None) -> str:
+    return "" if version is None else str(version)
+
+
+def _spec(tensor: dict[str, Any], optional: bool) -> TensorSpec:
+    return TensorSpec(
+        name=tensor["name"],
+        datatype=tensor["datatype"],
+        shape=tuple(int(d) for d in tensor.get("shape", [])),
+        optional=optional,
+    )

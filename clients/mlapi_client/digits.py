@@ -1,0 +1,66 @@
+"""The ``digits`` model's request and response, typed (contract in model_repository/digits)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from mlapi_client.errors import InvalidInputError, ServerError
+from mlapi_client.images import ImageLike, grayscale_uint8
+from mlapi_client.results import DigitsResult, InferResponse, Prediction
+
+MODEL = "digits"
+OUTPUTS = ("labels", "scores", "low_confidence", "metadata")
+
+
+def digits_inputs(image: ImageLike, top_k: int | None = None) -> dict[str, np.ndarray]:
+    """One image as a batch of one: ``image`` UINT8 [1, H, W], optional ``top_k`` INT32 [1, 1]."""
+    inputs = {"image": grayscale_uint8(image)[None]}
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+            raise InvalidInputError(
+                f"input 'top_k': expected an integer, got {top_k!r}",
+                field="top_k",
+                expected="an integer",
+                got=repr(top_k),
+            )
+        inputs["top_k"] = np.array([[top_k]], dtype=np.int32)
+    return inputs
+
+
+def digits_parameters(version: int | str | None) -> dict[str, int] | None:
+    """The request parameter that pins the classifier version ``digits`` routes to."""
+    if version is None:
+        return None
+    try:
+        return {"model_version": int(version)}
+    except ValueError as exc:
+        raise InvalidInputError(
+            f"version: expected a positive integer, got {version!r}",
+            field="version",
+            expected="a positive integer",
+            got=repr(version),
+        ) from exc
+
+
+def digits_result(response: InferResponse) -> DigitsResult:
+    try:
+        labels = response["labels"].reshape(-1)
+        scores = response["scores"].reshape(-1)
+        low_confidence = bool(response["low_confidence"].reshape(-1)[0])
+        metadata = json.loads(_text(response["metadata"].reshape(-1)[0]))
+        version = str(metadata.get("classifier", {}).get("version", response.model_version))
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise ServerError(
+            f"model '{MODEL}' returned a response outside its contract: {exc}"
+        ) from exc
+    predictions = tuple(
+        Prediction(label=_text(label), score=float(score))
+        for label, score in zip(labels, scores, strict=True)
+    )
+    return DigitsResult(predictions, low_confidence, version, metadata)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

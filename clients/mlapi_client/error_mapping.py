@@ -1,0 +1,193 @@
+"""The one place where protocol failures become ``MlapiError`` classes.
+
+Keyed on the protocol status: the HTTP status Triton 2.51 returns (its core maps INTERNAL->500,
+NOT_FOUND->404, UNAVAILABLE->503, UNSUPPORTED->501, anything else->400) or the gRPC status code.
+Message text is read only to fill details (the input field, expected vs got) and, for
+UNAVAILABLE, to tell a full queue from an unavailable model: Triton uses the same status for
+both, so those two message prefixes are the only signal the protocol gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import grpc
+from tritonclient.utils import InferenceServerException
+
+from mlapi_client.errors import (
+    ConnectionFailedError,
+    InferenceTimeoutError,
+    InvalidInputError,
+    MlapiError,
+    ModelNotFoundError,
+    ModelUnavailableError,
+    ServerError,
+    ServerOverloadedError,
+    UnsupportedRequestError,
+)
+
+_HTTP: dict[int, type[MlapiError]] = {
+    400: InvalidInputError,
+    404: ModelNotFoundError,
+    408: InferenceTimeoutError,
+    429: ServerOverloadedError,
+    501: UnsupportedRequestError,
+    503: ModelUnavailableError,
+    504: InferenceTimeoutError,
+}
+_GRPC: dict[str, type[MlapiError]] = {
+    "INVALID_ARGUMENT": InvalidInputError,
+    "OUT_OF_RANGE": InvalidInputError,
+    "NOT_FOUND": ModelNotFoundError,
+    "RESOURCE_EXHAUSTED": ServerOverloadedError,
+    "UNIMPLEMENTED": UnsupportedRequestError,
+    "UNAVAILABLE": ModelUnavailableError,
+    "DEADLINE_EXCEEDED": InferenceTimeoutError,
+}
+# Triton's UNAVAILABLE messages that mean "overloaded" (core scheduler_utils.cc and
+# dynamic_batch_scheduler.cc, release 2.51).
+_OVERLOADED_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
+
+# "input 'image': expected ..., got ..." (mlapi_backend.errors.InvalidInputError).
+_FIELD_EXPECTED_GOT = re.compile(
+    r"input '(?P<field>[^']+)': expected (?P<expected>.+), got (?P<got>.+)$"
+)
+# Triton core: "inference input 'image' data-type is 'FP32', but model 'digits' expects 'UINT8'".
+_CORE_DTYPE = re.compile(
+    r"input '(?P<field>[^']+)' data-type is '(?P<got>[^']+)', but model '[^']+' expects '(?P<expected>[^']+)'"
+)
+# Triton core: "unexpected shape for input 'x' for model 'm'. Expected [..], got [..]".
+_CORE_SHAPE = re.compile(
+    r"unexpected shape for input '(?P<field>[^']+)'.*Expected (?P<expected>\[[^\]]*\]), got (?P<got>\[[^\]]*\])"
+)
+_CORE_FIELD = re.compile(r"input '(?P<field>[^']+)'")
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What the caller was doing, so messages can name the model and the remedy."""
+
+    operation: str
+    model: str | None = None
+    version: str | None = None
+    timeout_s: float | None = None
+
+    def target(self) -> str:
+        if self.model is None:
+            return self.operation
+        version = f" version {self.version}" if self.version else ""
+        return f"{self.operation} on model '{self.model}'{version}"
+
+
+class HttpStatusFailure(Exception):
+    """An HTTP error response the project's own HTTP code received (keeps Retry-After)."""
+
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class ChannelUnreachable(Exception):
+    """gRPC UNAVAILABLE raised while the channel was not connected: the server is not there."""
+
+
+class StreamFailure(Exception):
+    """An error event inside a stream (HTTP SSE ``{"error": ...}`` after status 200)."""
+
+
+def translate(exc: BaseException, context: CallContext) -> MlapiError:
+    """The ``MlapiError`` for ``exc``; callers ``raise translate(exc, ctx) from exc``."""
+    if isinstance(exc, MlapiError):
+        return exc
+    if isinstance(exc, HttpStatusFailure):
+        return _from_status(
+            _HTTP.get(exc.status), str(exc.status), exc.message, context, exc.retry_after_s
+        )
+    if isinstance(exc, InferenceServerException):
+        status = exc.status()
+        if status is None:  # raised by tritonclient itself, before anything was sent
+            return InvalidInputError(f"{context.target()}: {exc.message()}")
+        if status.startswith("StatusCode."):
+            code = status.removeprefix("StatusCode.")
+            return _from_status(_GRPC.get(code), code, exc.message() or "", context, None)
+        cls = _HTTP.get(int(status)) if status.isdigit() else None
+        return _from_status(cls, status, exc.message() or "", context, None)
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        return _from_status(_GRPC.get(code), code, details or "", context, None)
+    if isinstance(exc, ChannelUnreachable):
+        return ConnectionFailedError(f"{context.target()}: cannot reach the server: {exc}")
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return _timeout(context, str(exc))
+    if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError, OSError)):
+        return ConnectionFailedError(f"{context.target()}: cannot reach the server: {exc}")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return _from_status(_HTTP.get(exc.status), str(exc.status), exc.message, context, None)
+    if isinstance(exc, StreamFailure):
+        return ServerError(f"{context.target()}: the stream failed: {exc}")
+    return ServerError(f"{context.target()}: unexpected failure: {type(exc).__name__}: {exc}")
+
+
+@contextlib.asynccontextmanager
+async def translated(context: CallContext) -> AsyncIterator[None]:
+    """Run a block and re-raise any failure as an ``MlapiError`` (cancellation passes through)."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        raise translate(exc, context) from exc
+
+
+def _from_status(
+    cls: type[MlapiError] | None,
+    status: str,
+    message: str,
+    context: CallContext,
+    retry_after_s: float | None,
+) -> MlapiError:
+    text = f"{context.target()}: {message}"
+    if cls is InvalidInputError:
+        return _invalid_input(text, message, status)
+    if cls is InferenceTimeoutError:
+        return _timeout(context, message, status)
+    if cls is ModelUnavailableError and message.split("] ")[-1].startswith(_OVERLOADED_MESSAGES):
+        cls = ServerOverloadedError
+    if cls is not None and issubclass(cls, ModelUnavailableError):
+        return cls(text, retry_after_s=retry_after_s, status=status)
+    if cls is None:
+        return ServerError(text, status=status)
+    return cls(text, status=status)
+
+
+def _invalid_input(text: str, message: str, status: str) -> InvalidInputError:
+    for pattern in (_FIELD_EXPECTED_GOT, _CORE_DTYPE, _CORE_SHAPE):
+        match = pattern.search(message)
+        if match:
+            return InvalidInputError(
+                text,
+                field=match["field"],
+                expected=match["expected"],
+                got=match["got"],
+                status=status,
+            )
+    field = _CORE_FIELD.search(message)
+    return InvalidInputError(text, field=field["field"] if field else None, status=status)
+
+
+def _timeout(context: CallContext, detail: str, status: str | None = None) -> InferenceTimeoutError:
+    limit = f" within {context.timeout_s:g} s" if context.timeout_s is not None else " in time"
+    return InferenceTimeoutError(
+        f"{context.target()} did not finish{limit}"
+        f"{': ' + detail if detail else ''}. Send a smaller input, raise timeout_s, or use the "
+        "asynchronous API (AsyncClient) so a long inference does not block the caller.",
+        status=status,
+    )

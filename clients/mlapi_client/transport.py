@@ -1,0 +1,59 @@
+"""What the async client needs from a protocol; one implementation per protocol."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from mlapi_client.results import InferResponse
+from mlapi_client.settings import Endpoint
+
+Parameters = Mapping[str, Any]
+
+
+class Transport(Protocol):
+    """Raw async calls to Triton; failures are raised as protocol exceptions and translated above."""
+
+    async def close(self) -> None: ...
+
+    async def is_live(self) -> bool: ...
+
+    async def is_ready(self, model: str | None, version: str) -> bool: ...
+
+    async def repository_index(self) -> list[dict[str, Any]]: ...
+
+    async def model_metadata(self, model: str, version: str) -> dict[str, Any]: ...
+
+    async def model_config(self, model: str, version: str) -> dict[str, Any]: ...
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        version: str,
+        outputs: Sequence[str] | None,
+        parameters: Parameters | None,
+        timeout_s: float | None,
+    ) -> InferResponse: ...
+
+    def stream(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        version: str,
+        parameters: Parameters | None,
+        timeout_s: float | None,
+    ) -> AsyncIterator[InferResponse]: ...
+
+
+def open_transport(endpoint: Endpoint) -> Transport:
+    """A transport for ``endpoint``; call inside the event loop that will use it."""
+    if endpoint.protocol == "grpc":
+        from mlapi_client.transport_grpc import GrpcTransport
+
+        return GrpcTransport(endpoint)
+    from mlapi_client.transport_http import HttpTransport
+
+    return HttpTransport(endpoint)

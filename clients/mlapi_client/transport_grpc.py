@@ -1,0 +1,132 @@
+"""gRPC transport over tritonclient.grpc.aio (infer, bidirectional streaming, metadata)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from mlapi_client.error_mapping import ChannelUnreachable, StreamFailure
+from mlapi_client.results import InferResponse
+from mlapi_client.settings import Endpoint
+from mlapi_client.tensors import grpc_response, infer_inputs, requested_outputs
+from mlapi_client.transport import Parameters
+
+T = TypeVar("T")
+# Since Triton 24.08 this header makes stream errors real gRPC statuses (stream then closes)
+# instead of an error_message inside a response.
+_STREAM_HEADERS = {"triton_grpc_error": "true"}
+
+
+class GrpcTransport:
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._client = grpcaio.InferenceServerClient(endpoint.address, ssl=endpoint.ssl)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except InferenceServerException as exc:
+            # UNAVAILABLE is both "server not there" and "model busy"; the channel tells which.
+            if exc.status() == "StatusCode.UNAVAILABLE" and not self._connected():
+                raise ChannelUnreachable(exc.message()) from exc
+            raise
+        except grpc.RpcError as exc:  # the stream iterator raises grpc's own errors
+            if exc.code() == grpc.StatusCode.UNAVAILABLE and not self._connected():
+                raise ChannelUnreachable(exc.details()) from exc
+            raise
+
+    def _connected(self) -> bool:
+        channel = self._client._channel  # tritonclient 2.51 exposes no accessor
+        return bool(channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY)
+
+    async def is_live(self) -> bool:
+        return bool(await self._call(self._client.is_server_live()))
+
+    async def is_ready(self, model: str | None, version: str) -> bool:
+        if model is None:
+            return bool(await self._call(self._client.is_server_ready()))
+        return bool(await self._call(self._client.is_model_ready(model, version)))
+
+    async def repository_index(self) -> list[dict[str, Any]]:
+        index = await self._call(self._client.get_model_repository_index(as_json=True))
+        return list(index.get("models", []))
+
+    async def model_metadata(self, model: str, version: str) -> dict[str, Any]:
+        metadata = await self._call(self._client.get_model_metadata(model, version, as_json=True))
+        for tensor in (*metadata.get("inputs", []), *metadata.get("outputs", [])):
+            tensor["shape"] = [int(dim) for dim in tensor.get("shape", [])]
+        return dict(metadata)
+
+    async def model_config(self, model: str, version: str) -> dict[str, Any]:
+        config = await self._call(self._client.get_model_config(model, version, as_json=True))
+        return dict(config.get("config", {}))
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        version: str,
+        outputs: Sequence[str] | None,
+        parameters: Parameters | None,
+        timeout_s: float | None,
+    ) -> InferResponse:
+        # client_timeout is the gRPC deadline: the server sees it and cancels the request.
+        result = await self._call(
+            self._client.infer(
+                model,
+                infer_inputs(grpcclient, inputs),
+                model_version=version,
+                outputs=requested_outputs(grpcclient, outputs),
+                parameters=dict(parameters) if parameters else None,
+                client_timeout=timeout_s,
+            )
+        )
+        return grpc_response(result)
+
+    async def stream(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        version: str,
+        parameters: Parameters | None,
+        timeout_s: float | None,
+    ) -> AsyncIterator[InferResponse]:
+        """ModelStreamInfer with one request; leaving early cancels the call on the server."""
+        request = {
+            "model_name": model,
+            "inputs": infer_inputs(grpcclient, inputs),
+            "model_version": version,
+            # An empty final response marks the end of this request's responses.
+            "parameters": {**(parameters or {}), "triton_enable_empty_final_response": True},
+        }
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield request
+
+        responses = self._client.stream_infer(
+            requests(), stream_timeout=timeout_s, headers=_STREAM_HEADERS
+        )
+        finished = False
+        try:
+            while not finished:
+                try:
+                    result, error = await self._call(responses.__anext__())
+                except StopAsyncIteration:
+                    return
+                if error is not None:
+                    raise StreamFailure(error.message())
+                proto = result.get_response()
+                finished = proto.parameters["triton_final_response"].bool_param
+                if proto.outputs:
+                    yield grpc_response(result)
+        finally:
+            if not finished:
+                responses.cancel()

@@ -1,0 +1,165 @@
+"""HTTP/REST transport over tritonclient.http.aio, plus aiohttp for infer and generate_stream.
+
+Inference goes through our own aiohttp session (with tritonclient's public request/response
+codecs) because tritonclient.http.aio drops the response headers, and a Retry-After header
+from a proxy or gateway in front of Triton must reach the retry logic. tritonclient.http.aio
+has no generate_stream (SSE) support at all.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import numpy as np
+import tritonclient.http as httpclient
+import tritonclient.http.aio as httpaio
+
+from mlapi_client.error_mapping import HttpStatusFailure, StreamFailure
+from mlapi_client.results import InferResponse
+from mlapi_client.settings import Endpoint
+from mlapi_client.tensors import (
+    from_json_event,
+    http_response,
+    infer_inputs,
+    json_value,
+    requested_outputs,
+)
+from mlapi_client.transport import Parameters
+
+_CODEC = httpclient.InferenceServerClient  # its request/response codecs are static methods
+
+
+class HttpTransport:
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._base = endpoint.url
+        # Timeouts are applied per call by the client (asyncio), so the sessions have none.
+        self._triton = httpaio.InferenceServerClient(
+            endpoint.address, ssl=endpoint.ssl, conn_timeout=None
+        )
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+        await self._triton.close()
+
+    async def is_live(self) -> bool:
+        return bool(await self._triton.is_server_live())
+
+    async def is_ready(self, model: str | None, version: str) -> bool:
+        if model is None:
+            return bool(await self._triton.is_server_ready())
+        return bool(await self._triton.is_model_ready(model, version))
+
+    async def repository_index(self) -> list[dict[str, Any]]:
+        return list(await self._triton.get_model_repository_index())
+
+    async def model_metadata(self, model: str, version: str) -> dict[str, Any]:
+        return dict(await self._triton.get_model_metadata(model, version))
+
+    async def model_config(self, model: str, version: str) -> dict[str, Any]:
+        return dict(await self._triton.get_model_config(model, version))
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        version: str,
+        outputs: Sequence[str] | None,
+        parameters: Parameters | None,
+        timeout_s: float | None,
+    ) -> InferResponse:
+        body, json_size = _CODEC.generate_request_body(
+            infer_inputs(httpclient, inputs),
+            outputs=requested_outputs(httpclient, outputs),
+            parameters=dict(parameters) if parameters else None,
+        )
+        headers = {} if json_size is None else {"Inference-Header-Content-Length": str(json_size)}
+        async with self._session.post(
+            self._url(model, version, "infer"), data=body, headers=headers
+        ) as reply:
+            payload = await reply.read()
+            if reply.status != 200:
+                raise _failure(reply, payload)
+            result = _CODEC.parse_response_body(
+                payload,
+                header_length=reply.headers.get("Inference-Header-Content-Length"),
+                content_encoding=reply.headers.get("Content-Encoding"),
+            )
+        return http_response(result)
+
+    async def stream(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        version: str,
+        parameters: Parameters | None,
+        timeout_s: float | None,
+    ) -> AsyncIterator[InferResponse]:
+        """generate_stream: one SSE event per response. Leaving early closes the connection."""
+        body: dict[str, Any] = {name: json_value(name, array) for name, array in inputs.items()}
+        if parameters:
+            body["parameters"] = dict(parameters)
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        reply = await self._session.post(
+            self._url(model, version, "generate_stream"), json=body, timeout=timeout
+        )
+        try:
+            if reply.status != 200:
+                raise _failure(reply, await reply.read())
+            async for data in _sse_data(reply.content):
+                event = json.loads(data)
+                if "error" in event:  # errors after the first event arrive with status 200
+                    raise StreamFailure(event["error"])
+                yield from_json_event(event)
+        finally:
+            # Closing (not releasing) drops the connection, so an unfinished stream is not reused.
+            reply.close()
+
+    def _url(self, model: str, version: str, action: str) -> str:
+        versioned = f"/versions/{quote(version)}" if version else ""
+        return f"{self._base}/v2/models/{quote(model)}{versioned}/{action}"
+
+
+async def _sse_data(content: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """The ``data:`` payload of each server-sent event."""
+    lines: list[str] = []
+    async for raw in content:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if line.startswith("data:"):
+            lines.append(line[5:].lstrip(" "))
+        elif not line and lines:
+            yield "\n".join(lines)
+            lines = []
+    if lines:
+        yield "\n".join(lines)
+
+
+def _failure(reply: aiohttp.ClientResponse, payload: bytes) -> HttpStatusFailure:
+    try:
+        message = str(json.loads(payload)["error"])
+    except (ValueError, KeyError, TypeError):
+        message = payload.decode("utf-8", "replace").strip() or reply.reason or ""
+    return HttpStatusFailure(reply.status, message, retry_after_s(reply.headers.get("Retry-After")))
+
+
+def retry_after_s(value: str | None, now_s: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    now_s = time.time() if now_s is None else now_s
+    return max(0.0, when.timestamp() - now_s)
