@@ -1,0 +1,156 @@
+"""Command line of the harness.
+
+    python -m mlapi_bench sweep              # quick default sweep (what `make bench` runs)
+    python -m mlapi_bench sweep --full       # longer: more levels, longer windows, rate sweep
+    python -m mlapi_bench study              # batching study (dynamic batching off/on, instances)
+    python -m mlapi_bench capacity           # how fast the harness itself can drive requests
+
+The server under test is the one at TRITON_HTTP_PORT/TRITON_GRPC_PORT (8000/8001) when it is
+ready, with the identity model loaded into it; otherwise the harness starts its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from mlapi_bench.measure import Phases
+from mlapi_bench.report import results_dir
+from mlapi_bench.stack import ROOT, StackError, stack
+from mlapi_bench.study import FULL_VARIANTS, QUICK_VARIANTS, StudyError
+
+log = logging.getLogger("mlapi_bench")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x)
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(x for x in text.split(",") if x)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m mlapi_bench", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    host = os.environ.get("TRITON_HOST", "127.0.0.1")
+    common.add_argument(
+        "--http-url", default=f"{host}:{os.environ.get('TRITON_HTTP_PORT', '8000')}"
+    )
+    common.add_argument(
+        "--grpc-url", default=f"{host}:{os.environ.get('TRITON_GRPC_PORT', '8001')}"
+    )
+    common.add_argument(
+        "--own-server", action="store_true", help="always start a server of our own"
+    )
+    common.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results",
+        help="results base folder (a dated subfolder is created)",
+    )
+    common.add_argument("--backend-dir", type=Path, default=ROOT / "build" / "bench-backends")
+    common.add_argument("--warmup-s", type=float, default=None)
+    common.add_argument("--window-s", type=float, default=None)
+    common.add_argument("--processes", type=int, default=1, help="load-generating processes")
+
+    sweep = sub.add_parser(
+        "sweep", parents=[common], help="concurrency (and rate) sweep of the shipped configs"
+    )
+    sweep.add_argument(
+        "--full", action="store_true", help="longer sweep: levels 1..32, 5 s windows, rate sweep"
+    )
+    sweep.add_argument("--models", type=_words, default=("digits", "digits_classifier"))
+    sweep.add_argument("--protocols", type=_words, default=("grpc", "http"))
+    sweep.add_argument("--concurrency", type=_ints, default=None)
+    sweep.add_argument("--request-rates", type=_floats, default=None, help="open-loop rates, req/s")
+    sweep.add_argument(
+        "--image-side", type=int, default=8, help="digits image side (multiple of 8)"
+    )
+
+    study = sub.add_parser("study", parents=[common], help="dynamic batching / instance study")
+    study.add_argument("--quick", action="store_true", help="3 variants instead of 8")
+    study.add_argument("--models", type=_words, default=("digits_classifier", "digits"))
+    study.add_argument("--concurrency", type=_ints, default=(1, 2, 4, 8, 16, 32))
+    study.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+
+    capacity = sub.add_parser(
+        "capacity", parents=[common], help="the harness's own request rate (identity model)"
+    )
+    capacity.add_argument("--concurrency", type=int, default=64)
+    capacity.add_argument("--max-processes", type=int, default=max(2, os.cpu_count() or 1))
+    capacity.add_argument(
+        "--wrk", action="store_true", help="also drive HTTP with wrk (if installed)"
+    )
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
+    )
+    from mlapi_bench import runs
+
+    out = results_dir(args.out)
+    http_url, grpc_url = (None, None) if args.own_server else (args.http_url, args.grpc_url)
+    try:
+        with stack(http_url, grpc_url, args.backend_dir) as server:
+            if args.command == "sweep":
+                full = args.full
+                phases = Phases(
+                    args.warmup_s if args.warmup_s is not None else (2.0 if full else 1.0),
+                    args.window_s if args.window_s is not None else (5.0 if full else 2.0),
+                )
+                settings = runs.SweepSettings(
+                    models=args.models,
+                    protocols=args.protocols,
+                    concurrency=args.concurrency or ((1, 2, 4, 8, 16, 32) if full else (1, 4, 16)),
+                    request_rates=args.request_rates
+                    if args.request_rates is not None
+                    else ((50, 100, 200, 400, 800) if full else ()),
+                    phases=phases,
+                    processes=args.processes,
+                    in_process_s=2.0 if full else 0.5,
+                    image_side=args.image_side,
+                )
+                summary = runs.run_sweep(server, settings, out)
+            elif args.command == "study":
+                phases = Phases(
+                    args.warmup_s if args.warmup_s is not None else 1.0,
+                    args.window_s if args.window_s is not None else 3.0,
+                )
+                settings_s = runs.StudySettings(
+                    models=args.models,
+                    variants=QUICK_VARIANTS if args.quick else FULL_VARIANTS,
+                    concurrency=args.concurrency,
+                    protocol=args.protocol,
+                    phases=phases,
+                    processes=args.processes,
+                )
+                summary = runs.run_study(server, settings_s, out)
+            else:
+                from mlapi_bench.capacity import CapacitySettings, run_capacity
+
+                phases = Phases(
+                    args.warmup_s if args.warmup_s is not None else 1.0,
+                    args.window_s if args.window_s is not None else 3.0,
+                )
+                summary = run_capacity(
+                    server,
+                    CapacitySettings(args.concurrency, args.max_processes, phases, args.wrk),
+                    out,
+                )
+    except (StackError, StudyError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(summary)
+    print(f"results: {out}")
+    return 0
