@@ -1,18 +1,19 @@
-"""The public ``digits`` model: request parsing, classifier calls grouped by version, responses.
+"""The public ``digits`` model: request parsing, version routing, classifier calls, responses.
 
-``digits`` is a Python (BLS) model rather than an ensemble because each request's response must
-name the classifier version that served it, and the version is chosen per request. The model.py
-adapter supplies a ``classify(version, pixels) -> probabilities`` callable (a BLS call); all
-other logic is here so that it is unit-tested without a server.
+``digits`` is a Python (BLS) model rather than an ensemble because the classifier version is
+chosen per request (pinning, weighted canary, sticky keys; see traffic_policy) and every response
+names the version that served it and why. The model.py adapter supplies a ClassifierBackend (BLS
+calls, readiness checks, metrics); all other logic is here, unit-tested without a server.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from mlapi_backend.postprocessing import (
     rank,
 )
 from mlapi_backend.preprocessing import PreprocessedDigit, preprocess_digit
+from mlapi_backend.traffic_policy import Route, TrafficPolicy, routing_parameters
 
 INPUTS = {"image": "TYPE_UINT8", "top_k": "TYPE_INT32"}
 OUTPUTS = {
@@ -34,20 +36,39 @@ OUTPUTS = {
 }
 CLASSIFIER_INPUT = "pixels"
 CLASSIFIER_OUTPUT = "probabilities"
+DEFAULT_POLICY = '{"weights": {"1": 100}}'
 
 Outputs = dict[str, np.ndarray]
-Classify = Callable[[int, np.ndarray], np.ndarray]
 
 
 class ClassifierError(MlapiBackendError):
-    """The classifier call failed (BLS error); every request routed to that version fails."""
+    """A classifier call failed. ``unavailable``: the version is not loaded (unknown/unloaded)."""
+
+    def __init__(self, message: str, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+
+
+class ClassifierBackend(Protocol):
+    """What the pipeline needs from the server (model.py implements it with BLS and metrics)."""
+
+    def classify(self, version: int, pixels: np.ndarray) -> np.ndarray: ...
+
+    def live_versions(self, candidates: Iterable[int]) -> list[int]: ...
+
+    def record_routes(self, version: int, reason: str, count: int) -> None: ...
+
+    def record_shadow(
+        self, primary: int, shadow: int, agreed: int, disagreed: int, failed: int
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
 class DigitsSettings:
     model_name: str
     classifier_name: str
-    default_version: int
+    classifier_dir: Path
+    policy: TrafficPolicy
     threshold: float
     default_top_k: int
     max_top_k: int
@@ -58,8 +79,9 @@ class DigitsSettings:
         config.require_tensors(INPUTS, OUTPUTS)
         if config.max_batch_size < 1:
             raise ModelConfigError(f"model '{config.name}': needs max_batch_size >= 1")
+        classifier = config.string_parameter("classifier_model", "digits_classifier")
         labels_path = model_dir / config.string_parameter(
-            "classifier_labels", "../digits_classifier/labels.txt"
+            "classifier_labels", f"../{classifier}/labels.txt"
         )
         try:
             labels = tuple(
@@ -72,8 +94,11 @@ class DigitsSettings:
         max_top_k = config.int_parameter("max_top_k", 10, 1, len(labels))
         return cls(
             model_name=config.name,
-            classifier_name=config.string_parameter("classifier_model", "digits_classifier"),
-            default_version=config.int_parameter("default_classifier_version", 1, 1, 2**31 - 1),
+            classifier_name=classifier,
+            classifier_dir=(model_dir / ".." / classifier).resolve(),
+            policy=TrafficPolicy.parse(
+                config.string_parameter("traffic_policy", DEFAULT_POLICY), config.name
+            ),
             threshold=config.float_parameter(
                 "low_confidence_threshold", DEFAULT_LOW_CONFIDENCE_THRESHOLD, 0.0, 1.0
             ),
@@ -82,15 +107,25 @@ class DigitsSettings:
             labels=labels,
         )
 
+    @property
+    def default_version(self) -> int:
+        """The version most unpinned traffic goes to (ties: the newer version)."""
+        return max(self.policy.weights, key=lambda vw: (vw[1], vw[0]))[0]
+
+    def candidate_versions(self, extra: Iterable[int] = ()) -> set[int]:
+        """Versions worth asking the server about: policy, shadow, and folders on disk."""
+        on_disk = {int(p.name) for p in self.classifier_dir.glob("[0-9]*") if p.name.isdigit()}
+        shadow = {self.policy.shadow} if self.policy.shadow is not None else set()
+        return set(self.policy.versions) | shadow | on_disk | set(extra)
+
 
 @dataclass(frozen=True)
 class ParsedRequest:
-    """A valid request: its preprocessed images, k, and the classifier version to use."""
+    """A valid request: its preprocessed images, k, and where it is routed."""
 
     digits: tuple[PreprocessedDigit, ...]
     top_k: int
-    version: int
-    routing: str
+    route: Route
 
     @property
     def pixels(self) -> np.ndarray:
@@ -98,11 +133,17 @@ class ParsedRequest:
 
 
 class DigitsPipeline:
-    def __init__(self, settings: DigitsSettings) -> None:
+    def __init__(self, settings: DigitsSettings, rng: random.Random | None = None) -> None:
         self.settings = settings
+        self.rng = rng or random.Random()
 
-    def parse(self, image: np.ndarray | None, top_k: np.ndarray | None) -> ParsedRequest:
-        """Validate one request's tensors (batch axis first) and preprocess its images."""
+    def parse(
+        self,
+        image: np.ndarray | None,
+        top_k: np.ndarray | None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> ParsedRequest:
+        """Validate one request's tensors (batch axis first) and parameters; preprocess; route."""
         s = self.settings
         if image is None:
             raise InvalidInputError(
@@ -124,14 +165,14 @@ class DigitsPipeline:
             k = int(values[0])
             if not 1 <= k <= s.max_top_k:
                 raise InvalidInputError("top_k", f"an integer in 1..{s.max_top_k}", str(k))
+        pinned, routing_key = routing_parameters(parameters or {})
         digits = tuple(preprocess_digit(img) for img in image)
-        return ParsedRequest(digits, k, s.default_version, "default")
+        return ParsedRequest(digits, k, s.policy.route(pinned, routing_key, self.rng.random()))
 
     def run(
-        self, parsed: Sequence[ParsedRequest | Exception], classify: Classify
+        self, parsed: Sequence[ParsedRequest | Exception], backend: ClassifierBackend
     ) -> list[Outputs | Exception]:
-        """Classify every valid request, one classifier call per version, and build responses."""
-        # Exceptions pass through unchanged; every ParsedRequest is replaced below.
+        """Classify every valid request (one classifier call per version) and build responses."""
         results: list[Outputs | Exception] = [
             item if isinstance(item, Exception) else RuntimeError("not classified")
             for item in parsed
@@ -139,20 +180,87 @@ class DigitsPipeline:
         groups: dict[int, list[tuple[int, ParsedRequest]]] = {}
         for index, item in enumerate(parsed):
             if isinstance(item, ParsedRequest):
-                groups.setdefault(item.version, []).append((index, item))
+                groups.setdefault(item.route.version, []).append((index, item))
         for version, members in groups.items():
-            try:
-                probabilities = classify(version, np.concatenate([r.pixels for _, r in members]))
-            except ClassifierError as exc:
-                for index, _ in members:
-                    results[index] = exc
-                continue
-            offset = 0
-            for index, request in members:
-                count = len(request.digits)
-                results[index] = self.respond(request, probabilities[offset : offset + count])
-                offset += count
+            for index, outcome in self._serve_group(version, members, backend):
+                results[index] = outcome
         return results
+
+    def _serve_group(
+        self,
+        version: int,
+        members: list[tuple[int, ParsedRequest]],
+        backend: ClassifierBackend,
+        tried: frozenset[int] = frozenset(),
+    ) -> list[tuple[int, Outputs | Exception]]:
+        pixels = np.concatenate([r.pixels for _, r in members])
+        try:
+            probabilities = backend.classify(version, pixels)
+        except ClassifierError as exc:
+            if not exc.unavailable:
+                return [(index, exc) for index, _ in members]
+            return self._version_unavailable(version, members, backend, exc, tried | {version})
+        self._shadow(version, pixels, probabilities, backend)
+        outcomes: list[tuple[int, Outputs | Exception]] = []
+        offset = 0
+        for index, request in members:
+            count = len(request.digits)
+            outcomes.append((index, self.respond(request, probabilities[offset : offset + count])))
+            offset += count
+            backend.record_routes(version, request.route.reason, count)
+        return outcomes
+
+    def _version_unavailable(
+        self,
+        version: int,
+        members: list[tuple[int, ParsedRequest]],
+        backend: ClassifierBackend,
+        error: ClassifierError,
+        tried: frozenset[int],
+    ) -> list[tuple[int, Outputs | Exception]]:
+        """Pinned requests get a 4xx naming the live versions; routed ones fall back to a live one."""
+        live = sorted(backend.live_versions(self.settings.candidate_versions()))
+        outcomes: list[tuple[int, Outputs | Exception]] = []
+        pinned = [(i, r) for i, r in members if r.route.reason == "pinned"]
+        for index, _ in pinned:
+            outcomes.append(
+                (
+                    index,
+                    InvalidInputError(
+                        "model_version",
+                        f"a live version of {self.settings.classifier_name}: {live}",
+                        f"{version}, which is not loaded",
+                    ),
+                )
+            )
+        routed = [(i, r) for i, r in members if r.route.reason != "pinned"]
+        by_weight = [
+            v for v, _ in sorted(self.settings.policy.weights, key=lambda vw: (-vw[1], -vw[0]))
+        ]
+        alternatives = [v for v in by_weight if v not in tried and v in live]
+        if routed and alternatives:
+            rerouted = [
+                (i, replace(r, route=Route(alternatives[0], "fallback"))) for i, r in routed
+            ]
+            outcomes.extend(self._serve_group(alternatives[0], rerouted, backend, tried))
+        else:
+            outcomes.extend((i, error) for i, _ in routed)
+        return outcomes
+
+    def _shadow(
+        self, version: int, pixels: np.ndarray, served: np.ndarray, backend: ClassifierBackend
+    ) -> None:
+        """Send a copy to the shadow version, compare top-1 labels, discard its answers."""
+        shadow = self.settings.policy.shadow
+        if shadow is None or shadow == version:
+            return
+        try:
+            shadowed = backend.classify(shadow, pixels)
+        except ClassifierError:
+            backend.record_shadow(version, shadow, 0, 0, len(pixels))
+            return
+        agreed = int((shadowed.argmax(axis=1) == served.argmax(axis=1)).sum())
+        backend.record_shadow(version, shadow, agreed, len(pixels) - agreed, 0)
 
     def respond(self, request: ParsedRequest, probabilities: np.ndarray) -> Outputs:
         """Ranked labels/scores, low-confidence flag and metadata for each image of a request."""
@@ -164,38 +272,20 @@ class DigitsPipeline:
             labels.append([s.labels[i].encode() for i in ranked.indices])
             scores.append(ranked.scores)
             flags.append([bool(reasons)])
-            metadata.append(
-                [
-                    json.dumps(
-                        self._metadata(
-                            request, digit, ranked.top1_margin, ranked.rest_probability, reasons
-                        )
-                    ).encode()
-                ]
-            )
+            meta = {
+                "model": s.model_name,
+                "classifier": {"name": s.classifier_name, "version": str(request.route.version)},
+                "routing": request.route.reason,
+                "preprocessing": digit.metadata(),
+                "low_confidence_threshold": s.threshold,
+                "low_confidence_reasons": reasons,
+                "top1_margin": round(ranked.top1_margin, 6),
+                "not_a_digit_probability": round(ranked.rest_probability, 6),
+            }
+            metadata.append([json.dumps(meta).encode()])
         return {
             "labels": np.array(labels, dtype=np.object_),
             "scores": np.stack(scores).astype(np.float32),
             "low_confidence": np.array(flags, dtype=np.bool_),
             "metadata": np.array(metadata, dtype=np.object_),
-        }
-
-    def _metadata(
-        self,
-        request: ParsedRequest,
-        digit: PreprocessedDigit,
-        margin: float,
-        rest: float,
-        reasons: list[str],
-    ) -> dict[str, Any]:
-        s = self.settings
-        return {
-            "model": s.model_name,
-            "classifier": {"name": s.classifier_name, "version": str(request.version)},
-            "routing": request.routing,
-            "preprocessing": digit.metadata(),
-            "low_confidence_threshold": s.threshold,
-            "low_confidence_reasons": reasons,
-            "top1_margin": round(margin, 6),
-            "not_a_digit_probability": round(rest, 6),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def _config(**parameters: str) -> ModelConfig:
 
 @pytest.fixture
 def pipeline() -> DigitsPipeline:
-    return DigitsPipeline(DigitsSettings.from_config(_config(), REPO / "digits"))
+    return _pipeline()
 
 
 def _image(value: int = 255) -> np.ndarray:
@@ -43,34 +44,58 @@ def _image(value: int = 255) -> np.ndarray:
     return img
 
 
-def one_hot_classifier(label: int, score: float = 0.9):
-    calls = []
+class FakeBackend:
+    """Pure-logic stand-in for the BLS classifier: fixed answers, recorded calls."""
 
-    def classify(version: int, pixels: np.ndarray) -> np.ndarray:
-        calls.append((version, pixels.shape))
-        probs = np.full((len(pixels), 10), (1 - score) / 9, dtype=np.float32)
-        probs[:, label] = score
+    def __init__(self, label: int = 7, score: float = 0.9, live=(1, 2), answers=None) -> None:
+        self.label, self.score, self.live = label, score, set(live)
+        self.answers = answers or {}
+        self.calls: list[tuple[int, tuple[int, ...]]] = []
+        self.routes: list[tuple[int, str, int]] = []
+        self.shadows: list[tuple[int, int, int, int, int]] = []
+
+    def classify(self, version, pixels):
+        self.calls.append((version, pixels.shape))
+        if version not in self.live:
+            raise ClassifierError(f"version {version} not loaded", unavailable=True)
+        label = self.answers.get(version, self.label)
+        probs = np.full((len(pixels), 10), (1 - self.score) / 9, dtype=np.float32)
+        probs[:, label] = self.score
         return probs
 
-    classify.calls = calls  # type: ignore[attr-defined]
-    return classify
+    def live_versions(self, candidates):
+        return [v for v in candidates if v in self.live]
+
+    def record_routes(self, version, reason, count):
+        self.routes.append((version, reason, count))
+
+    def record_shadow(self, primary, shadow, agreed, disagreed, failed):
+        self.shadows.append((primary, shadow, agreed, disagreed, failed))
+
+
+def _pipeline(**parameters: str) -> DigitsPipeline:
+    return DigitsPipeline(
+        DigitsSettings.from_config(_config(**parameters), REPO / "digits"), random.Random(0)
+    )
 
 
 def test_shipped_config_settings(pipeline):
     s = pipeline.settings
+    assert s.default_version == 2 and s.policy.shadow is None
     assert s.labels == tuple(str(d) for d in range(10))
     assert (s.default_top_k, s.max_top_k, s.threshold) == (3, 10, 0.5)
     assert s.classifier_name == "digits_classifier"
 
 
 def test_one_classifier_call_per_version_for_a_whole_batch(pipeline):
-    classify = one_hot_classifier(7)
+    backend = FakeBackend(7)
     parsed = [
         pipeline.parse(_image(), None),
         pipeline.parse(np.concatenate([_image(), _image()]), None),
     ]
-    results = pipeline.run(parsed, classify)
-    assert classify.calls == [(pipeline.settings.default_version, (3, 64))]
+    results = pipeline.run(parsed, backend)
+    assert backend.calls == [(pipeline.settings.default_version, (3, 64))]
+    assert backend.routes == [(2, "default", 1), (2, "default", 2)]
     assert results[1]["labels"].shape == (2, 3)
     assert results[0]["labels"][0].tolist() == [b"7", b"0", b"1"]
     meta = json.loads(results[0]["metadata"][0, 0])
@@ -85,8 +110,8 @@ def test_one_classifier_call_per_version_for_a_whole_batch(pipeline):
 
 
 def test_low_confidence_flag_follows_threshold(pipeline):
-    low = pipeline.run([pipeline.parse(_image(), None)], one_hot_classifier(3, score=0.4))[0]
-    high = pipeline.run([pipeline.parse(_image(), None)], one_hot_classifier(3, score=0.6))[0]
+    low = pipeline.run([pipeline.parse(_image(), None)], FakeBackend(3, score=0.4))[0]
+    high = pipeline.run([pipeline.parse(_image(), None)], FakeBackend(3, score=0.6))[0]
     assert low["low_confidence"].tolist() == [[True]]
     assert high["low_confidence"].tolist() == [[False]]
     assert json.loads(low["metadata"][0, 0])["low_confidence_reasons"] == [
@@ -96,7 +121,7 @@ def test_low_confidence_flag_follows_threshold(pipeline):
 
 def test_top_k_controls_output_width(pipeline):
     result = pipeline.run(
-        [pipeline.parse(_image(), np.array([[10]], dtype=np.int32))], one_hot_classifier(1)
+        [pipeline.parse(_image(), np.array([[10]], dtype=np.int32))], FakeBackend(1)
     )[0]
     assert result["labels"].shape == (1, 10) and result["scores"].shape == (1, 10)
     assert np.all(np.diff(result["scores"][0]) <= 0)
@@ -127,25 +152,118 @@ def test_invalid_requests_name_the_field(pipeline, image, top_k, field, fragment
 
 
 def test_invalid_request_does_not_affect_batch_mates(pipeline):
-    classify = one_hot_classifier(5)
+    backend = FakeBackend(5)
     error = InvalidInputError("image", "x", "y")
     parsed: list[ParsedRequest | Exception] = [
         pipeline.parse(_image(), None),
         error,
         pipeline.parse(_image(), None),
     ]
-    results = pipeline.run(parsed, classify)
+    results = pipeline.run(parsed, backend)
     assert results[1] is error
     assert results[0]["labels"][0, 0] == b"5" and results[2]["labels"][0, 0] == b"5"
-    assert len(classify.calls) == 1 and classify.calls[0][1] == (2, 64)
+    assert len(backend.calls) == 1 and backend.calls[0][1] == (2, 64)
 
 
-def test_classifier_failure_fails_only_its_requests(pipeline):
-    def failing(version: int, pixels: np.ndarray) -> np.ndarray:
-        raise ClassifierError("boom")
+def test_classifier_failure_fails_only_its_requests():
+    pipeline = _pipeline(traffic_policy='{"weights": {"1": 1, "2": 1}}')
 
-    results = pipeline.run([pipeline.parse(_image(), None)], failing)
+    class Failing(FakeBackend):
+        def classify(self, version, pixels):
+            if version == 1:
+                raise ClassifierError("boom")
+            return super().classify(version, pixels)
+
+    pinned = [pipeline.parse(_image(), None, {"model_version": v}) for v in (1, 2)]
+    results = pipeline.run(pinned, Failing())
     assert isinstance(results[0], ClassifierError)
+    assert results[1]["labels"][0, 0] == b"7"
+
+
+def test_pinned_version_overrides_policy_and_is_reported():
+    pipeline = _pipeline()
+    backend = FakeBackend(answers={1: 4, 2: 6})
+    results = pipeline.run([pipeline.parse(_image(), None, {"model_version": "1"})], backend)
+    meta = json.loads(results[0]["metadata"][0, 0])
+    assert (meta["classifier"]["version"], meta["routing"]) == ("1", "pinned")
+    assert results[0]["labels"][0, 0] == b"4"
+
+
+def test_pinned_unloaded_version_is_an_invalid_input_naming_live_versions():
+    pipeline = _pipeline()
+    results = pipeline.run([pipeline.parse(_image(), None, {"model_version": 7})], FakeBackend())
+    assert isinstance(results[0], InvalidInputError)
+    assert results[0].field == "model_version"
+    assert "[1, 2]" in str(results[0]) and "7" in str(results[0])
+
+
+def test_routed_request_falls_back_when_its_version_is_retired():
+    pipeline = _pipeline(traffic_policy='{"weights": {"1": 50, "3": 50}}')
+    backend = FakeBackend(live=(1, 2))
+    parsed = [pipeline.parse(_image(), None, {"routing_key": f"user-{i}"}) for i in range(40)]
+    assert {p.route.version for p in parsed} == {1, 3}
+    results = pipeline.run(parsed, backend)
+    metas = [json.loads(r["metadata"][0, 0]) for r in results]
+    assert all(m["classifier"]["version"] == "1" for m in metas)
+    assert {m["routing"] for m in metas} == {"sticky", "fallback"}
+
+
+def test_no_live_alternative_fails_the_routed_requests():
+    pipeline = _pipeline(traffic_policy='{"weights": {"3": 100}}')
+    results = pipeline.run([pipeline.parse(_image(), None)], FakeBackend(live=()))
+    assert isinstance(results[0], ClassifierError) and results[0].unavailable
+
+
+def test_weighted_split_and_sticky_keys():
+    pipeline = _pipeline(traffic_policy='{"weights": {"1": 80, "2": 20}}')
+    draws = [pipeline.parse(_image(), None).route for _ in range(2000)]
+    assert {r.reason for r in draws} == {"weighted"}
+    share = sum(r.version == 1 for r in draws) / len(draws)
+    assert abs(share - 0.8) < 0.03
+    for key in ("a", "b", "user-42"):
+        versions = {
+            pipeline.parse(_image(), None, {"routing_key": key}).route.version for _ in range(20)
+        }
+        assert len(versions) == 1
+
+
+def test_shadow_copy_is_compared_and_discarded():
+    pipeline = _pipeline(traffic_policy='{"weights": {"2": 100}, "shadow": 1}')
+    backend = FakeBackend(answers={1: 3, 2: 6})
+    batch = np.concatenate([_image()] * 3)
+    results = pipeline.run([pipeline.parse(batch, None)], backend)
+    assert [c[0] for c in backend.calls] == [2, 1]
+    assert results[0]["labels"][:, 0].tolist() == [b"6"] * 3  # served answer, not the shadow's
+    assert backend.shadows == [(2, 1, 0, 3, 0)]
+    agreeing = FakeBackend(answers={1: 6, 2: 6})
+    pipeline.run([pipeline.parse(batch, None)], agreeing)
+    assert agreeing.shadows == [(2, 1, 3, 0, 0)]
+
+
+def test_shadow_failure_never_fails_the_request():
+    pipeline = _pipeline(traffic_policy='{"weights": {"2": 100}, "shadow": 5}')
+    backend = FakeBackend()
+    results = pipeline.run([pipeline.parse(_image(), None)], backend)
+    assert results[0]["labels"][0, 0] == b"7"
+    assert backend.shadows == [(2, 5, 0, 0, 1)]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "field"),
+    [
+        ({"model_version": "x"}, "model_version"),
+        ({"model_version": 0}, "model_version"),
+        ({"model_version": True}, "model_version"),
+        ({"model_version": "1.5"}, "model_version"),
+        ({"routing_key": ""}, "routing_key"),
+        ({"routing_key": 5}, "routing_key"),
+        ({"routing_key": "k" * 257}, "routing_key"),
+    ],
+)
+def test_bad_routing_parameters_are_invalid_input(pipeline, parameters, field):
+    with pytest.raises(InvalidInputError) as info:
+        pipeline.parse(_image(), None, parameters)
+    assert info.value.field == field
 
 
 def test_bad_parameters_fail_load():
@@ -155,6 +273,8 @@ def test_bad_parameters_fail_load():
         DigitsSettings.from_config(_config(classifier_labels="nope.txt"), REPO / "digits")
     with pytest.raises(ModelConfigError, match="max_top_k"):
         DigitsSettings.from_config(_config(max_top_k="11"), REPO / "digits")
+    with pytest.raises(ModelConfigError, match="traffic_policy"):
+        DigitsSettings.from_config(_config(traffic_policy='{"weights": {}}'), REPO / "digits")
 
 
 def test_digits_batch_never_exceeds_classifier_batch():

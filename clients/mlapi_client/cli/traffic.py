@@ -1,0 +1,62 @@
+"""``mlapi traffic show|set MODEL``: inspect or change a model's split between versions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from mlapi_client.errors import InvalidInputError, MlapiError
+from mlapi_client.traffic import TrafficController, TrafficStatus, parse_weights
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "traffic", help="show or change how traffic is split between model versions"
+    )
+    actions = parser.add_subparsers(dest="traffic_command", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="print the policy, default and live versions")
+    change = actions.add_parser(
+        "set", help="install a new split, e.g. `set digits 1=90 2=10 --shadow 2`"
+    )
+    for sub in (show, change):
+        sub.add_argument("model", help="public model, e.g. digits")
+        sub.add_argument("--url", default="localhost:8000", help="Triton HTTP address (host:port)")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+    change.add_argument("weights", nargs="+", metavar="VERSION=SHARE")
+    change.add_argument(
+        "--shadow", type=int, default=None, help="version that gets a copy of all traffic"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with TrafficController(args.url, args.model) as controller:
+            if args.traffic_command == "show":
+                status = controller.show()
+            else:
+                status = controller.set(parse_weights(args.weights), args.shadow)
+    except InvalidInputError as exc:
+        print(f"error: {exc}")
+        return 2
+    except MlapiError as exc:
+        print(f"error: {exc}")
+        return 1
+    print(json.dumps(status.to_dict(), indent=2) if args.json else _human(status))
+    return 0
+
+
+def _human(status: TrafficStatus) -> str:
+    total = sum(status.weights.values()) or 1.0
+    split = ", ".join(
+        f"v{v} {100 * w / total:.1f}%"
+        for v, w in sorted(status.weights.items(), key=lambda kv: int(kv[0]))
+    )
+    lines = [
+        f"model:          {status.model} (classifier {status.classifier})",
+        f"split:          {split}",
+        f"default:        v{status.default_version}",
+        f"shadow:         {'v' + status.shadow if status.shadow else 'none'}",
+        f"live versions:  {', '.join('v' + v for v in status.live_versions) or 'none'}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pytest
+
+from mlapi_backend.errors import InvalidInputError, ModelConfigError
+from mlapi_backend.traffic_policy import TrafficPolicy, key_unit, routing_parameters
+
+
+def test_parse_normalises_and_sorts_weights():
+    policy = TrafficPolicy.parse('{"weights": {"2": 10, "1": 30}, "shadow": "3"}', "m")
+    assert policy.weights == ((1, 0.75), (2, 0.25))
+    assert policy.shadow == 3
+    assert policy.to_dict() == {"weights": {"1": 75.0, "2": 25.0}, "shadow": 3}
+
+
+def test_zero_weight_versions_are_dropped():
+    assert TrafficPolicy.parse('{"weights": {"1": 0, "2": 5}}', "m").versions == (2,)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        '{"weights": {}}',
+        '{"weights": {"1": 0}}',
+        '{"weights": {"0": 1}}',
+        '{"weights": {"x": 1}}',
+        '{"weights": {"1": -1}}',
+        '{"weights": {"1": "a"}}',
+        '{"weights": {"1": true}}',
+        '{"weights": {"1": 1}, "shadow": "v2"}',
+        '{"weights": {"1": 1}, "extra": 1}',
+    ],
+)
+def test_bad_policies_fail_with_the_model_named(text):
+    with pytest.raises(ModelConfigError, match="model 'digits'"):
+        TrafficPolicy.parse(text, "digits")
+
+
+def test_pick_buckets_by_cumulative_share():
+    policy = TrafficPolicy.parse('{"weights": {"1": 90, "2": 10}}', "m")
+    assert policy.pick(0.0) == 1
+    assert policy.pick(0.8999) == 1
+    assert policy.pick(0.9001) == 2
+    assert policy.pick(0.999999) == 2
+
+
+def test_route_precedence():
+    split = TrafficPolicy.parse('{"weights": {"1": 50, "2": 50}}', "m")
+    assert split.route(7, "key", 0.1).reason == "pinned"
+    assert split.route(None, "key", 0.1).reason == "sticky"
+    assert split.route(None, None, 0.1).version == 1
+    assert split.route(None, None, 0.9).version == 2
+    single = TrafficPolicy.single(2)
+    assert single.route(None, "key", 0.9) == single.route(None, None, 0.1)
+    assert single.route(None, None, 0.1).reason == "default"
+
+
+def test_key_unit_is_stable_and_roughly_uniform():
+    assert key_unit("user-1") == key_unit("user-1")
+    units = [key_unit(f"user-{i}") for i in range(4000)]
+    assert all(0 <= u < 1 for u in units)
+    assert abs(sum(u < 0.5 for u in units) / len(units) - 0.5) < 0.03
+
+
+def test_routing_parameters():
+    assert routing_parameters({}) == (None, None)
+    assert routing_parameters({"model_version": "2", "routing_key": "k"}) == (2, "k")
+    assert routing_parameters({"model_version": 3}) == (3, None)
+    with pytest.raises(InvalidInputError, match="model_version"):
+        routing_parameters({"model_version": -1})
