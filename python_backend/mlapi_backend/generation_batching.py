@@ -1,0 +1,78 @@
+"""Coalesce the decode steps that concurrent streams request in the same event-loop turn.
+
+Every stream of one ``text_generator`` instance runs as a coroutine on one event loop. When a
+batched decode step returns, all its streams resume in the same turn, sample, and ask for their
+next step; ``StepCoalescer`` gathers those asks and makes ONE batched call (one BLS request of
+batch k) instead of k calls. Triton's dynamic batcher on the decoder still merges what
+arrives from different instances or callers. Measured on the CPU stand-in (2 cores), the
+per-request overhead of BLS, not the GRU itself, limited throughput; see docs/streaming.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+# (tokens [k, 1] int64, states [k, layers, hidden] fp32) -> (logits [k, vocab], new states)
+BatchStep = Callable[[np.ndarray, np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]]
+
+
+class StepCoalescer:
+    """A per-stream decode step (``step``) served by batched calls of at most ``max_batch``."""
+
+    def __init__(self, run_batch: BatchStep, max_batch: int) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self._pending: list[
+            tuple[np.ndarray, np.ndarray, asyncio.Future[tuple[np.ndarray, np.ndarray]]]
+        ] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0
+        self.steps = 0
+
+    async def step(self, token: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One stream's step: token [1, 1], state [1, layers, hidden] -> (logits [vocab], state)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[np.ndarray, np.ndarray]] = loop.create_future()
+        self._pending.append((token, state, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            # call_soon runs after the callbacks already queued: the other streams woken by
+            # the same finished batch get to append their steps first.
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._pending:
+            group, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            task = asyncio.get_running_loop().create_task(self._run(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(
+        self,
+        group: list[tuple[np.ndarray, np.ndarray, asyncio.Future[tuple[np.ndarray, np.ndarray]]]],
+    ) -> None:
+        live = [item for item in group if not item[2].cancelled()]
+        if not live:
+            return
+        tokens = np.concatenate([token for token, _, _ in live])
+        states = np.concatenate([state for _, state, _ in live])
+        self.batches += 1
+        self.steps += len(live)
+        try:
+            logits, new_states = await self.run_batch(tokens, states)
+        except Exception as exc:  # delivered to every waiting stream, which decides what to do
+            for _, _, future in live:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for index, (_, _, future) in enumerate(live):
+            if not future.done():
+                future.set_result((logits[index], new_states[index : index + 1]))

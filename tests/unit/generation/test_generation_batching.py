@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from mlapi_backend.generation_batching import StepCoalescer
+
+
+class BatchDecoder:
+    """new state = state + token; logits = [token * 10]; records the batch sizes it ran."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.batch_sizes: list[int] = []
+        self.fail = fail
+
+    async def run(self, tokens: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.batch_sizes.append(len(tokens))
+        await asyncio.sleep(0)
+        if self.fail:
+            raise RuntimeError("decoder down")
+        return tokens.astype(np.float32) * 10, states + tokens[:, :, None].astype(np.float32)
+
+
+async def stream(step, token: int, steps: int) -> list[float]:
+    state = np.zeros((1, 1, 2), dtype=np.float32)
+    seen = []
+    for _ in range(steps):
+        logits, state = await step(np.array([[token]], dtype=np.int64), state)
+        seen.append(float(logits[0]))
+    return [*seen, float(state[0, 0, 0])]
+
+
+def test_concurrent_streams_share_batches_and_get_their_own_results() -> None:
+    decoder = BatchDecoder()
+    coalescer = StepCoalescer(decoder.run, max_batch=64)
+
+    async def go() -> list[list[float]]:
+        return await asyncio.gather(*(stream(coalescer.step, t, 5) for t in range(1, 9)))
+
+    results = asyncio.run(go())
+    for token, seen in enumerate(results, start=1):
+        assert seen == [token * 10.0] * 5 + [token * 5.0]
+    assert decoder.batch_sizes == [8] * 5
+    assert (coalescer.batches, coalescer.steps) == (5, 40)
+
+
+def test_batches_are_capped() -> None:
+    decoder = BatchDecoder()
+    coalescer = StepCoalescer(decoder.run, max_batch=3)
+
+    async def go() -> None:
+        await asyncio.gather(*(stream(coalescer.step, t, 2) for t in range(1, 8)))
+
+    asyncio.run(go())
+    assert max(decoder.batch_sizes) == 3 and sum(decoder.batch_sizes) == 14
+
+
+def test_a_failed_batch_fails_each_of_its_streams() -> None:
+    coalescer = StepCoalescer(BatchDecoder(fail=True).run, max_batch=4)
+
+    async def go() -> list:
+        return await asyncio.gather(
+            *(stream(coalescer.step, t, 1) for t in range(3)), return_exceptions=True
+        )
+
+    results = asyncio.run(go())
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_max_batch_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        StepCoalescer(BatchDecoder().run, max_batch=0)
