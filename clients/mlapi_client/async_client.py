@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mlapi_client import digits as digits_model
-from mlapi_client.error_mapping import CallContext, translated
-from mlapi_client.errors import MlapiError
+from mlapi_client.error_mapping import CallContext, not_found_or_unavailable, translated
+from mlapi_client.errors import MlapiError, ModelNotFoundError
 from mlapi_client.images import ImageLike
 from mlapi_client.results import DigitsResult, InferResponse, ModelContract, ModelEntry, TensorSpec
 from mlapi_client.retry import call_with_retry
@@ -235,10 +235,30 @@ class AsyncClient:
         context = dataclasses.replace(context, timeout_s=limit)
 
         async def attempt() -> T:
-            async with translated(context):
-                return await asyncio.wait_for(operation(self._ensure_transport()), limit)
+            try:
+                async with translated(context):
+                    return await asyncio.wait_for(operation(self._ensure_transport()), limit)
+            except ModelNotFoundError as error:
+                if context.model is None:
+                    raise
+                refined = await self._not_found_or_unavailable(error, context)
+                if refined is error:
+                    raise
+                raise refined from error
 
         return await call_with_retry(attempt, self._policy(retry))
+
+    async def _not_found_or_unavailable(
+        self, error: ModelNotFoundError, context: CallContext
+    ) -> MlapiError:
+        try:
+            async with translated(context):
+                index = await asyncio.wait_for(
+                    self._ensure_transport().repository_index(), context.timeout_s
+                )
+        except MlapiError:
+            return error
+        return not_found_or_unavailable(error, index, context)
 
     def _ensure_transport(self) -> Transport:
         if self._closed:

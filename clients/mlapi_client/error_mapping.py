@@ -14,6 +14,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import grpc
@@ -190,4 +191,27 @@ def _timeout(context: CallContext, detail: str, status: str | None = None) -> In
         f"{': ' + detail if detail else ''}. Send a smaller input, raise timeout_s, or use the "
         "asynchronous API (AsyncClient) so a long inference does not block the caller.",
         status=status,
+    )
+
+
+def not_found_or_unavailable(
+    error: ModelNotFoundError, index: list[dict[str, Any]], context: CallContext
+) -> MlapiError:
+    """Triton answers NOT_FOUND both for a model it has never heard of and for one that is in
+    its repository but not loaded (unloaded, loading, failed). The repository index tells them
+    apart: a model (version) listed there is unavailable, not missing.
+    """
+    rows = [row for row in index if row.get("name") == context.model]
+    if context.version:
+        rows = [row for row in rows if str(row.get("version", "")) == context.version]
+    if not rows:
+        return error
+    states = ", ".join(
+        f"version {row.get('version', '?')} {row.get('state', 'UNKNOWN')}"
+        + (f" ({row['reason']})" if row.get("reason") else "")
+        for row in rows
+    )
+    return ModelUnavailableError(
+        f"{context.target()}: the model is in the repository but not ready: {states}",
+        status=error.status,
     )

@@ -10,11 +10,13 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        self.cancelled = pb_utils.MetricFamily(
+        # The family must outlive its metric, so both are kept.
+        self.metric_family = pb_utils.MetricFamily(
             name="mlapi_test_stream_cancelled_total",
             description="Streams of the stream_count test model stopped by cancellation",
             kind=pb_utils.MetricFamily.COUNTER,
-        ).Metric(labels={"model": args["model_name"]})
+        )
+        self.cancelled = self.metric_family.Metric(labels={"model": args["model_name"]})
 
     def execute(self, requests: list) -> None:
         for request in requests:
@@ -26,11 +28,11 @@ class TritonPythonModel:
         delay = pb_utils.get_input_tensor_by_name(request, "delay_ms")
         delay_s = 0.0 if delay is None else int(delay.as_numpy().reshape(-1)[0]) / 1000
         for index in range(count):
+            if index:
+                time.sleep(delay_s)
             if sender.is_cancelled():
                 self.cancelled.increment(1)
                 break
-            if index:
-                time.sleep(delay_s)
             sender.send(
                 pb_utils.InferenceResponse(
                     [
