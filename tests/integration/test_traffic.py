@@ -1,0 +1,243 @@
+"""Traffic migration between classifier versions on a real server of its own (policy changes must
+not leak into other tests): weighted split, sticky keys, pinning, shadow agreement, live policy
+changes, and version load/retire under steady traffic with zero failed requests."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from mlapi_backend.build.digits_data import preprocessed
+from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_client.errors import InvalidInputError
+from mlapi_client.traffic import TrafficController
+
+from .conftest import MODEL_REPOSITORY, PUBLIC_MODELS
+
+IMAGE = np.zeros((1, 8, 8), dtype=np.uint8)
+IMAGE[0, 1:7, 3:5] = 255
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    workdir = tmp_path_factory.mktemp("traffic")
+    triton = TritonServer(
+        [MODEL_REPOSITORY], workdir / "backends", ports=Ports.free(), exit_timeout_s=5
+    )
+    with (workdir / "tritonserver.log").open("wb") as log:
+        triton.start(log)
+        try:
+            triton.wait_ready(120, models=PUBLIC_MODELS)
+            yield triton
+        finally:
+            triton.stop()
+
+
+@pytest.fixture
+def traffic(server: TritonServer) -> Iterator[TrafficController]:
+    with TrafficController(server.http_url, "digits") as controller:
+        yield controller
+        controller.set({"2": 100})  # the shipped policy, for the next test
+
+
+def _digits(client, image=IMAGE, **parameters):
+    tensor = grpcclient.InferInput("image", list(image.shape), "UINT8")
+    tensor.set_data_from_numpy(image)
+    result = client.infer("digits", [tensor], parameters=parameters or None)
+    return result, json.loads(result.as_numpy("metadata")[0, 0])
+
+
+def _many(server: TritonServer, count: int, make_parameters=lambda i: {}) -> list[dict]:
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda i: _digits(client, **make_parameters(i))[1], range(count)))
+    finally:
+        client.close()
+
+
+def _metric(server: TritonServer, name: str) -> dict[tuple, float]:
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) + 1 :].rsplit("} ", 1)
+            values[
+                tuple(
+                    sorted(
+                        p.split("=", 1)[0] + "=" + p.split("=", 1)[1].strip('"')
+                        for p in labels.split(",")
+                    )
+                )
+            ] = float(value)
+    return values
+
+
+def test_weighted_split_matches_the_policy(server, traffic, report_figure):
+    status = traffic.set({"1": 70, "2": 30})
+    assert status.weights == {"1": 70.0, "2": 30.0}
+    metas = _many(server, 2000)
+    counts = Counter(m["classifier"]["version"] for m in metas)
+    share = counts["1"] / len(metas)
+    report_figure("weighted split 70/30 over 2000 requests: v1 share", f"{share:.3f}")
+    assert abs(share - 0.70) <= 0.03
+    assert {m["routing"] for m in metas} == {"weighted"}
+
+
+def test_sticky_keys_never_flip(server, traffic):
+    traffic.set({"1": 50, "2": 50})
+    metas = _many(server, 600, lambda i: {"routing_key": f"user-{i % 200}"})
+    by_key: dict[int, set[str]] = {}
+    for i, meta in enumerate(metas):
+        by_key.setdefault(i % 200, set()).add(meta["classifier"]["version"])
+        assert meta["routing"] == "sticky"
+    assert all(len(versions) == 1 for versions in by_key.values())
+    share = sum(v == {"1"} for v in by_key.values()) / len(by_key)
+    assert 0.35 <= share <= 0.65  # keys spread over both versions
+
+
+def test_pinned_version_beats_policy_and_unknown_version_names_live_ones(server, traffic):
+    traffic.set({"2": 100})
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        _, meta = _digits(client, model_version="1")
+        assert (meta["classifier"]["version"], meta["routing"]) == ("1", "pinned")
+        with pytest.raises(InferenceServerException) as info:
+            _digits(client, model_version="9")
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "model_version" in info.value.message() and "[1, 2]" in info.value.message()
+    finally:
+        client.close()
+
+
+def test_shadow_agreement_is_counted_and_responses_unchanged(server, traffic, split):
+    images = split.test_images
+    pixels = preprocessed(list(images))
+    predictions = {}
+    for version in (1, 2):
+        path = MODEL_REPOSITORY / "digits_classifier" / str(version) / "model.onnx"
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        predictions[version] = session.run(["probabilities"], {"pixels": pixels})[0].argmax(axis=1)
+    expected_agree = int((predictions[1] == predictions[2]).sum())
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        traffic.set({"2": 100})
+        plain = [_digits(client, img[None])[0].as_numpy("labels")[0].tolist() for img in images]
+        before = _metric(server, "mlapi_shadow_comparisons_total")
+        traffic.set({"2": 100}, shadow=1)
+        shadowed = [_digits(client, img[None])[0].as_numpy("labels")[0].tolist() for img in images]
+    finally:
+        client.close()
+    assert shadowed == plain  # the shadow never changes what callers get
+    after = _metric(server, "mlapi_shadow_comparisons_total")
+
+    def delta(outcome: str) -> float:
+        key = tuple(sorted(["model=digits", "primary=2", "shadow=1", f"outcome={outcome}"]))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("agree") == expected_agree
+    assert delta("disagree") == len(images) - expected_agree
+    assert delta("error") == 0
+
+
+def test_policy_change_takes_effect_when_set_returns(server, traffic, report_figure):
+    traffic.set({"2": 100})
+    started = time.monotonic()
+    status = traffic.set({"1": 100})
+    elapsed = time.monotonic() - started
+    report_figure("policy change (reload of digits) took", f"{elapsed:.2f}s")
+    assert elapsed < 30
+    assert status.default_version == "1"
+    metas = _many(server, 100)
+    assert {m["classifier"]["version"] for m in metas} == {"1"}
+
+
+def test_refused_policy_keeps_the_old_one(server, traffic):
+    traffic.set({"1": 60, "2": 40})
+    with pytest.raises(InvalidInputError, match="traffic_policy"):
+        traffic.set({"1": 0})  # all-zero weights: the model refuses to load it
+    assert traffic.show().weights == {"1": 60.0, "2": 40.0}
+    assert _many(server, 10)  # still serving
+
+
+def test_show_reports_default_and_live_versions(traffic):
+    status = traffic.set({"1": 90, "2": 10}, shadow=2)
+    assert status.default_version == "1"
+    assert status.shadow == "2"
+    assert status.live_versions == ["1", "2"]
+
+
+def test_load_and_retire_versions_under_steady_traffic_loses_nothing(
+    server, traffic, report_figure
+):
+    """Steady traffic while version 3 is loaded, takes over, and versions 1 and 2 are retired."""
+    http = httpclient.InferenceServerClient(server.http_url)
+    classifier_dir = MODEL_REPOSITORY / "digits_classifier"
+    files = {
+        f"file:{v}/model.onnx": (classifier_dir / str(v) / "model.onnx").read_bytes()
+        for v in (1, 2)
+    }
+    files["file:3/model.onnx"] = files["file:1/model.onnx"]
+    files["file:labels.txt"] = (classifier_dir / "labels.txt").read_bytes()
+    config = http.get_model_config("digits_classifier")
+
+    def load_versions(versions: list[int]) -> None:
+        config["version_policy"] = {"specific": {"versions": versions}}
+        kept = {k: v for k, v in files.items() if not k[5].isdigit() or int(k[5]) in versions}
+        http.load_model("digits_classifier", config=json.dumps(config), files=kept)
+
+    stop = threading.Event()
+    outcomes: Counter[str] = Counter()
+    failures: list[str] = []
+
+    def drive() -> None:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        try:
+            while not stop.is_set():
+                try:
+                    _, meta = _digits(client)
+                    outcomes[f"v{meta['classifier']['version']}/{meta['routing']}"] += 1
+                except InferenceServerException as exc:
+                    failures.append(exc.message())
+        finally:
+            client.close()
+
+    drivers = [threading.Thread(target=drive) for _ in range(4)]
+    for thread in drivers:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        load_versions([1, 2, 3])  # new version joins
+        traffic.set({"2": 50, "3": 50})  # canary
+        time.sleep(0.5)
+        traffic.set({"3": 100})  # full migration
+        load_versions([3])  # retire 1 and 2
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in drivers:
+            thread.join()
+        load_versions([1, 2])  # back to the shipped versions
+        traffic.set({"2": 100})
+        http.close()
+    total = sum(outcomes.values()) + len(failures)
+    report_figure(
+        "requests during load/canary/retire",
+        f"{total} sent, {len(failures)} failed, {dict(outcomes)}",
+    )
+    assert not failures, failures[:3]
+    assert total > 100
+    assert any(key.startswith("v3/") for key in outcomes)
