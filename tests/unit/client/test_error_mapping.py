@@ -1,0 +1,174 @@
+"""Protocol failures -> MlapiError classes (pure mapping; real exception objects, no server)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from mlapi_client.error_mapping import (
+    CallContext,
+    ChannelUnreachable,
+    HttpStatusFailure,
+    StreamFailure,
+    not_found_or_unavailable,
+    translate,
+    translated,
+)
+from mlapi_client.errors import (
+    ConnectionFailedError,
+    InferenceTimeoutError,
+    InvalidInputError,
+    MlapiError,
+    ModelNotFoundError,
+    ModelUnavailableError,
+    ServerError,
+    ServerOverloadedError,
+    UnsupportedRequestError,
+)
+
+CTX = CallContext("infer", "digits", "", 2.0)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("400", InvalidInputError),
+        ("404", ModelNotFoundError),
+        ("429", ServerOverloadedError),
+        ("500", ServerError),
+        ("501", UnsupportedRequestError),
+        ("503", ModelUnavailableError),
+        ("504", InferenceTimeoutError),
+        ("StatusCode.INVALID_ARGUMENT", InvalidInputError),
+        ("StatusCode.NOT_FOUND", ModelNotFoundError),
+        ("StatusCode.UNAVAILABLE", ModelUnavailableError),
+        ("StatusCode.UNIMPLEMENTED", UnsupportedRequestError),
+        ("StatusCode.DEADLINE_EXCEEDED", InferenceTimeoutError),
+        ("StatusCode.RESOURCE_EXHAUSTED", ServerOverloadedError),
+        ("StatusCode.INTERNAL", ServerError),
+    ],
+)
+def test_status_picks_the_class(status: str, expected: type[MlapiError]) -> None:
+    error = translate(InferenceServerException("some message", status=status), CTX)
+    assert type(error) is expected
+    assert error.status == status.removeprefix("StatusCode.")
+
+
+@pytest.mark.parametrize("message", ["Exceeds maximum queue size", "Request timeout expired"])
+@pytest.mark.parametrize("status", ["503", "StatusCode.UNAVAILABLE"])
+def test_full_queue_is_overloaded(status: str, message: str) -> None:
+    error = translate(
+        InferenceServerException(f"[request id: <id_unknown>] {message}", status=status), CTX
+    )
+    assert type(error) is ServerOverloadedError
+    assert error.retryable
+
+
+def test_backend_invalid_input_fields_are_parsed() -> None:
+    message = "input 'top_k': expected an integer in 1..10, got 50"
+    error = translate(HttpStatusFailure(400, message), CTX)
+    assert isinstance(error, InvalidInputError)
+    assert (error.field, error.expected, error.got) == ("top_k", "an integer in 1..10", "50")
+    assert not error.retryable
+    assert "digits" in str(error)
+
+
+def test_core_dtype_message_is_parsed() -> None:
+    message = (
+        "[request id: <id_unknown>] inference input 'image' data-type is 'FP32', "
+        "but model 'digits' expects 'UINT8'"
+    )
+    error = translate(InferenceServerException(message, status="StatusCode.INVALID_ARGUMENT"), CTX)
+    assert isinstance(error, InvalidInputError)
+    assert (error.field, error.expected, error.got) == ("image", "UINT8", "FP32")
+
+
+def test_unparseable_invalid_input_keeps_the_message() -> None:
+    error = translate(HttpStatusFailure(400, "something odd"), CTX)
+    assert isinstance(error, InvalidInputError)
+    assert error.field is None
+    assert "something odd" in str(error)
+
+
+def test_retry_after_travels_with_unavailable() -> None:
+    error = translate(HttpStatusFailure(503, "busy", retry_after_s=7.0), CTX)
+    assert isinstance(error, ModelUnavailableError)
+    assert error.retry_after_s == 7.0
+
+
+def test_timeouts_name_the_remedy() -> None:
+    error = translate(asyncio.TimeoutError(), CTX)
+    assert isinstance(error, InferenceTimeoutError)
+    text = str(error)
+    assert "within 2 s" in text
+    assert "smaller input" in text
+    assert "asynchronous API" in text
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ChannelUnreachable("failed to connect to all addresses"),
+        ConnectionRefusedError(111, "refused"),
+        aiohttp.ServerDisconnectedError(),
+    ],
+)
+def test_connection_failures(exc: BaseException) -> None:
+    error = translate(exc, CTX)
+    assert type(error) is ConnectionFailedError
+    assert error.retryable
+
+
+def test_client_side_tritonclient_error_is_invalid_input() -> None:
+    assert isinstance(translate(InferenceServerException("bad shape"), CTX), InvalidInputError)
+
+
+def test_stream_error_event_and_unknown_exceptions_are_server_errors() -> None:
+    assert type(translate(StreamFailure("model failed"), CTX)) is ServerError
+    assert type(translate(KeyError("x"), CTX)) is ServerError
+
+
+def test_mlapi_errors_pass_through() -> None:
+    original = ModelNotFoundError("gone")
+    assert translate(original, CTX) is original
+
+
+def test_translated_chains_the_cause() -> None:
+    async def fail() -> None:
+        async with translated(CTX):
+            raise HttpStatusFailure(404, "Request for unknown model: 'digits' is not found")
+
+    with pytest.raises(ModelNotFoundError) as info:
+        asyncio.run(fail())
+    assert isinstance(info.value.__cause__, HttpStatusFailure)
+
+
+def test_translated_lets_cancellation_through() -> None:
+    async def cancelled() -> None:
+        async with translated(CTX):
+            raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cancelled())
+
+
+INDEX = [
+    {"name": "slow", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"},
+    {"name": "digits", "version": "1", "state": "READY"},
+]
+
+
+def test_model_in_the_index_is_unavailable_not_missing() -> None:
+    error = ModelNotFoundError("not found", status="404")
+    refined = not_found_or_unavailable(error, INDEX, CallContext("infer", "slow", ""))
+    assert type(refined) is ModelUnavailableError
+    assert "UNAVAILABLE (unloaded)" in str(refined)
+
+
+@pytest.mark.parametrize(("model", "version"), [("nope", ""), ("slow", "7")])
+def test_model_or_version_absent_from_the_index_stays_not_found(model: str, version: str) -> None:
+    error = ModelNotFoundError("not found", status="404")
+    assert not_found_or_unavailable(error, INDEX, CallContext("infer", model, version)) is error
