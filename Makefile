@@ -49,3 +49,22 @@ format: $(INSTALLED) ## Apply ruff's formatting and safe fixes
 
 clean: ## Remove built models and backends (keeps .venv)
 	rm -rf build $(REPO)/*/[0-9]*/*.onnx $(REPO)/*/[0-9]*/metrics.json
+
+# --- Benchmarks (benchmarks/, docs/benchmarks.md) ---
+.PHONY: bench bench-full perf-analyzer bench-tools
+BENCH_ARGS ?=
+
+bench: models $(INSTALLED) ## Quick sweep (~2 min): uses Triton on TRITON_HTTP_PORT if ready, else starts one; prints the table
+	$(BIN)/python -m mlapi_bench sweep $(BENCH_ARGS)
+
+bench-full: models $(INSTALLED) ## Long sweep + batching study + harness capacity + locust (~20 min)
+	$(BIN)/python -m mlapi_bench sweep --full $(BENCH_ARGS)
+	$(BIN)/python -m mlapi_bench study $(BENCH_ARGS)
+	$(BIN)/python -m mlapi_bench capacity $(if $(shell command -v wrk),--wrk) $(BENCH_ARGS)
+	$(BIN)/python -m mlapi_bench locust $(BENCH_ARGS)
+
+perf-analyzer: ## perf_analyzer sweeps over HTTP and gRPC (runs where perf_analyzer is on PATH, else says how)
+	@bash benchmarks/perf_analyzer/sweep.sh
+
+bench-tools: ## Install Debian's wrk (HTTP load from C, for `mlapi_bench capacity --wrk`)
+	apt-get install -y wrk

@@ -4,6 +4,7 @@
     python -m mlapi_bench sweep --full       # longer: more levels, longer windows, rate sweep
     python -m mlapi_bench study              # batching study (dynamic batching off/on, instances)
     python -m mlapi_bench capacity           # how fast the harness itself can drive requests
+    python -m mlapi_bench locust             # locust scenarios, headless, fixed duration
 
 The server under test is the one at TRITON_HTTP_PORT/TRITON_GRPC_PORT (8000/8001) when it is
 ready, with the identity model loaded into it; otherwise the harness starts its own.
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = results_dir(args.out)
     http_url, grpc_url = (None, None) if args.own_server else (args.http_url, args.grpc_url)
+    exit_status = 0
     try:
         with stack(http_url, grpc_url, args.backend_dir) as server:
             if args.command == "sweep":
@@ -136,6 +138,15 @@ def main(argv: list[str] | None = None) -> int:
                     processes=args.processes,
                 )
                 summary = runs.run_study(server, settings_s, out)
+            elif args.command == "locust":
+                from mlapi_bench.locust_run import LocustSettings, run_locust
+
+                summary, totals, status = run_locust(
+                    server.http_url,
+                    LocustSettings(args.users, args.spawn_rate, args.duration_s),
+                    out,
+                )
+                exit_status = 1 if totals.failures or status else 0
             else:
                 from mlapi_bench.capacity import CapacitySettings, run_capacity
 
@@ -153,4 +164,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(summary)
     print(f"results: {out}")
-    return 0
+    return exit_status

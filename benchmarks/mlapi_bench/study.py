@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from mlapi_bench.stack import MODEL_REPOSITORY, config_json
 
@@ -94,7 +95,10 @@ class ModelSwitcher:
 
     def use(self, variant: Variant) -> None:
         log.info("reloading %s with %s", self.model, variant.label)
-        self.client.load_model(self.model, config=json.dumps(variant.apply(self.shipped)))
+        try:
+            self.client.load_model(self.model, config=json.dumps(variant.apply(self.shipped)))
+        except InferenceServerException as exc:
+            raise StudyError(f"{self.model} refused {variant.label}: {exc}") from exc
         served = dict(self.client.get_model_config(self.model))
         if not variant.matches(served):
             raise StudyError(

@@ -1,0 +1,127 @@
+"""Run the locust scenarios headless for a fixed duration and summarise locust's CSV.
+
+Expected 4xx (the deliberate bad requests, named "expected 4xx: ...") are reported apart from
+failures (unexpected answers), so a healthy run shows bad requests answered and zero failures.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlapi_bench.report import table
+from mlapi_bench.stack import ROOT
+
+LOCUSTFILE = ROOT / "benchmarks" / "locust" / "locustfile.py"
+EXPECTED_PREFIX = "expected 4xx:"
+
+
+@dataclass(frozen=True)
+class LocustSettings:
+    users: int = 16
+    spawn_rate: int = 8
+    duration_s: int = 30
+
+
+@dataclass(frozen=True)
+class LocustSummary:
+    requests: int
+    failures: int
+    expected_4xx: int
+    rows: list[dict[str, Any]]
+
+
+def command(host: str, s: LocustSettings, csv_prefix: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "-u",
+        str(s.users),
+        "-r",
+        str(s.spawn_rate),
+        "-t",
+        f"{s.duration_s}s",
+        "--host",
+        host,
+        "--csv",
+        str(csv_prefix),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        "--exit-code-on-error",
+        "1",
+    ]
+
+
+def summarise(stats_csv: Path) -> LocustSummary:
+    """Totals from locust's ``*_stats.csv`` (one row per request name, plus "Aggregated")."""
+    rows = []
+    with stats_csv.open() as handle:
+        for line in csv.DictReader(handle):
+            if line["Name"] == "Aggregated":
+                continue
+            rows.append(
+                {
+                    "name": line["Name"],
+                    "requests": int(line["Request Count"]),
+                    "failures": int(line["Failure Count"]),
+                    "rps": float(line["Requests/s"]),
+                    "p50_ms": float(line["50%"] or "nan"),
+                    "p99_ms": float(line["99%"] or "nan"),
+                }
+            )
+    return LocustSummary(
+        requests=sum(r["requests"] for r in rows),
+        failures=sum(r["failures"] for r in rows),
+        expected_4xx=sum(
+            r["requests"] - r["failures"] for r in rows if r["name"].startswith(EXPECTED_PREFIX)
+        ),
+        rows=rows,
+    )
+
+
+def run_locust(http_url: str, s: LocustSettings, out: Path) -> tuple[str, LocustSummary, int]:
+    """Run locust against ``http_url``; return the Markdown summary, the totals, its exit status."""
+    prefix = out / "locust"
+    env = dict(os.environ)
+    # The locustfile imports mlapi_bench (installed editable, so it is on the path already).
+    done = subprocess.run(
+        command(f"http://{http_url}", s, prefix),
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=s.duration_s + 120,
+        check=False,
+    )
+    (out / "locust.log").write_text(done.stdout + done.stderr)
+    stats = prefix.parent / f"{prefix.name}_stats.csv"
+    if not stats.is_file():
+        raise RuntimeError(
+            f"locust wrote no statistics (exit {done.returncode}):\n{done.stderr[-2000:]}"
+        )
+    summary = summarise(stats)
+    columns = (
+        ("name", "request"),
+        ("requests", "requests"),
+        ("failures", "failures"),
+        ("rps", "req/s"),
+        ("p50_ms", "p50 ms"),
+        ("p99_ms", "p99 ms"),
+    )
+    markdown = (
+        f"# locust: {s.users} users, {s.duration_s} s, Triton HTTP\n\n{table(summary.rows, columns)}\n\n"
+        f"requests {summary.requests}; bad requests answered with the expected 4xx {summary.expected_4xx}; "
+        f"failures (unexpected answers) {summary.failures}; locust exit status {done.returncode}\n"
+    )
+    (out / "summary.md").write_text(markdown)
+    return markdown, summary, done.returncode

@@ -1,0 +1,90 @@
+"""perf_analyzer support: its ``--input-data`` JSON files and the sweep commands it runs.
+
+perf_analyzer ships in the NGC SDK container (nvcr.io/nvidia/tritonserver:24.10-py3-sdk), not
+on PyPI. The input files hold real held-out digits (not perf_analyzer's random data, which the
+digits model would flag low-confidence and a cache could not reuse) and are committed under
+benchmarks/perf_analyzer/; `python -m mlapi_bench.perf_analyzer` rewrites them.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from mlapi_bench.payloads import IDENTITY_MODEL, payloads
+from mlapi_bench.stack import ROOT
+
+INPUT_DIR = ROOT / "benchmarks" / "perf_analyzer"
+ENTRIES = 8
+# Public models and how perf_analyzer drives them. A decoupled (streaming) model adds
+# "--streaming" and runs over gRPC only.
+MODELS: dict[str, tuple[str, ...]] = {"digits": (), "digits_classifier": (), IDENTITY_MODEL: ()}
+CONCURRENCY = (1, 2, 4, 8, 16, 32)
+
+
+def input_data(model: str) -> dict[str, Any]:
+    """perf_analyzer's ``{"data": [...]}``: one entry per request, batch axis left out."""
+    entries = []
+    for payload in payloads(model, count=ENTRIES):
+        entry = {}
+        for name, array in payload.items():
+            sample = array[0]
+            entry[name] = {"content": sample.reshape(-1).tolist(), "shape": list(sample.shape)}
+        entries.append(entry)
+    return {"data": entries}
+
+
+def write_inputs(directory: Path = INPUT_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for model in MODELS:
+        path = directory / f"{model}.json"
+        path.write_text(json.dumps(input_data(model), separators=(",", ":")) + "\n")
+        written.append(path)
+    return written
+
+
+def commands(
+    model: str, protocol: str, url: str, out_csv: Path, measurement_ms: int = 3000
+) -> list[list[str]]:
+    """One perf_analyzer concurrency sweep (a run per level, CSV per run) of ``model``."""
+    runs = []
+    for level in CONCURRENCY:
+        runs.append(
+            [
+                "perf_analyzer",
+                "-m",
+                model,
+                "-i",
+                protocol,
+                "-u",
+                url,
+                "--input-data",
+                str(INPUT_DIR / f"{model}.json"),
+                "--concurrency-range",
+                f"{level}:{level}",
+                "--measurement-interval",
+                str(measurement_ms),
+                "--percentile",
+                "99",
+                "-f",
+                str(out_csv.with_name(f"{out_csv.stem}_c{level}.csv")),
+                *MODELS[model],
+            ]
+        )
+    return runs
+
+
+def main() -> int:
+    for path in write_inputs():
+        print(path.relative_to(ROOT))
+    example = commands("digits", "grpc", "127.0.0.1:8001", Path("pa_digits_grpc.csv"))[0]
+    print("e.g.", shlex.join(example), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

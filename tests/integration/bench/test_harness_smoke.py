@@ -1,0 +1,178 @@
+"""The harness against a real tritonserver: it runs, and it counts what the server counts.
+
+No timing is asserted: the machine is shared. The identity model is loaded into the session's
+server through the repository API, the same path the harness takes with `make serve`'s server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import tritonclient.http as httpclient
+
+from mlapi_backend.local.triton_process import TritonServer
+from mlapi_bench.cli import main
+from mlapi_bench.clients import AsyncTriton, Endpoint
+from mlapi_bench.load import LoadSpec, drive
+from mlapi_bench.measure import Phases, Runner
+from mlapi_bench.payloads import IDENTITY_MODEL
+from mlapi_bench.scenarios import default_mix
+from mlapi_bench.server_stats import ServerCounters
+from mlapi_bench.stack import ensure_identity
+from mlapi_bench.study import StudyError, Variant, switching
+
+QUICK = Phases(warmup_s=0.2, window_s=0.8)
+
+
+@pytest.fixture(scope="module")
+def server(triton: TritonServer) -> TritonServer:
+    ensure_identity(triton.http_url)
+    ensure_identity(triton.http_url)  # idempotent: already ready
+    return triton
+
+
+async def _counted_run(
+    endpoint: Endpoint, spec: LoadSpec, duration_s: float
+) -> tuple[int, int, list[str]]:
+    observer = AsyncTriton(endpoint)
+    try:
+        before = ServerCounters.parse(await observer.statistics(spec.model), spec.model)
+        begin = time.monotonic() + 0.1
+        records = await drive(spec, begin, begin + duration_s)
+        after = ServerCounters.parse(await observer.statistics(spec.model), spec.model)
+    finally:
+        await observer.close()
+    return len(records), (after - before).success_count, records.outcome
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_every_request_sent_is_one_the_server_counted(server: TritonServer, protocol: str) -> None:
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    endpoint = Endpoint(protocol, url)
+    spec = LoadSpec(endpoint, IDENTITY_MODEL, "concurrency", 3)
+    sent, counted, outcomes = asyncio.run(_counted_run(endpoint, spec, 0.5))
+    assert sent > 0
+    assert set(outcomes) == {""}
+    assert counted == sent
+
+
+def test_closed_loop_window_with_server_times(server: TritonServer) -> None:
+    spec = LoadSpec(Endpoint("grpc", server.grpc_url), "digits_classifier", "concurrency", 2)
+    with Runner(QUICK) as runner:
+        m = runner.measure(spec, "smoke")
+    assert m.client.completed > 0
+    assert m.client.errors == 0
+    assert m.client.percentiles_us[50] <= m.client.percentiles_us[99]
+    assert m.server.requests > 0
+    assert m.server.compute_infer_us > 0
+    assert m.server.avg_batch_size >= 1.0
+
+
+def test_open_loop_sends_at_the_asked_rate(server: TritonServer) -> None:
+    spec = LoadSpec(Endpoint("http", server.http_url), IDENTITY_MODEL, "request_rate", 40.0)
+    with Runner(Phases(0.2, 1.0)) as runner:
+        m = runner.measure(spec)
+    assert m.client.sent == pytest.approx(40, abs=2)  # scheduled on a fixed grid
+    assert m.client.errors == 0
+
+
+def test_failed_requests_are_counted_by_kind_never_hidden(server: TritonServer) -> None:
+    spec = LoadSpec(
+        Endpoint("grpc", server.grpc_url), "digits_classifier", "concurrency", 2, version="99"
+    )
+    with Runner(QUICK) as runner:
+        m = runner.measure(spec)
+    assert m.client.completed > 0
+    assert m.client.errors == m.client.completed
+    assert m.client.throughput_per_s == 0
+    assert all(kind.startswith("status ") for kind in m.client.error_kinds)
+
+
+def test_sweep_cli_writes_csv_json_and_plots(server: TritonServer, tmp_path: Path) -> None:
+    status = main(
+        [
+            "sweep",
+            "--http-url",
+            server.http_url,
+            "--grpc-url",
+            server.grpc_url,
+            "--models",
+            "digits",
+            "--protocols",
+            "grpc",
+            "--concurrency",
+            "2",
+            "--warmup-s",
+            "0.2",
+            "--window-s",
+            "0.5",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert status == 0
+    (run_dir,) = [p for p in tmp_path.glob("*/*") if p.is_dir()]
+    with (run_dir / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["model"] for r in rows] == ["digits", IDENTITY_MODEL]
+    assert all(int(r["requests"]) > 0 and r["errors"] == "0" for r in rows)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["ratios"][0]["model"] == "digits"
+    assert {x["model"] for x in summary["in_process"]} == {"digits"}
+    for png in ("latency_vs_throughput.png", "p99_vs_concurrency.png"):
+        assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_locust_bad_requests_get_4xx_and_the_server_stays_healthy(server: TritonServer) -> None:
+    mix = default_mix(seed=1)
+    seen = set()
+    for _ in range(30):
+        call = mix.bad_request()
+        if call.name in seen:
+            continue
+        seen.add(call.name)
+        request = urllib.request.Request(
+            f"http://{server.http_url}{call.path}",
+            data=json.dumps(call.body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10)
+        assert call.verdict(caught.value.code) is None, f"{call.name}: {caught.value.code}"
+    assert len(seen) == 3
+    good = mix.digits_image()
+    request = urllib.request.Request(
+        f"http://{server.http_url}{good.path}",
+        data=json.dumps(good.body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert good.verdict(reply.status) is None
+
+
+def test_study_switches_config_and_restores_it(server: TritonServer) -> None:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        with switching(server.http_url, "digits_classifier") as switcher:
+            switcher.use(Variant(None))
+            assert "dynamic_batching" not in client.get_model_config("digits_classifier")
+            with pytest.raises(StudyError):
+                switcher.use(Variant(100, preferred_batch_sizes=(1000,)))  # > max_batch_size
+            # A refused reload leaves the previous config serving.
+            assert client.is_model_ready("digits_classifier")
+        restored = client.get_model_config("digits_classifier")
+        assert int(restored["dynamic_batching"]["max_queue_delay_microseconds"]) > 0
+        assert client.is_model_ready("digits_classifier", "1") and client.is_model_ready(
+            "digits_classifier", "2"
+        )
+    finally:
+        client.close()
