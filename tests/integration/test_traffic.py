@@ -5,12 +5,15 @@ changes, and version load/retire under steady traffic with zero failed requests.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -241,3 +244,28 @@ def test_load_and_retire_versions_under_steady_traffic_loses_nothing(
     assert not failures, failures[:3]
     assert total > 100
     assert any(key.startswith("v3/") for key in outcomes)
+
+
+def _mlapi(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "mlapi"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_show_and_set(server, traffic):
+    url = f"http://{server.http_url}"
+    done = _mlapi(
+        "traffic", "set", "digits", "1=60", "2=40", "--shadow", "2", "--url", url, "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["weights"] == {"1": 60.0, "2": 40.0}
+    shown = _mlapi("traffic", "show", "digits", "--url", url)
+    assert shown.returncode == 0, shown.stderr
+    assert "v1 60.0%, v2 40.0%" in shown.stdout and "shadow:         v2" in shown.stdout
+    assert "live versions:  v1, v2" in shown.stdout
+    bad = _mlapi("traffic", "set", "digits", "1=lots", "--url", url)
+    assert bad.returncode == 2 and "1=lots" in bad.stderr
+    assert traffic.show().weights == {"1": 60.0, "2": 40.0}

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 SUBCOMMANDS = (
     "mlapi_client.cli.predict",
     "mlapi_client.cli.models",
+    "mlapi_client.cli.traffic",
 )
 
 

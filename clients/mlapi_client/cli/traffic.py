@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
-from mlapi_client.errors import InvalidInputError, MlapiError
+from mlapi_client.cli.common import EXIT_OK, EXIT_USER_ERROR, exit_code
+from mlapi_client.errors import MlapiError
 from mlapi_client.traffic import TrafficController, TrafficStatus, parse_weights
 
 
@@ -20,9 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     for sub in (show, change):
         sub.add_argument("model", help="public model, e.g. digits")
-        sub.add_argument("--url", default="localhost:8000", help="Triton HTTP address (host:port)")
-        sub.add_argument("--json", action="store_true", help="print JSON")
-    change.add_argument("weights", nargs="+", metavar="VERSION=SHARE")
+        sub.add_argument(
+            "--url",
+            help="Triton HTTP address, http://host:port (default: localhost on $TRITON_HTTP_PORT or 8000)",
+        )
+        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+    change.add_argument(
+        "weights", nargs="+", metavar="VERSION=SHARE", help="share of unpinned traffic per version"
+    )
     change.add_argument(
         "--shadow", type=int, default=None, help="version that gets a copy of all traffic"
     )
@@ -30,33 +38,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    url = args.url or f"localhost:{os.environ.get('TRITON_HTTP_PORT', '8000')}"
+    url = url.removeprefix("http://")
+    if "://" in url:
+        print(
+            "mlapi: UsageError: traffic changes go through Triton's HTTP API: use http://host:port",
+            file=sys.stderr,
+        )
+        return EXIT_USER_ERROR
     try:
-        with TrafficController(args.url, args.model) as controller:
+        with TrafficController(url, args.model) as controller:
             if args.traffic_command == "show":
                 status = controller.show()
             else:
                 status = controller.set(parse_weights(args.weights), args.shadow)
-    except InvalidInputError as exc:
-        print(f"error: {exc}")
-        return 2
     except MlapiError as exc:
-        print(f"error: {exc}")
-        return 1
+        print(f"mlapi: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return exit_code(exc)
     print(json.dumps(status.to_dict(), indent=2) if args.json else _human(status))
-    return 0
+    return EXIT_OK
 
 
 def _human(status: TrafficStatus) -> str:
     total = sum(status.weights.values()) or 1.0
-    split = ", ".join(
-        f"v{v} {100 * w / total:.1f}%"
-        for v, w in sorted(status.weights.items(), key=lambda kv: int(kv[0]))
+    ordered = sorted(status.weights.items(), key=lambda kv: int(kv[0]))
+    return "\n".join(
+        [
+            f"model:          {status.model} (classifier {status.classifier})",
+            f"split:          {', '.join(f'v{v} {100 * w / total:.1f}%' for v, w in ordered)}",
+            f"default:        v{status.default_version}",
+            f"shadow:         {'v' + status.shadow if status.shadow else 'none'}",
+            f"live versions:  {', '.join('v' + v for v in status.live_versions) or 'none'}",
+        ]
     )
-    lines = [
-        f"model:          {status.model} (classifier {status.classifier})",
-        f"split:          {split}",
-        f"default:        v{status.default_version}",
-        f"shadow:         {'v' + status.shadow if status.shadow else 'none'}",
-        f"live versions:  {', '.join('v' + v for v in status.live_versions) or 'none'}",
-    ]
-    return "\n".join(lines)
