@@ -54,6 +54,8 @@ _GRPC: dict[str, type[MlapiError]] = {
 # dynamic_batch_scheduler.cc, release 2.51).
 _OVERLOADED_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
 
+# Triton core (model_repository_manager.cc), for a model or version it does not serve.
+_UNKNOWN_MODEL = "Request for unknown model"
 # "input 'image': expected ..., got ..." (mlapi_backend.errors.InvalidInputError).
 _FIELD_EXPECTED_GOT = re.compile(
     r"input '(?P<field>[^']+)': expected (?P<expected>.+), got (?P<got>.+)$"
@@ -100,7 +102,11 @@ class ChannelUnreachable(Exception):
 
 
 class StreamFailure(Exception):
-    """An error event inside a stream (HTTP SSE ``{"error": ...}`` after status 200)."""
+    """A stream error that came without a status: an HTTP SSE ``{"error": ...}`` event after
+    status 200, or a gRPC stream ``error_message``. Triton 2.51 honours the
+    ``triton_grpc_error`` header (real gRPC statuses) for errors from the model, but still
+    reports a request for an unknown model as a status-less ``error_message``.
+    """
 
 
 def translate(exc: BaseException, context: CallContext) -> MlapiError:
@@ -133,7 +139,7 @@ def translate(exc: BaseException, context: CallContext) -> MlapiError:
     if isinstance(exc, aiohttp.ClientResponseError):
         return _from_status(_HTTP.get(exc.status), str(exc.status), exc.message, context, None)
     if isinstance(exc, StreamFailure):
-        return ServerError(f"{context.target()}: the stream failed: {exc}")
+        return _statusless_stream_error(str(exc), context)
     return ServerError(f"{context.target()}: unexpected failure: {type(exc).__name__}: {exc}")
 
 
@@ -169,7 +175,17 @@ def _from_status(
     return cls(text, status=status)
 
 
-def _invalid_input(text: str, message: str, status: str) -> InvalidInputError:
+def _statusless_stream_error(message: str, context: CallContext) -> MlapiError:
+    """With no status to key on, Triton's fixed message forms are the only signal left."""
+    text = f"{context.target()}: {message}"
+    if message.startswith(_UNKNOWN_MODEL):
+        return ModelNotFoundError(text)
+    if any(p.search(message) for p in (_FIELD_EXPECTED_GOT, _CORE_DTYPE, _CORE_SHAPE)):
+        return _invalid_input(text, message, None)
+    return ServerError(f"{context.target()}: the stream failed: {message}")
+
+
+def _invalid_input(text: str, message: str, status: str | None) -> InvalidInputError:
     for pattern in (_FIELD_EXPECTED_GOT, _CORE_DTYPE, _CORE_SHAPE):
         match = pattern.search(message)
         if match:

@@ -143,10 +143,13 @@ async def _sse_data(content: aiohttp.StreamReader) -> AsyncIterator[str]:
 
 
 def _failure(reply: aiohttp.ClientResponse, payload: bytes) -> HttpStatusFailure:
+    text = payload.decode("utf-8", "replace").strip()
+    if text.startswith("data:"):  # generate_stream sends its first error as an SSE event
+        text = text[5:].strip()
     try:
-        message = str(json.loads(payload)["error"])
+        message = str(json.loads(text)["error"])
     except (ValueError, KeyError, TypeError):
-        message = payload.decode("utf-8", "replace").strip() or reply.reason or ""
+        message = text or reply.reason or ""
     return HttpStatusFailure(reply.status, message, retry_after_s(reply.headers.get("Retry-After")))
 
 

@@ -126,8 +126,7 @@ def test_client_side_tritonclient_error_is_invalid_input() -> None:
     assert isinstance(translate(InferenceServerException("bad shape"), CTX), InvalidInputError)
 
 
-def test_stream_error_event_and_unknown_exceptions_are_server_errors() -> None:
-    assert type(translate(StreamFailure("model failed"), CTX)) is ServerError
+def test_unknown_exceptions_are_server_errors() -> None:
     assert type(translate(KeyError("x"), CTX)) is ServerError
 
 
@@ -172,3 +171,14 @@ def test_model_in_the_index_is_unavailable_not_missing() -> None:
 def test_model_or_version_absent_from_the_index_stays_not_found(model: str, version: str) -> None:
     error = ModelNotFoundError("not found", status="404")
     assert not_found_or_unavailable(error, INDEX, CallContext("infer", model, version)) is error
+
+
+def test_statusless_stream_errors_are_classified_by_tritons_message_forms() -> None:
+    unknown = translate(StreamFailure("Request for unknown model: 'x' is not found"), CTX)
+    assert type(unknown) is ModelNotFoundError
+    invalid = translate(
+        StreamFailure("input 'count': expected INT32 [1], got no 'count' input"), CTX
+    )
+    assert isinstance(invalid, InvalidInputError)
+    assert invalid.field == "count"
+    assert type(translate(StreamFailure("model crashed"), CTX)) is ServerError

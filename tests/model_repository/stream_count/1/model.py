@@ -24,7 +24,18 @@ class TritonPythonModel:
 
     def _stream(self, request) -> None:
         sender = request.get_response_sender()
-        count = int(pb_utils.get_input_tensor_by_name(request, "count").as_numpy().reshape(-1)[0])
+        count_tensor = pb_utils.get_input_tensor_by_name(request, "count")
+        if count_tensor is None:
+            error = pb_utils.TritonError(
+                "input 'count': expected INT32 [1], got no 'count' input",
+                pb_utils.TritonError.INVALID_ARG,
+            )
+            sender.send(
+                pb_utils.InferenceResponse(error=error),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+            return
+        count = int(count_tensor.as_numpy().reshape(-1)[0])
         delay = pb_utils.get_input_tensor_by_name(request, "delay_ms")
         delay_s = 0.0 if delay is None else int(delay.as_numpy().reshape(-1)[0]) / 1000
         for index in range(count):

@@ -1,0 +1,52 @@
+"""Streaming from the decoupled ``stream_count`` test model: gRPC stream and HTTP SSE."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from mlapi_backend.local.triton_process import TritonServer
+from mlapi_client import InvalidInputError, ModelNotFoundError, UnsupportedRequestError
+
+from .conftest import Api, metric_value
+
+CANCELLED = "mlapi_test_stream_cancelled_total"
+
+
+def count_inputs(count: int, delay_ms: int = 0) -> dict[str, np.ndarray]:
+    return {"count": np.array([count], np.int32), "delay_ms": np.array([delay_ms], np.int32)}
+
+
+def test_stream_delivers_every_response_in_order(api: Api) -> None:
+    responses = api.stream("stream_count", count_inputs(5, 2))
+    assert [int(r["index"][0]) for r in responses] == [0, 1, 2, 3, 4]
+    assert [r["text_output"][0].decode() for r in responses][-1] == "token 4"
+    assert {(r.model_name, r.model_version) for r in responses} == {("stream_count", "1")}
+
+
+def test_stopping_early_cancels_the_request_on_the_server(api: Api, triton: TritonServer) -> None:
+    before = metric_value(triton, CANCELLED)
+    started = time.monotonic()
+    responses = api.stream("stream_count", count_inputs(500, 20), stop_after=3)
+    assert [int(r["index"][0]) for r in responses] == [0, 1, 2]
+    # Uncancelled, the model would stream for 10 s; it notices the cancellation within a step.
+    deadline = time.monotonic() + 8
+    while metric_value(triton, CANCELLED) <= before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric_value(triton, CANCELLED) == before + 1, "the server kept streaming"
+    assert time.monotonic() - started < 10
+
+
+def test_stream_errors_are_typed(api: Api) -> None:
+    with pytest.raises(ModelNotFoundError):
+        api.stream("no_such_model", count_inputs(1))
+    with pytest.raises(InvalidInputError) as info:
+        api.stream("stream_count", {"delay_ms": np.array([1], np.int32)})  # 'count' missing
+    assert (info.value.field, info.value.expected) == ("count", "INT32 [1]")
+
+
+def test_infer_on_a_streaming_model_says_to_stream(api: Api) -> None:
+    with pytest.raises(UnsupportedRequestError, match="decoupled"):
+        api("infer", "stream_count", count_inputs(1), retry=False)
