@@ -7,6 +7,8 @@ INSTALLED := $(VENV)/.installed
 REPO := model_repository
 CLASSIFIER_FILES := $(REPO)/digits_classifier/1/model.onnx $(REPO)/digits_classifier/2/model.onnx
 BUILD_SOURCES := $(wildcard python_backend/mlapi_backend/build/*.py) python_backend/mlapi_backend/preprocessing.py
+TEXT_LM_FILES := $(REPO)/text_decoder/1/model.onnx
+TEXT_LM_SOURCES := python_backend/mlapi_backend/build/text_lm.py python_backend/mlapi_backend/tokenizer.py
 
 .PHONY: help install models backends serve test test-unit test-integration lint format clean
 
@@ -24,7 +26,13 @@ install: $(INSTALLED) ## Create .venv and install the project with its extras (i
 $(CLASSIFIER_FILES) &: $(INSTALLED) $(BUILD_SOURCES)
 	$(BIN)/python -m mlapi_backend.build --repository $(REPO)
 
-models: $(CLASSIFIER_FILES) ## Train and export the default models (only when missing or stale)
+# The text LM build skips training when its fingerprint (corpus, settings, code) is unchanged;
+# the touch then marks the model fresh for make.
+$(TEXT_LM_FILES): $(INSTALLED) $(TEXT_LM_SOURCES)
+	$(BIN)/python -m mlapi_backend.build.text_lm --repository $(REPO)
+	@touch $@
+
+models: $(CLASSIFIER_FILES) $(TEXT_LM_FILES) ## Train and export the default models (only when missing or stale)
 
 backends: $(INSTALLED) ## Assemble build/backends for the local tritonserver
 	@$(BIN)/python -m mlapi_backend.local backends --backend-dir build/backends

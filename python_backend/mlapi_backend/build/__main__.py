@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlapi_backend.build import digits_models
+from mlapi_backend.build import digits_models, text_lm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     digits_models.build(args.repository)
+    text_lm.build(args.repository)
     return 0
 
 

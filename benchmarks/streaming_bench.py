@@ -1,0 +1,256 @@
+"""Streaming benchmark of ``text_generator``: TTFT, inter-token latency and tokens/s vs streams.
+
+Not a test. Starts its own tritonserver on free ports (or uses ``--url``), runs N concurrent
+SSE streams (``generate_stream``) for each N, and measures per stream the time to first token
+and the gaps between tokens, plus the aggregate tokens/s. The in-process decode loop (the same
+library loop over ONNX Runtime, no server) is the limit it is compared with. With
+``--compare-coalescing`` it reloads text_generator with ``coalesce_decode_steps`` off (one BLS
+request per stream per token, batching left to text_decoder's dynamic batcher) and runs again.
+
+    .venv/bin/python benchmarks/streaming_bench.py [--streams 1 4 16] [--max-tokens 128]
+
+Writes benchmarks/results/streaming-<time>.json (git revision, settings, every figure) and
+prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from mlapi_backend.generation import LocalDecoder, collect, generate
+from mlapi_backend.generation_request import GenerationLimits, parse_request
+from mlapi_backend.local.triton_process import Ports, TritonServer
+
+ROOT = Path(__file__).resolve().parents[1]
+GENERATOR = "text_generator"
+log = logging.getLogger("streaming_bench")
+
+
+@dataclass
+class Row:
+    setting: str
+    streams: int
+    tokens: int
+    wall_s: float
+    tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    itl_p50_ms: float
+    itl_p99_ms: float
+
+
+async def one_stream(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+) -> tuple[float, list[float], int]:
+    """(time to first token, inter-token gaps, tokens) of one generate_stream call, in seconds."""
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    tokens = 0
+    async with session.post(f"{url}/v2/models/{GENERATOR}/generate_stream", json=body) as response:
+        response.raise_for_status()
+        async for line in response.content:
+            if line.startswith(b"data: "):
+                event = json.loads(line[6:])
+                if "error" in event:
+                    raise RuntimeError(event["error"])
+                arrivals.append(time.perf_counter())
+                tokens = int(event.get("completion_tokens", tokens))
+    return arrivals[0] - started, list(np.diff(arrivals)), tokens
+
+
+async def run_level(url: str, streams: int, max_tokens: int, rounds: int, setting: str) -> Row:
+    ttfts: list[float] = []
+    gaps: list[float] = []
+    total_tokens = 0
+    connector = aiohttp.TCPConnector(limit=streams)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=600)
+    ) as session:
+        await one_stream(session, url, {"text_input": "Warm up", "max_tokens": 8})
+        started = time.perf_counter()
+        for round_index in range(rounds):
+            bodies = [
+                {"text_input": "The ", "max_tokens": max_tokens, "seed": round_index * streams + i}
+                for i in range(streams)
+            ]
+            for ttft, stream_gaps, tokens in await asyncio.gather(
+                *(one_stream(session, url, b) for b in bodies)
+            ):
+                ttfts.append(ttft)
+                gaps.extend(stream_gaps)
+                total_tokens += tokens
+        wall = time.perf_counter() - started
+
+    def ms(values: list[float], q: float) -> float:
+        return round(float(np.percentile(values, q)) * 1000, 2)
+
+    return Row(
+        setting,
+        streams,
+        total_tokens,
+        round(wall, 3),
+        round(total_tokens / wall, 1),
+        ms(ttfts, 50),
+        ms(ttfts, 99),
+        ms(gaps, 50),
+        ms(gaps, 99),
+    )
+
+
+def in_process_limits(model: Path, max_tokens: int, batch: int) -> dict[str, float]:
+    """Tokens/s of the library loop over ONNX Runtime (one stream) and of raw batched steps."""
+    decoder = LocalDecoder(model)
+    request = parse_request(
+        {
+            "text_input": np.array([b"The "], dtype=np.object_),
+            "max_tokens": np.array([max_tokens], dtype=np.int32),
+            "seed": np.array([0], dtype=np.int64),
+        },
+        GenerationLimits(),
+    )
+    asyncio.run(collect(generate(request, decoder.step, decoder.state_shape)))  # warm up
+    started = time.perf_counter()
+    repeats = 5
+    for _ in range(repeats):
+        asyncio.run(collect(generate(request, decoder.step, decoder.state_shape)))
+    loop_tps = repeats * max_tokens / (time.perf_counter() - started)
+    tokens = np.ones((batch, 1), dtype=np.int64)
+    states = np.zeros((batch, *decoder.state_shape), dtype=np.float32)
+    steps = 500
+    started = time.perf_counter()
+    for _ in range(steps):
+        _, states = decoder.run(tokens, states)
+    batched_tps = steps * batch / (time.perf_counter() - started)
+    return {
+        "loop_tokens_per_s_1_stream": round(loop_tps, 1),
+        f"raw_step_tokens_per_s_batch_{batch}": round(batched_tps, 1),
+    }
+
+
+def set_coalescing(url: str, enabled: bool) -> None:
+    """Reload text_generator with coalesce_decode_steps set (explicit model control)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/v2/models/{GENERATOR}/config", timeout=30) as reply:
+        config = json.loads(reply.read())
+    config["parameters"]["coalesce_decode_steps"] = {"string_value": "true" if enabled else "false"}
+    body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
+    request = urllib.request.Request(
+        f"{url}/v2/repository/models/{GENERATOR}/load", data=body, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=120) as reply:
+        reply.read()
+
+
+@contextmanager
+def server(url: str | None) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    with tempfile.TemporaryDirectory() as workdir:
+        triton = TritonServer(
+            [ROOT / "model_repository"],
+            backend_dir=Path(workdir) / "backends",
+            ports=Ports.free(),
+            exit_timeout_s=5,
+        )
+        with (Path(workdir) / "tritonserver.log").open("wb") as log_file:
+            triton.start(log_file)
+            try:
+                triton.wait_ready(timeout_s=180)
+                yield f"http://{triton.http_url}"
+            finally:
+                triton.stop()
+
+
+def markdown(rows: list[Row], limits: dict[str, float]) -> str:
+    lines = [
+        "| setting | streams | tokens/s | x 1 stream | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        base = next(
+            r.tokens_per_s
+            for r in rows
+            if r.setting == row.setting
+            and r.streams == min(x.streams for x in rows if x.setting == row.setting)
+        )
+        lines.append(
+            f"| {row.setting} | {row.streams} | {row.tokens_per_s:.0f} | {row.tokens_per_s / base:.1f} | "
+            f"{row.ttft_p50_ms} | {row.ttft_p99_ms} | {row.itl_p50_ms} | {row.itl_p99_ms} |"
+        )
+    for name, value in limits.items():
+        lines.append(f"\nin-process {name}: {value:.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="a running Triton (http://host:port); default: start one")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="batches of concurrent streams per level"
+    )
+    parser.add_argument("--compare-coalescing", action="store_true")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    model = ROOT / "model_repository" / "text_decoder" / "1" / "model.onnx"
+    limits = in_process_limits(model, args.max_tokens, batch=max(args.streams))
+    rows: list[Row] = []
+    with server(args.url) as url:
+        settings = (
+            [("coalesced", True), ("per-stream BLS", False)]
+            if args.compare_coalescing
+            else [("coalesced", True)]
+        )
+        for name, enabled in settings:
+            if args.compare_coalescing:
+                set_coalescing(url, enabled)
+            for streams in args.streams:
+                rows.append(
+                    asyncio.run(run_level(url, streams, args.max_tokens, args.rounds, name))
+                )
+                log.info("%s", asdict(rows[-1]))
+        if args.compare_coalescing:
+            set_coalescing(url, True)
+    revision = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"streaming-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    settings_out = {k: str(v) for k, v in vars(args).items()}
+    path.write_text(
+        json.dumps(
+            {
+                "git_revision": revision,
+                "settings": settings_out,
+                "in_process": limits,
+                "rows": [asdict(r) for r in rows],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(markdown(rows, limits))
+    print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""A cancelled or abandoned stream stops within a few decode steps (counted by text_decoder)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from mlapi_backend.local.triton_process import TritonServer
+from tests.integration.generation.conftest import (
+    decoder_steps,
+    generator_metric,
+    grpc_inputs,
+    settled_decoder_steps,
+    sse,
+    stream_grpc,
+    stream_http,
+)
+
+MAX_TOKENS = 1024
+# A cancel is seen before the next step; allow for steps already queued or in flight.
+MAX_STEPS_AFTER_CANCEL = 4
+CANCELLED = 'finish_reason="cancelled"'
+
+
+def test_grpc_cancel_stops_generation(triton: TritonServer, report_figure) -> None:
+    settled_decoder_steps(triton)
+    start = decoder_steps(triton)
+    cancelled_before = generator_metric(triton, "mlapi_text_generator_streams_total", CANCELLED)
+    steps_at_cancel: list[int] = []
+
+    reply = stream_grpc(triton, grpc_inputs("The ", max_tokens=MAX_TOKENS), cancel_after=5)
+    steps_at_cancel.append(decoder_steps(triton))
+    end = settled_decoder_steps(triton)
+
+    assert reply.error is None and len(reply.outputs) == 5
+    after_cancel = end - steps_at_cancel[0]
+    report_figure("decode steps after gRPC cancel", after_cancel)
+    assert after_cancel <= MAX_STEPS_AFTER_CANCEL
+    assert end - start < MAX_TOKENS // 4, "generation ran on after the cancel"
+    assert (
+        generator_metric(triton, "mlapi_text_generator_streams_total", CANCELLED)
+        == cancelled_before + 1
+    )
+
+
+def test_http_disconnect_stops_generation(triton: TritonServer, report_figure) -> None:
+    settled_decoder_steps(triton)
+    start = decoder_steps(triton)
+    cancelled_before = generator_metric(triton, "mlapi_text_generator_streams_total", CANCELLED)
+    steps_at_hangup: list[int] = []
+
+    def on_event(count: int) -> bool:
+        if count < 5:
+            return True
+        steps_at_hangup.append(decoder_steps(triton))
+        return False
+
+    async def go() -> None:
+        async with aiohttp.ClientSession() as session:
+            await sse(
+                session,
+                f"http://{triton.http_url}",
+                {"text_input": "The ", "max_tokens": MAX_TOKENS},
+                on_event,
+            )
+
+    asyncio.run(go())
+    end = settled_decoder_steps(triton)
+    after_hangup = end - steps_at_hangup[0]
+    report_figure("decode steps after SSE client hang-up", after_hangup)
+    assert after_hangup <= MAX_STEPS_AFTER_CANCEL
+    assert end - start < MAX_TOKENS // 4
+    assert (
+        generator_metric(triton, "mlapi_text_generator_streams_total", CANCELLED)
+        == cancelled_before + 1
+    )
+
+
+def test_server_serves_normally_after_cancellations(triton: TritonServer) -> None:
+    reply = stream_http(triton, {"text_input": "The ", "max_tokens": 8, "seed": 5})
+    assert reply.status == 200 and reply.last["finish_reason"] == "length"
+    assert reply.last["completion_tokens"] == 8
