@@ -1,0 +1,99 @@
+"""The gateway's exception tree. Each class knows its problem type; ``problems.register``
+pairs every class with its HTTP status in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One field-level validation error: where (``body.top_k``), what went wrong, what is expected."""
+
+    field: str
+    message: str
+    expected: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"field": self.field, "message": self.message}
+        if self.expected:
+            out["expected"] = self.expected
+        return out
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway answers with a problem document."""
+
+    title = "Gateway error"
+    error_type = "internal"  # the metrics label (mlapi_gateway_errors_total{type=...})
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class RequestInvalid(GatewayError):
+    title = "Invalid request"
+    error_type = "validation"
+
+    def __init__(self, detail: str, errors: list[FieldError]) -> None:
+        super().__init__(detail)
+        self.errors = errors
+
+
+class AuthenticationRequired(GatewayError):
+    title = "Authentication required"
+    error_type = "auth"
+
+
+class ScopeMissing(GatewayError):
+    title = "Forbidden"
+    error_type = "auth"
+
+
+class NotFound(GatewayError):
+    """An unknown model, version or job; ``available`` names what exists."""
+
+    title = "Not found"
+    error_type = "not_found"
+
+    def __init__(self, detail: str, available: list[str] | None = None) -> None:
+        super().__init__(detail)
+        self.available = available
+
+
+class Conflict(GatewayError):
+    title = "Conflict"
+    error_type = "conflict"
+
+
+class RateLimited(GatewayError):
+    title = "Too many requests"
+    error_type = "rate_limit"
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(GatewayError):
+    """Triton is unreachable or the model is not ready; worth retrying after ``retry_after_s``."""
+
+    title = "Model unavailable"
+    error_type = "unavailable"
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(GatewayError):
+    title = "Inference deadline exceeded"
+    error_type = "timeout"
+
+
+class ModelFailed(GatewayError):
+    """The model failed on a valid request (Triton 5xx, a response outside the contract)."""
+
+    title = "Model error"
+    error_type = "model_error"

@@ -1,0 +1,335 @@
+"""Inference through the client library: one gRPC channel per worker, typed digits calls,
+generic tensors for other models, and the translation of client errors to gateway errors."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from mlapi_client import errors as client_errors
+from mlapi_client.async_client import AsyncClient
+from mlapi_client.results import DigitsResult, InferResponse, ModelContract
+from mlapi_client.traffic import TrafficController, TrafficStatus
+from mlapi_gateway import errors
+from mlapi_gateway.problems import field_errors_from_pydantic
+from mlapi_gateway.schemas import DigitsPredict, TensorPredict
+from mlapi_gateway.settings import GatewaySettings
+
+T = TypeVar("T")
+DIGITS = "digits"
+_DTYPES = {
+    "BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
+}  # fmt: skip
+
+
+def predict_schema(model: str) -> type[DigitsPredict] | type[TensorPredict]:
+    """The body schema of ``model``'s predict route: typed for digits, tensors for the rest."""
+    return DigitsPredict if model == DIGITS else TensorPredict
+
+
+def parse_body(model: str, raw: bytes | dict[str, Any]) -> DigitsPredict | TensorPredict:
+    """Validate a predict body for ``model`` (JSON bytes or a parsed dict) or raise RequestInvalid."""
+    return parse_as(predict_schema(model), raw)  # type: ignore[return-value]
+
+
+def parse_as(schema: type[BaseModel], raw: bytes | dict[str, Any]) -> BaseModel:
+    try:
+        if isinstance(raw, dict):
+            return schema.model_validate(raw)
+        return schema.model_validate_json(raw)
+    except ValidationError as exc:
+        raise errors.RequestInvalid(
+            "the request body is invalid", field_errors_from_pydantic(list(exc.errors()))
+        ) from None
+
+
+class Cached:
+    """A value refreshed at most every ``ttl_s`` seconds (one refresh at a time)."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._values: dict[Any, tuple[float, Any]] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, key: Any, load: Callable[[], Awaitable[T]]) -> T:
+        hit = self._values.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+            return hit[1]  # type: ignore[no-any-return]
+        async with self._lock:
+            hit = self._values.get(key)
+            if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+                return hit[1]  # type: ignore[no-any-return]
+            value = await load()
+            self._values[key] = (time.monotonic(), value)
+            return value
+
+
+class Inference:
+    """What the routes and the job runner call; every client error leaves as a GatewayError."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.client = AsyncClient(
+            f"grpc://{settings.triton_grpc_url}", timeout_s=settings.deadline_s
+        )
+        self._contracts = Cached(settings.metadata_cache_s)
+        self._traffic = Cached(settings.metadata_cache_s)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # --- translation ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def translated(self, model: str, version: str | None = None) -> Iterator[None]:
+        """Client errors as gateway errors (the classes are the key, never the message)."""
+        try:
+            yield
+        except client_errors.InvalidInputError as exc:
+            field = f"body.{exc.field}" if exc.field else "body"
+            raise errors.RequestInvalid(
+                f"model '{model}' refused the input",
+                [errors.FieldError(field, exc.message, exc.expected)],
+            ) from None
+        except client_errors.ModelNotFoundError:
+            if version:
+                raise errors.NotFound(f"model '{model}' has no version '{version}'") from None
+            raise errors.NotFound(
+                f"model '{model}' is not on the server", self.settings.models
+            ) from None
+        except client_errors.UnsupportedRequestError as exc:
+            raise errors.RequestInvalid(
+                f"model '{model}' does not support this call: {exc.message}",
+                [errors.FieldError("path.model", "use /stream for streaming models")],
+            ) from None
+        except (client_errors.ModelUnavailableError, client_errors.ConnectionFailedError) as exc:
+            hint = getattr(exc, "retry_after_s", None)
+            retry = max(self.settings.retry_after_s, int(hint or 0))
+            raise errors.Unavailable(
+                f"model '{model}' cannot serve now ({type(exc).__name__}); retry later", retry
+            ) from None
+        except client_errors.InferenceTimeoutError:
+            raise errors.DeadlineExceeded(
+                f"model '{model}' did not answer within the deadline: send a smaller input, "
+                "raise ?timeout_s= (up to the gateway's maximum), or use the async route "
+                "POST /v1/jobs and poll GET /v1/jobs/{id}"
+            ) from None
+        except client_errors.MlapiError as exc:
+            raise errors.ModelFailed(f"model '{model}' failed: {exc.message}") from None
+
+    def deadline(self, timeout_s: float | None) -> float:
+        if timeout_s is None:
+            return self.settings.deadline_s
+        low, high = self.settings.deadline_min_s, self.settings.deadline_max_s
+        if not low <= timeout_s <= high:
+            raise errors.RequestInvalid(
+                "timeout_s is out of range",
+                [
+                    errors.FieldError(
+                        "query.timeout_s", f"got {timeout_s}", f"{low} to {high} seconds"
+                    )
+                ],
+            )
+        return timeout_s
+
+    def check_exposed(self, model: str) -> None:
+        if model not in self.settings.models:
+            raise errors.NotFound(f"no model '{model}' on this API", self.settings.models)
+
+    # --- discovery -----------------------------------------------------------------------
+
+    async def contract(self, model: str, version: str | None = None) -> ModelContract:
+        async def load() -> ModelContract:
+            with self.translated(model, version):
+                return await self.client.contract(model, version, retry=False)
+
+        return await self._contracts.get((model, version), load)
+
+    async def traffic(self) -> TrafficStatus:
+        """digits' default and live classifier versions (TrafficController speaks sync HTTP)."""
+
+        def show() -> TrafficStatus:
+            with TrafficController(self.settings.triton_http_url, DIGITS, timeout_s=5) as ctl:
+                return ctl.show()
+
+        async def load() -> TrafficStatus:
+            with self.translated(DIGITS):
+                return await asyncio.to_thread(show)
+
+        return await self._traffic.get(DIGITS, load)
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        with self.translated("*"):
+            entries = await self.client.list_models(retry=False)
+        out = []
+        for name in self.settings.models:
+            rows = [e for e in entries if e.name == name]
+            if not rows:
+                continue
+            live = sorted({e.version or "" for e in rows if e.state == "READY"} - {""}, key=_num)
+            info: dict[str, Any] = {
+                "name": name,
+                "state": "READY" if any(e.state == "READY" for e in rows) else "UNAVAILABLE",
+                "versions": sorted({e.version or "" for e in rows} - {""}, key=_num),
+                "live_versions": live,
+                "default_version": live[-1] if live else None,
+            }
+            if info["state"] == "READY":
+                with contextlib.suppress(errors.GatewayError):
+                    info["streaming"] = (await self.contract(name)).decoupled
+                if name == DIGITS:
+                    status = await self.traffic()
+                    info["live_versions"] = status.live_versions
+                    info["default_version"] = status.default_version or None
+            out.append(info)
+        return out
+
+    # --- inference -----------------------------------------------------------------------
+
+    async def predict(
+        self,
+        model: str,
+        body: DigitsPredict | TensorPredict,
+        version: str | None,
+        timeout_s: float,
+    ) -> dict[str, Any]:
+        if isinstance(body, DigitsPredict):
+            return await self._digits(body, version, timeout_s)
+        return await self._tensors(model, body, version, timeout_s)
+
+    async def _digits(
+        self, body: DigitsPredict, version: str | None, timeout_s: float
+    ) -> dict[str, Any]:
+        if version is not None:
+            live = (await self.traffic()).live_versions
+            if version not in live:
+                raise errors.NotFound(
+                    f"model 'digits' has no live version '{version}'",
+                    [f"digits/versions/{v}" for v in live],
+                )
+        if body.image is not None:
+            image: Any = base64.b64decode(body.image)
+        else:
+            image = np.asarray(body.pixels, dtype=np.uint8)
+        with self.translated(DIGITS, version):
+            result: DigitsResult = await self.client.digits(
+                image, top_k=body.top_k, version=version, timeout_s=timeout_s, retry=False
+            )
+        return {"model": DIGITS, **result.to_dict()}
+
+    async def _tensors(
+        self, model: str, body: TensorPredict, version: str | None, timeout_s: float
+    ) -> dict[str, Any]:
+        contract = await self.contract(model, version)
+        if contract.decoupled:
+            raise errors.RequestInvalid(
+                f"model '{model}' streams its answer",
+                [
+                    errors.FieldError(
+                        "path.model", "streaming model", f"POST /v1/models/{model}/stream"
+                    )
+                ],
+            )
+        inputs = tensors_for(contract, body.inputs)
+        with self.translated(model, version):
+            response = await self.client.infer(
+                model, inputs, version, parameters=body.parameters, timeout_s=timeout_s, retry=False
+            )
+        return answer_of(response)
+
+    async def stream(
+        self, model: str, body: TensorPredict, version: str | None, timeout_s: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The responses of a decoupled model, as JSON-ready dicts (errors already translated)."""
+        contract = await self.contract(model, version)
+        if not contract.decoupled:
+            raise errors.RequestInvalid(
+                f"model '{model}' does not stream",
+                [
+                    errors.FieldError(
+                        "path.model", "not a streaming model", f"POST /v1/models/{model}/predict"
+                    )
+                ],
+            )
+        inputs = tensors_for(contract, body.inputs)
+        with self.translated(model, version):
+            async for response in self.client.stream(
+                model, inputs, version, parameters=body.parameters, timeout_s=timeout_s
+            ):
+                yield answer_of(response)
+
+
+def tensors_for(contract: ModelContract, values: dict[str, Any]) -> dict[str, np.ndarray]:
+    """JSON values as the model's input tensors, checked against its datatypes and shapes."""
+    problems: list[errors.FieldError] = []
+    specs = {spec.name: spec for spec in contract.inputs}
+    for name in values.keys() - specs.keys():
+        problems.append(errors.FieldError(f"body.inputs.{name}", "unknown input", ", ".join(specs)))
+    tensors: dict[str, np.ndarray] = {}
+    for name, spec in specs.items():
+        field = f"body.inputs.{name}"
+        if name not in values:
+            if not spec.optional:
+                problems.append(errors.FieldError(field, "missing required input"))
+            continue
+        expected = f"{spec.datatype} with shape {list(spec.shape)} (-1: any size)"
+        try:
+            value = values[name]
+            if spec.datatype == "BYTES":
+                array = np.asarray(value, dtype=np.object_)
+                array = np.vectorize(_utf8, otypes=[np.object_])(array) if array.size else array
+            else:
+                array = np.asarray(value, dtype=_DTYPES[spec.datatype])
+        except (ValueError, TypeError, OverflowError, KeyError):
+            problems.append(errors.FieldError(field, "values of the wrong type", expected))
+            continue
+        dims_ok = array.ndim == len(spec.shape) and all(
+            want in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
+        )
+        if not dims_ok:
+            problems.append(errors.FieldError(field, f"got shape {list(array.shape)}", expected))
+            continue
+        tensors[name] = array
+    if problems:
+        raise errors.RequestInvalid(f"inputs do not match model '{contract.name}'", problems)
+    return tensors
+
+
+def answer_of(response: InferResponse) -> dict[str, Any]:
+    return {
+        "model": response.model_name,
+        "model_version": response.model_version,
+        "outputs": {name: _json(array) for name, array in response.outputs.items()},
+    }
+
+
+def _utf8(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise TypeError("expected strings")
+    return value.encode()
+
+
+def _json(array: np.ndarray) -> Any:
+    if array.dtype == np.object_:
+        return (
+            np.vectorize(
+                lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v,
+                otypes=[object],
+            )(array).tolist()
+            if array.size
+            else []
+        )
+    return array.tolist()
+
+
+def _num(version: str) -> tuple[int, str]:
+    return (len(version), version)

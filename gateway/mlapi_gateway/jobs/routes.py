@@ -1,0 +1,101 @@
+"""Routes of the async jobs: submit (202 + Location), poll, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from mlapi_gateway import errors
+from mlapi_gateway.auth import Principal
+from mlapi_gateway.inference import parse_as, parse_body, tensors_for
+from mlapi_gateway.jobs.store import Job
+from mlapi_gateway.routes import json_response
+from mlapi_gateway.schemas import JobCreate, JobView, TensorPredict
+from mlapi_gateway.services import Services, read_body, services
+from mlapi_gateway.webhooks import check_target
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.post(
+    "/v1/jobs",
+    status_code=202,
+    response_model=JobView,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}}},
+        }
+    },
+)
+async def create_job(request: Request) -> Response:
+    """Queue one input or a batch for ``model``; the answer's ``id`` is polled at Location."""
+    svc = services(request)
+    principal = await svc.gate.admit(request, "predict")
+    job = parse_as(JobCreate, await read_body(request, svc.settings.max_body_bytes))
+    assert isinstance(job, JobCreate)
+    request.state.model = job.model
+    svc.inference.check_exposed(job.model)
+    if len(job.inputs) > svc.settings.jobs_max_inputs:
+        raise errors.RequestInvalid(
+            "too many inputs",
+            [
+                errors.FieldError(
+                    "body.inputs",
+                    f"{len(job.inputs)} inputs",
+                    f"at most {svc.settings.jobs_max_inputs}",
+                )
+            ],
+        )
+    problems: list[errors.FieldError] = []
+    for index, item in enumerate(job.inputs):
+        try:
+            body = parse_body(job.model, item)
+            if isinstance(body, TensorPredict):  # check the tensors against the model now
+                tensors_for(await svc.inference.contract(job.model, job.version), body.inputs)
+        except errors.RequestInvalid as exc:
+            problems += [
+                errors.FieldError(
+                    e.field.replace("body", f"body.inputs.{index}", 1), e.message, e.expected
+                )
+                for e in exc.errors
+            ]
+    if problems:
+        raise errors.RequestInvalid("some inputs are invalid", problems)
+    if job.webhook_url:
+        await asyncio.to_thread(check_target, job.webhook_url, svc.runner.allow)
+    created = await svc.jobs.create(
+        principal.id, job.model, job.version, job.inputs, job.webhook_url
+    )
+    location = f"/v1/jobs/{created.id}"
+    return json_response(created.view(), 202, headers={"Location": location})
+
+
+async def _owned(svc: Services, principal: Principal, job_id: str) -> Job:
+    job = await svc.jobs.get(job_id)
+    if job is None or (job.owner != principal.id and "admin" not in principal.scopes):
+        raise errors.NotFound(f"no job '{job_id}' (it may have expired)")
+    return job
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobView)
+async def get_job(request: Request, job_id: str) -> Response:
+    """Status, progress, and the results once finished (until they expire)."""
+    svc = services(request)
+    principal = await svc.gate.admit(request, "predict")
+    job = await _owned(svc, principal, job_id)
+    return json_response(job.view())
+
+
+@router.delete("/v1/jobs/{job_id}", response_model=JobView)
+async def cancel_job(request: Request, job_id: str) -> Response:
+    """Cancel a queued or running job (409 when it already finished)."""
+    svc = services(request)
+    principal = await svc.gate.admit(request, "predict")
+    job = await _owned(svc, principal, job_id)
+    if not await svc.jobs.cancel(job_id):
+        raise errors.Conflict(f"job '{job_id}' already finished as {job.status}")
+    cancelled = await svc.jobs.get(job_id)
+    return json_response(cancelled.view() if cancelled else {"id": job_id, "status": "cancelled"})

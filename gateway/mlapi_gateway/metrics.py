@@ -1,0 +1,92 @@
+"""Prometheus metrics of the gateway, and the ASGI middleware that records every request.
+
+With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` makes /metrics add up all workers
+(``python -m mlapi_gateway`` sets it up).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LABELS = ("route", "model", "version", "status_class")
+REQUESTS = Counter("mlapi_gateway_requests_total", "Requests answered by the gateway", LABELS)
+LATENCY = Histogram(
+    "mlapi_gateway_request_duration_seconds",
+    "Time from request to the start of the response",
+    LABELS,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ERRORS = Counter("mlapi_gateway_errors_total", "Error responses by type", ("type",))
+JOBS = Counter("mlapi_gateway_jobs_total", "Async jobs that reached a final state", ("status",))
+WEBHOOKS = Counter("mlapi_gateway_webhooks_total", "Webhook deliveries", ("outcome",))
+
+
+def count_error(error_type: str) -> None:
+    ERRORS.labels(error_type).inc()
+
+
+def exposition() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template, model, served version and status.
+
+    Handlers put ``model`` and ``model_version`` into ``request.state``; the route template
+    comes from the matched route, so label cardinality stays bounded.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        state: dict[str, Any] = scope.setdefault("state", {})
+        status = 500
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            route = scope.get("route")
+            labels = (
+                getattr(route, "path", "unmatched"),
+                state.get("model", ""),
+                state.get("model_version", ""),
+                f"{status // 100}xx",
+            )
+            REQUESTS.labels(*labels).inc()
+            LATENCY.labels(*labels).observe(time.perf_counter() - start)
+
+        async def send_recorded(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                record()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recorded)
+        finally:
+            record()

@@ -1,0 +1,127 @@
+"""RFC 9457 problem documents, and the one place where exceptions become HTTP statuses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mlapi_gateway import errors
+from mlapi_gateway.metrics import count_error
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://mlapi.dev/problems/"
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    error_type: str,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + error_type.replace("_", "-"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def field_errors_from_pydantic(errors_: list[Any], prefix: str = "body") -> list[errors.FieldError]:
+    """Pydantic's error list as field errors with dotted paths (``body.pixels.3``)."""
+    out = []
+    for error in errors_:
+        loc = [str(part) for part in error.get("loc", ()) if part not in ("body",)]
+        field = ".".join([prefix, *loc]) if loc else prefix
+        message = error.get("msg", "invalid value")
+        if error.get("type") == "json_invalid":
+            message = f"the body is not valid JSON: {error.get('ctx', {}).get('error', message)}"
+        out.append(errors.FieldError(field, message))
+    return out
+
+
+# (exception class, status). Order matters only for subclasses, listed before their parents.
+STATUS_BY_ERROR: tuple[tuple[type[errors.GatewayError], int], ...] = (
+    (errors.RequestInvalid, 400),
+    (errors.AuthenticationRequired, 401),
+    (errors.ScopeMissing, 403),
+    (errors.NotFound, 404),
+    (errors.Conflict, 409),
+    (errors.RateLimited, 429),
+    (errors.ModelFailed, 502),
+    (errors.Unavailable, 503),
+    (errors.DeadlineExceeded, 504),
+)
+
+
+def status_of(error: errors.GatewayError) -> int:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(error, cls):
+            return status
+    return 500
+
+
+def render(error: errors.GatewayError, instance: str | None = None) -> Response:
+    """The problem response for a gateway error (also used by the job runner for results)."""
+    status = status_of(error)
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if isinstance(error, errors.RequestInvalid):
+        extra["errors"] = [e.to_dict() for e in error.errors]
+    if isinstance(error, errors.NotFound):
+        extra["available"] = error.available
+    if isinstance(error, (errors.RateLimited, errors.Unavailable)):
+        headers["Retry-After"] = str(error.retry_after_s)
+        extra["retry_after_s"] = error.retry_after_s
+    if isinstance(error, errors.AuthenticationRequired):
+        headers["WWW-Authenticate"] = 'Bearer realm="mlapi"'
+    return problem(status, error.title, error.detail, error.error_type, instance, headers, **extra)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Every exception-to-status pair of the gateway, registered in this one function."""
+
+    async def gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, errors.GatewayError)
+        count_error(exc.error_type)
+        return render(exc, request.url.path)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        count_error("validation")
+        invalid = errors.RequestInvalid(
+            "the request does not match the schema", field_errors_from_pydantic(list(exc.errors()))
+        )
+        return render(invalid, request.url.path)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            count_error("not_found")
+            return problem(404, "Not found", f"no route {request.url.path}", "not_found")
+        count_error("http")
+        return problem(exc.status_code, "HTTP error", str(exc.detail), "http", request.url.path)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # The traceback goes to the log, never to the client.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        count_error("internal")
+        return problem(500, "Internal error", "the gateway failed; see its log", "internal")
+
+    app.add_exception_handler(errors.GatewayError, gateway_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,180 @@
+"""Model routes (list, predict, versioned predict, stream) and operational routes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+
+from mlapi_gateway import errors
+from mlapi_gateway.inference import parse_as, parse_body
+from mlapi_gateway.metrics import exposition
+from mlapi_gateway.schemas import DigitsAnswer, ModelList, TensorAnswer, TensorPredict
+from mlapi_gateway.services import read_body, services
+from mlapi_gateway.streaming import relay
+
+router = APIRouter()
+TimeoutQuery = Annotated[
+    float | None,
+    Query(description="per-request deadline in seconds, within the gateway's bounds"),
+]
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/DigitsPredict"},
+                        {"$ref": "#/components/schemas/TensorPredict"},
+                    ]
+                }
+            }
+        },
+    }
+}
+STREAM_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TensorPredict"}}},
+    }
+}
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "ranked labels (digits) or output tensors; X-Model-Version names the served version",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/DigitsAnswer"},
+                        {"$ref": "#/components/schemas/TensorAnswer"},
+                    ]
+                }
+            }
+        },
+    },
+    400: {"description": "invalid request (problem+json with field errors)"},
+    401: {"description": "missing or invalid API key"},
+    403: {"description": "the key lacks the predict scope"},
+    404: {"description": "unknown model or version (names what exists)"},
+    429: {"description": "rate limited (Retry-After)"},
+    503: {"description": "Triton or the model is not ready (Retry-After)"},
+    504: {"description": "deadline exceeded: smaller input or POST /v1/jobs"},
+}
+EXTRA_SCHEMAS = (DigitsAnswer, TensorAnswer)
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
+
+
+@router.get("/healthz", tags=["operations"])
+async def healthz() -> dict[str, str]:
+    """Liveness: the gateway process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["operations"])
+async def readyz(request: Request) -> Response:
+    """Readiness: Triton answers and is ready (503 with Retry-After otherwise)."""
+    svc = services(request)
+    retry = svc.settings.retry_after_s
+    try:
+        with svc.inference.translated("*"):
+            ready = await svc.inference.client.is_ready(timeout_s=2, retry=False)
+    except errors.Unavailable:
+        ready = False
+    if not ready:
+        raise errors.Unavailable("Triton is not ready", retry)
+    return json_response({"status": "ready"})
+
+
+@router.get("/metrics", tags=["operations"])
+async def metrics() -> Response:
+    """Prometheus metrics of the gateway."""
+    payload, content_type = exposition()
+    return Response(payload, media_type=content_type)
+
+
+@router.get("/v1/models", tags=["models"], response_model=ModelList)
+async def list_models(request: Request) -> Response:
+    """The exposed models with their live and default versions."""
+    svc = services(request)
+    await svc.gate.admit(request, "predict")
+    return json_response({"models": await svc.inference.list_models()})
+
+
+async def _predict(
+    request: Request, model: str, version: str | None, timeout_s: float | None
+) -> Response:
+    svc = services(request)
+    request.state.model = model
+    await svc.gate.admit(request, "predict")
+    svc.inference.check_exposed(model)
+    deadline_s = svc.inference.deadline(timeout_s)
+    body = parse_body(model, await read_body(request, svc.settings.max_body_bytes))
+    answer = await svc.inference.predict(model, body, version, deadline_s)
+    served = str(answer["model_version"])
+    request.state.model_version = served
+    return json_response(answer, headers={"X-Model-Version": served})
+
+
+@router.post(
+    "/v1/models/{model}/predict",
+    tags=["models"],
+    openapi_extra=PREDICT_BODY,
+    responses=PREDICT_RESPONSES,
+)
+async def predict(request: Request, model: str, timeout_s: TimeoutQuery = None) -> Response:
+    """Run ``model`` on one input. digits: ``{"image": base64}`` or ``{"pixels": rows}``, ``top_k``."""
+    return await _predict(request, model, None, timeout_s)
+
+
+@router.post(
+    "/v1/models/{model}/versions/{version}/predict",
+    tags=["models"],
+    openapi_extra=PREDICT_BODY,
+    responses=PREDICT_RESPONSES,
+)
+async def predict_version(
+    request: Request, model: str, version: str, timeout_s: TimeoutQuery = None
+) -> Response:
+    """Like predict, pinned to ``version`` (digits: the classifier version)."""
+    return await _predict(request, model, version, timeout_s)
+
+
+@router.post(
+    "/v1/models/{model}/stream",
+    tags=["models"],
+    openapi_extra=STREAM_BODY,
+    responses={200: {"description": "text/event-stream: message events, then done or error"}},
+)
+async def stream(request: Request, model: str) -> StreamingResponse:
+    """Relay a streaming model's responses as server-sent events as they are generated."""
+    svc = services(request)
+    request.state.model = model
+    await svc.gate.admit(request, "predict")
+    svc.inference.check_exposed(model)
+    body = parse_as(TensorPredict, await read_body(request, svc.settings.max_body_bytes))
+    assert isinstance(body, TensorPredict)
+    await svc.inference.contract(model)  # 404/503 before the stream starts
+    source = svc.inference.stream(model, body, None, svc.settings.sse_max_duration_s)
+    # Pull the first item eagerly so a refused request (400/404/503) is an HTTP error, not an event.
+    first = await anext(source, None)
+
+    async def chained() -> Any:
+        try:
+            if first is not None:
+                yield first
+                async for item in source:
+                    yield item
+        finally:
+            await source.aclose()  # cancels the gRPC call when the client left early
+
+    return StreamingResponse(
+        relay(chained(), svc.settings),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,81 @@
+"""What one gateway process holds for its lifetime (built at startup, closed at shutdown)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from mlapi_gateway import errors
+from mlapi_gateway.auth import Gatekeeper
+from mlapi_gateway.inference import Inference
+from mlapi_gateway.jobs.runner import JobRunner
+from mlapi_gateway.jobs.store import JobStore
+from mlapi_gateway.keys import KeyStore
+from mlapi_gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from mlapi_gateway.settings import GatewaySettings
+
+log = logging.getLogger("mlapi_gateway")
+
+
+@dataclass
+class Services:
+    settings: GatewaySettings
+    gate: Gatekeeper
+    limiter: RateLimiter
+    inference: Inference
+    jobs: JobStore
+    runner: JobRunner
+
+    @classmethod
+    def build(cls, settings: GatewaySettings) -> Services:
+        if settings.auth_mode == "open":
+            log.warning(
+                "\n%s\nAUTHENTICATION IS OFF (MLAPI_GATEWAY_AUTH_MODE=open): every caller gets every "
+                "scope. Use this for local work only.\n%s",
+                "!" * 78,
+                "!" * 78,
+            )
+        keys = KeyStore(settings.keys_file, settings.keys_json, settings.keys_reload_interval_s)
+        limiter: RateLimiter
+        if settings.redis_url:
+            limiter = RedisRateLimiter(settings.redis_url, settings.plans)
+        else:
+            limiter = MemoryRateLimiter(settings.plans)
+        inference = Inference(settings)
+        jobs = JobStore(settings.jobs_db, settings.jobs_result_ttl_s, settings.jobs_lease_s)
+        runner = JobRunner(settings, jobs, inference)
+        return cls(settings, Gatekeeper(settings, keys, limiter), limiter, inference, jobs, runner)
+
+    async def close(self) -> None:
+        await self.runner.stop()
+        await self.inference.close()
+        await self.limiter.close()
+        self.jobs.close()
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+async def read_body(request: Request, limit_bytes: int) -> bytes:
+    """The request body, refused (400, not read further) once it passes ``limit_bytes``."""
+
+    def too_large(size: str) -> errors.RequestInvalid:
+        return errors.RequestInvalid(
+            "the request body is too large",
+            [errors.FieldError("body", f"{size} bytes", f"at most {limit_bytes} bytes")],
+        )
+
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit_bytes:
+        raise too_large(declared)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise too_large(f"more than {limit_bytes}")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,96 @@
+"""Every gateway setting, read once from the environment (prefix ``MLAPI_GATEWAY_``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Plan(BaseModel):
+    """A rate-limit plan: a token bucket refilled at ``rate_per_s`` holding at most ``burst``."""
+
+    rate_per_s: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+DEFAULT_PLANS = {
+    "default": Plan(rate_per_s=100.0, burst=200),
+    "free": Plan(rate_per_s=5.0, burst=10),
+    # Open mode and benchmarks: effectively unlimited, but still going through the limiter.
+    "unlimited": Plan(rate_per_s=1e9, burst=1_000_000_000),
+}
+
+
+class GatewaySettings(BaseSettings):
+    """Configuration of one gateway process. Nested values (plans, lists) are JSON in the env."""
+
+    model_config = SettingsConfigDict(env_prefix="MLAPI_GATEWAY_", extra="ignore")
+
+    # Triton: one gRPC channel per worker for inference and streaming; HTTP for the repository
+    # and traffic-policy reads (TrafficController speaks HTTP).
+    triton_grpc_url: str = "localhost:8001"
+    triton_http_url: str = "localhost:8000"
+    # Models the gateway exposes; others on the server stay internal (e.g. the classifiers).
+    models: list[str] = ["digits", "text_generator"]
+
+    # Authentication: "keys" (Bearer API keys) or "open" (no auth; loudly logged at start).
+    auth_mode: Literal["keys", "open"] = "keys"
+    keys_file: Path = Path("build/gateway/keys.json")
+    # Extra keys in the keys-file format (JSON), e.g. injected from a secret store.
+    keys_json: str | None = None
+    keys_reload_interval_s: float = Field(default=1.0, ge=0)
+
+    # Rate limits per key plan; Redis (``redis://host:port/0``) shares the buckets across replicas.
+    plans: dict[str, Plan] = Field(default_factory=lambda: dict(DEFAULT_PLANS))
+    open_mode_plan: str = "default"
+    redis_url: str | None = None
+
+    # Requests.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    deadline_s: float = Field(default=10.0, ge=5.0, le=30.0)
+    # Bounds of the per-request override (``?timeout_s=``).
+    deadline_min_s: float = Field(default=0.1, gt=0)
+    deadline_max_s: float = Field(default=30.0, gt=0)
+    retry_after_s: int = Field(default=5, ge=1)
+    metadata_cache_s: float = Field(default=5.0, ge=0)
+
+    # Async jobs.
+    jobs_db: Path = Path("build/gateway/jobs.sqlite3")
+    jobs_max_inputs: int = Field(default=256, ge=1)
+    jobs_concurrency: int = Field(default=2, ge=1)
+    jobs_item_timeout_s: float = Field(default=30.0, gt=0)
+    jobs_lease_s: float = Field(default=15.0, gt=0)
+    jobs_poll_s: float = Field(default=0.2, gt=0)
+    jobs_result_ttl_s: float = Field(default=3600.0, gt=0)
+
+    # Webhooks.
+    webhook_secret: str = "change-me"
+    webhook_allow: list[str] = []
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=5, ge=1)
+    webhook_backoff_s: float = Field(default=1.0, ge=0)
+
+    # Server-sent events.
+    sse_heartbeat_s: float = Field(default=10.0, gt=0)
+    sse_buffer_events: int = Field(default=64, ge=1)
+    sse_slow_client_s: float = Field(default=30.0, gt=0)
+    sse_max_duration_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GatewaySettings:
+        if not self.deadline_min_s <= self.deadline_s <= self.deadline_max_s:
+            raise ValueError("deadline_s must lie within [deadline_min_s, deadline_max_s]")
+        if self.open_mode_plan not in self.plans:
+            raise ValueError(f"open_mode_plan {self.open_mode_plan!r} is not in plans")
+        return self

@@ -1,0 +1,79 @@
+"""Server-sent events relay of a streaming (decoupled) model.
+
+A producer task reads the Triton stream into a bounded queue; the response drains it. A slow
+client fills the queue, the producer then stops reading (gRPC flow control pushes back on
+Triton), and after ``sse_slow_client_s`` the stream is cancelled: memory stays bounded. Idle
+periods send heartbeat comments. When the client goes away the response task is cancelled and
+the producer's cancellation cancels the gRPC call, which Triton passes to the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from mlapi_gateway import errors
+from mlapi_gateway.jobs.runner import problem_dict
+from mlapi_gateway.metrics import count_error
+from mlapi_gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+HEARTBEAT = b": heartbeat\n\n"
+
+
+def event(name: str, data: Any, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+async def relay(
+    source: AsyncIterator[dict[str, Any]], settings: GatewaySettings
+) -> AsyncIterator[bytes]:
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=settings.sse_buffer_events)
+    overflow = asyncio.Event()
+
+    async def produce() -> None:
+        try:
+            async for item in source:
+                try:
+                    await asyncio.wait_for(queue.put(("message", item)), settings.sse_slow_client_s)
+                except TimeoutError:
+                    overflow.set()
+                    return
+            await queue.put(("done", {}))
+        except errors.GatewayError as exc:
+            count_error(exc.error_type)
+            await queue.put(("error", problem_dict(exc)))
+        finally:
+            with contextlib.suppress(Exception):
+                await source.aclose()  # type: ignore[attr-defined]
+
+    producer = asyncio.create_task(produce())
+    sent = 0
+    try:
+        while True:
+            if overflow.is_set() and queue.empty():
+                count_error("slow_client")
+                detail = f"the client read too slowly (buffer of {settings.sse_buffer_events} events full)"
+                yield event("error", {"title": "Slow client", "status": 499, "detail": detail})
+                return
+            try:
+                kind, item = await asyncio.wait_for(queue.get(), settings.sse_heartbeat_s)
+            except TimeoutError:
+                yield HEARTBEAT
+                continue
+            if kind == "message":
+                yield event("message", item, sent)
+                sent += 1
+                continue
+            yield event(kind, item if kind == "error" else {"events": sent})
+            return
+    finally:
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await producer
