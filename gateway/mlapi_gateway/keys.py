@@ -66,7 +66,7 @@ def digest(key: str) -> str:
 
 
 def key_id(key: str) -> str | None:
-    parts = key.split("_")
+    parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
         return None
     return parts[1]

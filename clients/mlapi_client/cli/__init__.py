@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "mlapi_client.cli.predict",
     "mlapi_client.cli.models",
     "mlapi_client.cli.traffic",
+    "mlapi_client.cli.keys",
 )
 
 
