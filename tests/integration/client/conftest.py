@@ -104,7 +104,7 @@ def metric_value(server: TritonServer, name: str) -> float:
 
 def slow_only_repository(tmp_path: Path) -> Path:
     repository = tmp_path / "repository"
-    repository.mkdir()
+    repository.mkdir(parents=True)
     (repository / "slow").symlink_to(TEST_REPOSITORY / "slow", target_is_directory=True)
     return repository
 
