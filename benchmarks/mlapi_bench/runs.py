@@ -250,3 +250,27 @@ def study_sections(
     )
     sections.append("## Batching gain (best variant vs off)\n\n" + table(gains, gain_cols))
     return sections, gains
+
+
+def queue_delay_markdown(rows: Sequence[dict[str, Any]], models: Sequence[str], levels: Sequence[int],
+                         protocol: str, command: str) -> str:
+    """The queue-delay comparison (batching off, then each delay, one instance) as Markdown."""
+    delays = [label for label in dict.fromkeys(r["label"] for r in rows)
+              if label.endswith(" x1") and " pref " not in label]
+    parts = []
+    for model in models:
+        cells = {(r["label"], r["level"]): r for r in rows if r["model"] == model}
+        cols = [("label", "config")]
+        for c in levels:
+            cols += [(f"t{c}", f"c{c} infer/s"), (f"p{c}", f"c{c} p99 ms"), (f"b{c}", f"c{c} batch")]
+        body = []
+        for label in delays:
+            entry: dict[str, Any] = {"label": label}
+            for c in levels:
+                r = cells.get((label, c))
+                entry[f"t{c}"] = r["throughput_per_s"] if r else float("nan")
+                entry[f"p{c}"] = r["p99_us"] / 1e3 if r else float("nan")
+                entry[f"b{c}"] = r["server_avg_batch_size"] if r else float("nan")
+            body.append(entry)
+        parts.append(f"### {model} ({protocol}, closed loop)\n\n" + table(body, cols))
+    return "\n\n".join(parts) + f"\n\nReproduce: `{command}`\n"
