@@ -51,6 +51,9 @@ class Row:
     ttft_p99_ms: float
     itl_p50_ms: float
     itl_p99_ms: float
+    # per stream (last event - first event) / (events - 1), median over streams: unlike the
+    # gap percentiles it does not fall to ~0 when a busy client reads events in bursts
+    ms_per_token_p50: float
 
 
 async def one_stream(
@@ -75,6 +78,7 @@ async def one_stream(
 async def run_level(url: str, streams: int, max_tokens: int, rounds: int, setting: str) -> Row:
     ttfts: list[float] = []
     gaps: list[float] = []
+    per_token: list[float] = []
     total_tokens = 0
     connector = aiohttp.TCPConnector(limit=streams)
     async with aiohttp.ClientSession(
@@ -92,6 +96,7 @@ async def run_level(url: str, streams: int, max_tokens: int, rounds: int, settin
             ):
                 ttfts.append(ttft)
                 gaps.extend(stream_gaps)
+                per_token.append(float(np.mean(stream_gaps)) if stream_gaps else 0.0)
                 total_tokens += tokens
         wall = time.perf_counter() - started
 
@@ -108,6 +113,7 @@ async def run_level(url: str, streams: int, max_tokens: int, rounds: int, settin
         ms(ttfts, 99),
         ms(gaps, 50),
         ms(gaps, 99),
+        ms(per_token, 50),
     )
 
 
@@ -179,23 +185,56 @@ def server(url: str | None) -> Iterator[str]:
 
 def markdown(rows: list[Row], limits: dict[str, float]) -> str:
     lines = [
-        "| setting | streams | tokens/s | x 1 stream | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| setting | streams | tokens/s | x 1 stream | TTFT p50 ms | TTFT p99 ms | ITL p50 ms "
+        "| ITL p99 ms | ms/token per stream |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        base = next(
-            r.tokens_per_s
-            for r in rows
-            if r.setting == row.setting
-            and r.streams == min(x.streams for x in rows if x.setting == row.setting)
-        )
+        first = min(r.streams for r in rows if r.setting == row.setting)
+        base = next(r.tokens_per_s for r in rows if r.setting == row.setting and r.streams == first)
         lines.append(
             f"| {row.setting} | {row.streams} | {row.tokens_per_s:.0f} | {row.tokens_per_s / base:.1f} | "
-            f"{row.ttft_p50_ms} | {row.ttft_p99_ms} | {row.itl_p50_ms} | {row.itl_p99_ms} |"
+            f"{row.ttft_p50_ms} | {row.ttft_p99_ms} | {row.itl_p50_ms} | {row.itl_p99_ms} | "
+            f"{row.ms_per_token_p50} |"
         )
-    for name, value in limits.items():
-        lines.append(f"\nin-process {name}: {value:.0f}")
+    lines.append("")
+    lines.extend(f"in-process {name}: {value:.0f}" for name, value in limits.items())
     return "\n".join(lines)
+
+
+def plot(rows: list[Row], limits: dict[str, float], path: Path) -> None:
+    """tokens/s against concurrent streams, one line per setting (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plot")
+        return
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for setting in dict.fromkeys(r.setting for r in rows):
+        mine = [r for r in rows if r.setting == setting]
+        axis.plot(
+            [r.streams for r in mine], [r.tokens_per_s for r in mine], marker="o", label=setting
+        )
+    axis.axhline(
+        limits["loop_tokens_per_s_1_stream"],
+        linestyle="--",
+        color="grey",
+        label="in-process loop, 1 stream",
+    )
+    axis.set(
+        xlabel="concurrent streams",
+        ylabel="tokens/s (all streams)",
+        xscale="log",
+        yscale="log",
+        title="text_generator over SSE",
+    )
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         + "\n"
     )
+    plot(rows, limits, path.with_suffix(".png"))
     print(markdown(rows, limits))
-    print(f"\nresults: {path}")
+    print(f"\nresults: {path} (and .png)")
     return 0
 
 
