@@ -81,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
     study.add_argument("--models", type=_words, default=("digits_classifier", "digits"))
     study.add_argument("--concurrency", type=_ints, default=(1, 2, 4, 8, 16, 32))
     study.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    study.add_argument("--repeats", type=int, default=1, help="rounds; each point keeps its best")
 
     capacity = sub.add_parser(
         "capacity", parents=[common], help="the harness's own request rate (identity model)"
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     protocol=args.protocol,
                     phases=phases,
                     processes=args.processes,
+                    repeats=args.repeats,
                 )
                 summary = runs.run_study(server, settings_s, out)
             elif args.command == "locust":

@@ -146,6 +146,7 @@ def test_locust_bad_requests_get_4xx_and_the_server_stays_healthy(server: Triton
         )
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(request, timeout=10)
+        caught.value.close()  # the error carries the open response
         assert call.verdict(caught.value.code) is None, f"{call.name}: {caught.value.code}"
     assert len(seen) == 3
     good = mix.digits_image()
