@@ -53,3 +53,13 @@ def test_a_closed_client_refuses_with_an_mlapi_error() -> None:
 
     with pytest.raises(MlapiError, match="closed"):
         asyncio.run(closed_call())
+
+
+def test_defaults_and_url_scheme_pick_the_protocol() -> None:
+    with Client("grpc://127.0.0.1:1") as grpc_client:
+        assert grpc_client.protocol == "grpc"
+        assert grpc_client.settings.timeout_s == 30.0
+    assert AsyncClient("127.0.0.1:1", protocol="grpc").protocol == "grpc"
+    assert AsyncClient("127.0.0.1:1").protocol == "http"
+    with pytest.raises(ValueError):
+        AsyncClient("http://127.0.0.1:1", protocol="grpc")
