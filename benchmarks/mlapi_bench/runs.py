@@ -94,14 +94,11 @@ def _finish(
     write_csv(out / "results.csv", rows)
     ratio_rows = ratios(rows, limits)
     closed = [r for r in rows if r["mode"] == "concurrency"]
-    if closed:
-        plots.latency_vs_throughput(
-            closed, out / "latency_vs_throughput.png", f"{kind}: latency vs throughput"
-        )
-        plots.p99_vs_level(closed, out / "p99_vs_concurrency.png", f"{kind}: p99 vs concurrency")
-        plots.throughput_vs_level(
-            closed, out / "throughput_vs_concurrency.png", f"{kind}: throughput"
-        )
+    for suffix, subset in _plot_groups(closed):
+        title = f"{kind}: {suffix[1:]}" if suffix else kind
+        plots.latency_vs_throughput(subset, out / f"latency_vs_throughput{suffix}.png", title)
+        plots.p99_vs_level(subset, out / f"p99_vs_concurrency{suffix}.png", title)
+        plots.throughput_vs_level(subset, out / f"throughput_vs_concurrency{suffix}.png", title)
     opened = [r for r in rows if r["mode"] == "request_rate"]
     if opened:
         plots.p99_vs_level(opened, out / "p99_vs_request_rate.png", f"{kind}: p99 vs request rate")
@@ -135,6 +132,18 @@ def _finish(
         ),
     )
     return markdown
+
+
+def _plot_groups(rows: Sequence[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """All rows in one plot, or (many series, as in the study) one plot per model + the floor."""
+    if not rows:
+        return []
+    series = {(r["model"], r["protocol"], r["label"]) for r in rows}
+    if len(series) <= 10:
+        return [("", list(rows))]
+    floor = [r for r in rows if r["model"] == IDENTITY_MODEL]
+    models = dict.fromkeys(r["model"] for r in rows if r["model"] != IDENTITY_MODEL)
+    return [(f"_{m}", [r for r in rows if r["model"] == m] + floor) for m in models]
 
 
 def _settings_dict(settings: Any) -> dict[str, Any]:
