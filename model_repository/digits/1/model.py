@@ -23,6 +23,7 @@ from mlapi_backend.digits_pipeline import (
 )
 from mlapi_backend.errors import InvalidInputError
 from mlapi_backend.model_config import ModelConfig
+from mlapi_backend.triton_responses import to_responses
 
 
 class TritonPythonModel:
@@ -47,22 +48,7 @@ class TritonPythonModel:
                 )
             except InvalidInputError as exc:
                 parsed.append(exc)
-        responses = []
-        for result in self.pipeline.run(parsed, self.backend):
-            if isinstance(result, Exception):
-                code = (
-                    pb_utils.TritonError.INVALID_ARG
-                    if isinstance(result, InvalidInputError)
-                    else pb_utils.TritonError.INTERNAL
-                )
-                responses.append(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code))
-                )
-            else:
-                responses.append(
-                    pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in result.items()])
-                )
-        return responses
+        return to_responses(self.pipeline.run(parsed, self.backend), pb_utils)
 
 
 class _BlsClassifier:

@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
-from mlapi_backend.errors import InvalidInputError
+
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.onnx_backend import OnnxModel
+from mlapi_backend.triton_responses import to_responses
 
 
 class TritonPythonModel:
@@ -40,19 +41,4 @@ class TritonPythonModel:
                 if tensor is not None:
                     tensors[name] = tensor.as_numpy()
             batch.append(tensors)
-        responses = []
-        for result in self.model.run(batch):
-            if isinstance(result, Exception):
-                code = (
-                    pb_utils.TritonError.INVALID_ARG
-                    if isinstance(result, InvalidInputError)
-                    else pb_utils.TritonError.INTERNAL
-                )
-                responses.append(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code))
-                )
-            else:
-                responses.append(
-                    pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in result.items()])
-                )
-        return responses
+        return to_responses(self.model.run(batch), pb_utils)

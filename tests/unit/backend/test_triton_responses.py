@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from mlapi_backend.errors import InvalidInputError
+from mlapi_backend.triton_responses import to_responses
+
+
+class _Error:
+    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+    def __init__(self, message: str, code: str) -> None:
+        self.message, self.code = message, code
+
+
+FAKE_PB_UTILS = SimpleNamespace(
+    TritonError=_Error,
+    Tensor=lambda name, array: (name, array),
+    InferenceResponse=lambda tensors=None, error=None: SimpleNamespace(
+        tensors=tensors, error=error
+    ),
+)
+
+
+def test_each_result_gets_its_own_response_and_error_code():
+    results = [
+        {"y": np.ones(2)},
+        InvalidInputError("image", "UINT8", "FP32"),
+        RuntimeError("classifier down"),
+    ]
+    ok, invalid, internal = to_responses(results, FAKE_PB_UTILS)
+    assert ok.error is None and ok.tensors[0][0] == "y"
+    assert (invalid.error.code, invalid.error.message) == (
+        "INVALID_ARG",
+        "input 'image': expected UINT8, got FP32",
+    )
+    assert internal.error.code == "INTERNAL" and "classifier down" in internal.error.message
