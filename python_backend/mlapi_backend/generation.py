@@ -101,6 +101,17 @@ class Chunk:
     def is_last(self) -> bool:
         return self.finish_reason is not None
 
+    def outputs(self) -> dict[str, np.ndarray]:
+        """The response tensors: text_output, plus the finish reason and counts when last."""
+        tensors = {"text_output": np.array([self.text.encode()], dtype=np.object_)}
+        if self.finish_reason is not None:
+            tensors["finish_reason"] = np.array(
+                [self.finish_reason.value.encode()], dtype=np.object_
+            )
+            tensors["prompt_tokens"] = np.array([self.prompt_tokens], dtype=np.int32)
+            tensors["completion_tokens"] = np.array([self.completion_tokens], dtype=np.int32)
+        return tensors
+
 
 async def generate(
     request: GenerationRequest,

@@ -76,3 +76,17 @@ class StepCoalescer:
         for index, (_, _, future) in enumerate(live):
             if not future.done():
                 future.set_result((logits[index], new_states[index : index + 1]))
+
+
+def stream_step(
+    run_batch: BatchStep, coalesce: bool, max_batch: int
+) -> Callable[[np.ndarray, np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]]:
+    """The per-stream decode step over ``run_batch``: coalesced, or one call per stream step."""
+    if coalesce:
+        return StepCoalescer(run_batch, max_batch).step
+
+    async def single(token: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, new_state = await run_batch(token, state)
+        return logits[0], new_state
+
+    return single

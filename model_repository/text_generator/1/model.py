@@ -21,13 +21,12 @@ from mlapi_backend.generation import (
     STATE_INPUT,
     STATE_OUTPUT,
     TOKEN_INPUT,
-    Chunk,
     DecoderError,
     FinishReason,
     GeneratorSettings,
     responses,
 )
-from mlapi_backend.generation_batching import StepCoalescer
+from mlapi_backend.generation_batching import stream_step
 from mlapi_backend.generation_request import INPUTS, parse_request
 from mlapi_backend.model_config import ModelConfig
 
@@ -36,27 +35,24 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
-        self.settings = GeneratorSettings.from_config(
-            ModelConfig.from_json(json.loads(args["model_config"]))
-        )
-        self.step = self._single_step
-        if self.settings.coalesce_steps:
-            self.step = StepCoalescer(self._decode, self.settings.max_decoder_batch).step
-        self.streams = pb_utils.MetricFamily(
+        config = ModelConfig.from_json(json.loads(args["model_config"]))
+        self.settings = settings = GeneratorSettings.from_config(config)
+        self.step = stream_step(self._decode, settings.coalesce_steps, settings.max_decoder_batch)
+        streams = pb_utils.MetricFamily(
             name="mlapi_text_generator_streams_total",
             description="Finished text_generator streams by finish reason",
             kind=pb_utils.MetricFamily.COUNTER,
         )
-        self.tokens = pb_utils.MetricFamily(
+        tokens = pb_utils.MetricFamily(
             name="mlapi_text_generator_tokens_total",
             description="Tokens processed by text_generator (prompt or completion)",
             kind=pb_utils.MetricFamily.COUNTER,
         )
-        self.finished = {
-            r: self.streams.Metric(labels={"finish_reason": r.value}) for r in FinishReason
-        }
-        self.prompt_tokens = self.tokens.Metric(labels={"kind": "prompt"})
-        self.completion_tokens = self.tokens.Metric(labels={"kind": "completion"})
+        # pb_utils.MetricFamily exists only once the stub runs (not at import time); the
+        # families must outlive their metrics.
+        self.metrics = (streams, tokens)
+        self.finished = {r: streams.Metric(labels={"finish_reason": r.value}) for r in FinishReason}
+        self.token_counts = {k: tokens.Metric(labels={"kind": k}) for k in ("prompt", "completion")}
 
     async def execute(self, requests: list) -> None:
         await asyncio.gather(*(self._stream(request) for request in requests))
@@ -64,17 +60,18 @@ class TritonPythonModel:
     async def _stream(self, request) -> None:
         sender = request.get_response_sender()
         try:
-            parsed = parse_request(
-                {name: _input(request, name) for name in INPUTS}, self.settings.limits
-            )
-            async for chunk in responses(
-                parsed, self.step, self.settings.state_shape, sender.is_cancelled
-            ):
-                sender.send(_response(chunk), flags=FINAL if chunk.is_last else 0)
+            tensors = {name: _input(request, name) for name in INPUTS}
+            parsed = parse_request(tensors, self.settings.limits)
+            shape = self.settings.state_shape
+            async for chunk in responses(parsed, self.step, shape, sender.is_cancelled):
+                outputs = [pb_utils.Tensor(n, a) for n, a in chunk.outputs().items()]
+                sender.send(
+                    pb_utils.InferenceResponse(outputs), flags=FINAL if chunk.is_last else 0
+                )
                 if chunk.finish_reason is not None:
                     self.finished[chunk.finish_reason].increment(1)
-                    self.prompt_tokens.increment(chunk.prompt_tokens)
-                    self.completion_tokens.increment(chunk.completion_tokens)
+                    self.token_counts["prompt"].increment(chunk.prompt_tokens)
+                    self.token_counts["completion"].increment(chunk.completion_tokens)
         except InvalidInputError as exc:
             _send_error(sender, str(exc), pb_utils.TritonError.INVALID_ARG)
         except DecoderError as exc:
@@ -83,48 +80,25 @@ class TritonPythonModel:
             pb_utils.Logger.log_error(f"text_generator: stream failed: {exc!r}")
             _send_error(sender, f"text_generator failed: {exc}", pb_utils.TritonError.INTERNAL)
 
-    async def _single_step(
-        self, token: np.ndarray, state: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        logits, new_state = await self._decode(token, state)
-        return logits[0], new_state
-
     async def _decode(
         self, tokens: np.ndarray, states: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
+        """One batched BLS call to the decoder: tokens [k, 1], states [k, layers, hidden]."""
         response = await pb_utils.InferenceRequest(
             model_name=self.settings.decoder_model,
             requested_output_names=[LOGITS_OUTPUT, STATE_OUTPUT],
             inputs=[pb_utils.Tensor(TOKEN_INPUT, tokens), pb_utils.Tensor(STATE_INPUT, states)],
         ).async_exec()
         if response.has_error():
-            raise DecoderError(
-                f"{self.settings.decoder_model} failed: {response.error().message()}"
-            )
-        return (
-            pb_utils.get_output_tensor_by_name(response, LOGITS_OUTPUT).as_numpy(),
-            pb_utils.get_output_tensor_by_name(response, STATE_OUTPUT).as_numpy(),
-        )
+            message = response.error().message()
+            raise DecoderError(f"{self.settings.decoder_model} failed: {message}")
+        logits = pb_utils.get_output_tensor_by_name(response, LOGITS_OUTPUT).as_numpy()
+        return logits, pb_utils.get_output_tensor_by_name(response, STATE_OUTPUT).as_numpy()
 
 
 def _input(request, name: str) -> np.ndarray | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
-
-
-def _response(chunk: Chunk):
-    tensors = [pb_utils.Tensor("text_output", np.array([chunk.text.encode()], dtype=np.object_))]
-    if chunk.finish_reason is not None:
-        tensors += [
-            pb_utils.Tensor(
-                "finish_reason", np.array([chunk.finish_reason.value.encode()], dtype=np.object_)
-            ),
-            pb_utils.Tensor("prompt_tokens", np.array([chunk.prompt_tokens], dtype=np.int32)),
-            pb_utils.Tensor(
-                "completion_tokens", np.array([chunk.completion_tokens], dtype=np.int32)
-            ),
-        ]
-    return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
 def _send_error(sender, message: str, code) -> None:

@@ -81,3 +81,22 @@ def test_server_serves_normally_after_cancellations(triton: TritonServer) -> Non
     reply = stream_http(triton, {"text_input": "The ", "max_tokens": 8, "seed": 5})
     assert reply.status == 200 and reply.last["finish_reason"] == "length"
     assert reply.last["completion_tokens"] == 8
+
+
+def test_decoder_unavailable_is_an_internal_error_then_recovers(triton: TritonServer) -> None:
+    """Unloading text_decoder fails new streams with a message naming it; loading it back heals."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(triton.http_url)
+    try:
+        client.unload_model("text_decoder")
+        reply = stream_grpc(
+            triton, grpc_inputs("Hello", max_tokens=4), headers={"triton_grpc_error": "true"}
+        )
+        assert reply.error is not None and reply.error.status() == "StatusCode.INTERNAL"
+        assert "text_decoder failed" in reply.error.message()
+    finally:
+        client.load_model("text_decoder")
+        client.close()
+    again = stream_http(triton, {"text_input": "Hello", "max_tokens": 4})
+    assert again.last["finish_reason"] == "length"

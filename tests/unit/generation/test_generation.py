@@ -150,3 +150,12 @@ def test_settings_from_config() -> None:
 def test_bad_settings_are_refused(parameters: dict[str, str]) -> None:
     with pytest.raises(ModelConfigError):
         GeneratorSettings.from_config(config(**parameters))
+
+
+def test_chunk_outputs_carry_counts_only_when_last() -> None:
+    from mlapi_backend.generation import Chunk
+
+    assert set(Chunk("ab").outputs()) == {"text_output"}
+    last = Chunk("c", FinishReason.STOP, 3, 4).outputs()
+    assert last["text_output"].tolist() == [b"c"] and last["finish_reason"].tolist() == [b"stop"]
+    assert last["prompt_tokens"].dtype == np.int32 and last["completion_tokens"].tolist() == [4]

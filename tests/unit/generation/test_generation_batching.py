@@ -72,3 +72,16 @@ def test_a_failed_batch_fails_each_of_its_streams() -> None:
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError):
         StepCoalescer(BatchDecoder().run, max_batch=0)
+
+
+def test_stream_step_without_coalescing_calls_once_per_step() -> None:
+    from mlapi_backend.generation_batching import stream_step
+
+    decoder = BatchDecoder()
+    step = stream_step(decoder.run, coalesce=False, max_batch=64)
+
+    async def go() -> list[list[float]]:
+        return await asyncio.gather(*(stream(step, t, 3) for t in (1, 2)))
+
+    assert asyncio.run(go()) == [[10.0] * 3 + [3.0], [20.0] * 3 + [6.0]]
+    assert decoder.batch_sizes == [1] * 6
