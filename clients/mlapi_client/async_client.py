@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -207,20 +207,40 @@ class AsyncClient:
         *,
         parameters: Parameters | None = None,
         timeout_s: float | None = None,
+        retry: Retry = None,
     ) -> AsyncIterator[InferResponse]:
         """Responses of a decoupled (streaming) model as they arrive.
 
         gRPC uses ModelStreamInfer, HTTP uses generate_stream (server-sent events; inputs must be
         JSON-representable). Stopping early (``break``, ``aclose()``, cancellation) cancels the
         gRPC call / closes the HTTP connection. ``timeout_s`` bounds the whole stream (default:
-        none). Streams are not retried.
+        none). A failure before the first response is retried like any call; once responses
+        flow, a failure ends the stream (responses are never replayed).
         """
         ver = _version(version)
         context = CallContext("stream", model, ver, timeout_s)
-        async with translated(context):
-            transport = self._ensure_transport()
-            async for response in transport.stream(model, inputs, ver, parameters, timeout_s):
-                yield response
+
+        async def first_response() -> tuple[
+            AsyncGenerator[InferResponse, None], InferResponse | None
+        ]:
+            responses = self._ensure_transport().stream(model, inputs, ver, parameters, timeout_s)
+            try:
+                async with translated(context):
+                    return responses, await anext(responses, None)
+            except BaseException:
+                await responses.aclose()
+                raise
+
+        responses, first = await call_with_retry(first_response, self._policy(retry))
+        try:
+            if first is None:
+                return
+            yield first
+            async with translated(context):
+                async for response in responses:
+                    yield response
+        finally:
+            await responses.aclose()
 
     # --- plumbing --------------------------------------------------------------------------
 

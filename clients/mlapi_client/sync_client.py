@@ -17,7 +17,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
-from mlapi_client.async_client import AsyncClient
+from mlapi_client.async_client import AsyncClient, Retry
 from mlapi_client.results import InferResponse
 from mlapi_client.settings import DEFAULT_TIMEOUT_S, ClientSettings, Protocol, RetryPolicy
 from mlapi_client.transport import Parameters
@@ -129,10 +129,11 @@ class Client:
         *,
         parameters: Parameters | None = None,
         timeout_s: float | None = None,
+        retry: Retry = None,
     ) -> Iterator[InferResponse]:
         """Blocking iterator over ``AsyncClient.stream``; closing it early cancels the stream."""
         responses = self._async.stream(
-            model, inputs, version, parameters=parameters, timeout_s=timeout_s
+            model, inputs, version, parameters=parameters, timeout_s=timeout_s, retry=retry
         )
         try:
             while True:

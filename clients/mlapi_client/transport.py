@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,7 +45,7 @@ class Transport(Protocol):
         version: str,
         parameters: Parameters | None,
         timeout_s: float | None,
-    ) -> AsyncIterator[InferResponse]: ...
+    ) -> AsyncGenerator[InferResponse, None]: ...
 
 
 def open_transport(endpoint: Endpoint) -> Transport:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -98,7 +98,7 @@ class GrpcTransport:
         version: str,
         parameters: Parameters | None,
         timeout_s: float | None,
-    ) -> AsyncIterator[InferResponse]:
+    ) -> AsyncGenerator[InferResponse, None]:
         """ModelStreamInfer with one request; leaving early cancels the call on the server."""
         request = {
             "model_name": model,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -102,7 +102,7 @@ class HttpTransport:
         version: str,
         parameters: Parameters | None,
         timeout_s: float | None,
-    ) -> AsyncIterator[InferResponse]:
+    ) -> AsyncGenerator[InferResponse, None]:
         """generate_stream: one SSE event per response. Leaving early closes the connection."""
         body: dict[str, Any] = {name: json_value(name, array) for name, array in inputs.items()}
         if parameters:

@@ -102,3 +102,37 @@ def test_retry_after_parsing() -> None:
     assert retry_after_s(None) is None
     assert retry_after_s("soon") is None
     assert retry_after_s("Wed, 21 Oct 2015 07:28:10 GMT", now_s=1445412480.0) == pytest.approx(10.0)
+
+
+def test_stream_is_retried_until_its_first_response() -> None:
+    attempts = 0
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            return web.json_response({"error": "loading"}, status=503)
+        reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await reply.prepare(request)
+        await reply.write(b'data: {"model_name": "m", "model_version": "1", "index": 0}\n\n')
+        return reply
+
+    async def scenario(retry: RetryPolicy | bool) -> list[int]:
+        app = web.Application()
+        app.router.add_post("/v2/models/m/generate_stream", stream)
+        runner, url = await start(app)
+        try:
+            async with AsyncClient(url, retry=RetryPolicy(initial_backoff_s=0.01)) as client:
+                stream_responses = client.stream(
+                    "m", {"count": np.array([1], np.int32)}, retry=retry
+                )
+                return [int(r["index"][0]) async for r in stream_responses]
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(scenario(True)) == [0]
+    assert attempts == 2
+    attempts = 0
+    with pytest.raises(ModelUnavailableError):
+        asyncio.run(scenario(False))
+    assert attempts == 1
