@@ -50,3 +50,19 @@ def test_stream_errors_are_typed(api: Api) -> None:
 def test_infer_on_a_streaming_model_says_to_stream(api: Api) -> None:
     with pytest.raises(UnsupportedRequestError, match="decoupled"):
         api("infer", "stream_count", count_inputs(1), retry=False)
+
+
+def test_stream_from_the_public_text_generator(api: Api) -> None:
+    inputs = {
+        "text_input": np.array(["The "], dtype=np.object_),
+        "max_tokens": np.array([8], np.int32),
+        "seed": np.array([7], np.int64),
+    }
+    responses = api.stream("text_generator", inputs)
+    assert responses, "no response"
+    assert all(r.model_name == "text_generator" for r in responses)
+    text = "".join(r["text_output"][0].decode() for r in responses)
+    assert text
+    finish = responses[-1]["finish_reason"][0].decode()
+    assert finish in ("length", "stop")
+    assert int(responses[-1]["completion_tokens"][0]) <= 8
