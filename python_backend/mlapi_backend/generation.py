@@ -1,8 +1,9 @@
 """The token-by-token generation loop of ``text_generator``, independent of Triton.
 
 The loop is written once, as an async generator over a *decode step* callable: inside Triton
-the step is an async BLS call to ``text_decoder`` (so the steps of concurrent streams meet in
-its dynamic batcher); in-process (benchmarks, tests) it is an ONNX Runtime session.
+the step is an async BLS call to ``text_decoder`` (coalesced with the steps of the instance's
+other streams, see generation_batching); in-process (benchmarks, tests) it is an ONNX Runtime
+session.
 """
 
 from __future__ import annotations
