@@ -1,8 +1,8 @@
 """Client integration fixtures: every public call, over HTTP and gRPC, sync and async.
 
 ``api`` runs one call through a fresh ``Client`` or ``AsyncClient`` (so each test covers
-open, call and close), against the session's real tritonserver. ``own_server`` starts a
-separate tritonserver serving only the ``slow`` test model, for tests that stop it.
+open, call and close), against the test run's real tritonserver. ``private_servers`` starts
+separate tritonservers serving only the ``slow`` test model, for tests that stop them.
 """
 
 from __future__ import annotations
