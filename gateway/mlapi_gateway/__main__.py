@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -23,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         # Several workers: /metrics adds up every worker's samples from this directory.
         multiproc_dir = tempfile.mkdtemp(prefix="mlapi-gateway-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal; with these
+    # handlers that re-raise is a no-op, so a requested stop exits with status 0.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda *_: None)
     try:
         uvicorn.run(
             "mlapi_gateway.app:create_app",

@@ -1,0 +1,60 @@
+"""503 with Retry-After when the model is not ready or Triton is gone (a server of our own)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import tritonclient.http as httpclient
+
+from mlapi_backend.local.triton_process import Ports, TritonServer
+
+from ..conftest import TEST_REPOSITORY
+from .conftest import gateway_env
+from .harness import Gateway, create_key
+
+
+@pytest.fixture
+def own_triton(tmp_path: Path) -> Iterator[TritonServer]:
+    server = TritonServer(
+        [TEST_REPOSITORY], tmp_path / "backends", ports=Ports.free(), exit_timeout_s=5
+    )
+    with (tmp_path / "triton.log").open("wb") as log:
+        server.start(log)
+        try:
+            server.wait_ready(timeout_s=120, models=("slow",))
+            yield server
+        finally:
+            server.stop()
+
+
+def _assert_503(reply: httpx.Response) -> None:
+    assert reply.status_code == 503, reply.text
+    assert int(reply.headers["Retry-After"]) >= 1
+    assert reply.headers["content-type"] == "application/problem+json"
+    assert "Traceback" not in reply.text
+
+
+def test_unloaded_model_then_stopped_triton_are_503(
+    own_triton: TritonServer, tmp_path: Path
+) -> None:
+    key = create_key(tmp_path / "keys.json", "predict")
+    gateway = Gateway(gateway_env(own_triton, tmp_path), tmp_path / "gateway.log").start()
+    try:
+        with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}) as api:
+            body = {"inputs": {"delay_ms": [[1]]}}
+            assert api.post("/v1/models/slow/predict", json=body).status_code == 200
+            triton_http = httpclient.InferenceServerClient(own_triton.http_url)
+            triton_http.unload_model("slow")
+            triton_http.close()
+            _assert_503(api.post("/v1/models/slow/predict", json=body))
+            own_triton.stop()
+            _assert_503(api.post("/v1/models/slow/predict", json=body))
+            _assert_503(api.get("/readyz"))
+            assert api.get("/healthz").status_code == 200
+            metrics = api.get("/metrics").text
+            assert 'mlapi_gateway_errors_total{type="unavailable"}' in metrics
+    finally:
+        gateway.stop()
