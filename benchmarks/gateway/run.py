@@ -1,0 +1,203 @@
+"""Gateway overhead benchmark: wrk against the gateway (auth + validation + rate limiting on)
+and against Triton's own HTTP endpoint, on the same digits image, in one run.
+
+Figures: p50 latency at 1 connection (the gateway's added latency is the difference) and
+throughput at 16 connections (the gateway's share of direct Triton's). Targets: at most
+1 ms added to p50; at least 10% of direct throughput.
+
+    python benchmarks/gateway/run.py [--duration-s 10] [--workers 2] [--out build/bench]
+
+Uses the Triton on TRITON_HTTP_PORT / TRITON_GRPC_PORT when it is ready, else starts one on
+free ports; always starts its own gateway with a fresh key. Needs `wrk` (make system-deps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LUA = Path(__file__).with_name("post_json.lua")
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+def _wrk(url: str, body_file: Path, bearer: str, connections: int, duration_s: int) -> dict:
+    threads = min(connections, 2)
+    env = {**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_BEARER": bearer}
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "-s", str(LUA), url]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("WRK_JSON "))
+    stats = json.loads(line[len("WRK_JSON ") :])
+    stats["rps"] = stats["requests"] / (stats["duration_us"] / 1e6)
+    stats["connections"] = connections
+    if stats["errors_status"] or stats["errors_socket"]:
+        raise RuntimeError(f"wrk saw errors against {url}: {stats}")
+    return stats
+
+
+def _bodies(workdir: Path) -> tuple[Path, Path]:
+    from mlapi_backend.build.digits_data import load_split
+
+    image = load_split().test_images[0]
+    gateway_body = workdir / "gateway.json"
+    gateway_body.write_text(json.dumps({"pixels": image.tolist()}))
+    triton_body = workdir / "triton.json"
+    triton_body.write_text(
+        json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": [1, *image.shape],
+                        "datatype": "UINT8",
+                        "data": image.reshape(-1).tolist(),
+                    }
+                ]
+            }
+        )
+    )
+    return gateway_body, triton_body
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration-s", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of the gateway")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: run `make system-deps` (Debian: apt-get install wrk)")
+        return 2
+
+    from mlapi_backend.local.triton_process import Ports, TritonServer
+    from mlapi_gateway.keys import add_key, new_key
+
+    workdir = Path(tempfile.mkdtemp(prefix="mlapi-bench-gateway-"))
+    triton: TritonServer | None = None
+    gateway: subprocess.Popen[bytes] | None = None
+    ports = Ports.from_env()
+    try:
+        if not _ready(f"http://127.0.0.1:{ports.http}/v2/models/digits/ready"):
+            triton = TritonServer(
+                [ROOT / "model_repository"], workdir / "backends", ports=Ports.free()
+            )
+            triton.start((workdir / "triton.log").open("wb"))
+            triton.wait_ready(timeout_s=180, models=("digits",))
+            ports = triton.ports
+        key, record = new_key(["predict"], plan="bench")
+        add_key(workdir / "keys.json", record)
+        gateway_port = Ports.free().http
+        env = {
+            **os.environ,
+            "MLAPI_GATEWAY_TRITON_GRPC_URL": f"127.0.0.1:{ports.grpc}",
+            "MLAPI_GATEWAY_TRITON_HTTP_URL": f"127.0.0.1:{ports.http}",
+            "MLAPI_GATEWAY_KEYS_FILE": str(workdir / "keys.json"),
+            "MLAPI_GATEWAY_JOBS_DB": str(workdir / "jobs.sqlite3"),
+            # A real bucket on every request, sized so the benchmark never hits it.
+            "MLAPI_GATEWAY_PLANS": json.dumps(
+                {
+                    "default": {"rate_per_s": 100, "burst": 200},
+                    "bench": {"rate_per_s": 1e6, "burst": 1e6},
+                }
+            ),
+        }
+        command = [sys.executable, "-m", "mlapi_gateway", "--port", str(gateway_port)]
+        command += ["--workers", str(args.workers), "--log-level", "warning"]
+        gateway = subprocess.Popen(
+            command,
+            env=env,
+            cwd=ROOT,
+            stdout=(workdir / "gateway.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while not _ready(f"http://127.0.0.1:{gateway_port}/healthz"):
+            if time.monotonic() > deadline or gateway.poll() is not None:
+                raise RuntimeError((workdir / "gateway.log").read_text()[-3000:])
+            time.sleep(0.2)
+        gateway_body, triton_body = _bodies(workdir)
+        targets = {
+            "triton": (f"http://127.0.0.1:{ports.http}/v2/models/digits/infer", triton_body, ""),
+            "gateway": (
+                f"http://127.0.0.1:{gateway_port}/v1/models/digits/predict",
+                gateway_body,
+                key,
+            ),
+        }
+        for url, body, bearer in targets.values():  # warm up both paths
+            _wrk(url, body, bearer, 4, 2)
+        results: dict[str, dict[str, dict]] = {name: {} for name in targets}
+        # Interleaved so that drift on a shared machine hits both sides alike.
+        for connections in (1, 16):
+            for name, (url, body, bearer) in targets.items():
+                results[name][f"c{connections}"] = _wrk(
+                    url, body, bearer, connections, args.duration_s
+                )
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(timeout=30)
+        if triton is not None:
+            triton.stop()
+    added_p50_ms = (results["gateway"]["c1"]["p50_us"] - results["triton"]["c1"]["p50_us"]) / 1000
+    share = results["gateway"]["c16"]["rps"] / results["triton"]["c16"]["rps"]
+    summary = {
+        "git_revision": subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "settings": {
+            "duration_s": args.duration_s,
+            "gateway_workers": args.workers,
+            "cpus": os.cpu_count(),
+        },
+        "results": results,
+        "gateway_added_p50_ms": round(added_p50_ms, 3),
+        "gateway_throughput_share": round(share, 4),
+        "targets_met": {
+            "added_p50_le_1ms": added_p50_ms <= 1.0,
+            "throughput_share_ge_10pct": share >= 0.10,
+        },
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"gateway-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    rows = [
+        ("target", "p50 @1 conn (ms)", "p99 @1 conn (ms)", "req/s @16 conn", "p50 @16 conn (ms)")
+    ]
+    for name, r in results.items():
+        rows.append(
+            (
+                name,
+                f"{r['c1']['p50_us'] / 1000:.2f}",
+                f"{r['c1']['p99_us'] / 1000:.2f}",
+                f"{r['c16']['rps']:.0f}",
+                f"{r['c16']['p50_us'] / 1000:.2f}",
+            )
+        )
+    for row in rows:
+        print(f"{row[0]:<10} {row[1]:>18} {row[2]:>18} {row[3]:>15} {row[4]:>18}")
+    print(f"gateway adds {added_p50_ms:.2f} ms to p50 at 1 connection (target <= 1 ms)")
+    print(
+        f"gateway sustains {share:.1%} of direct Triton throughput at 16 connections (target >= 10%)"
+    )
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
