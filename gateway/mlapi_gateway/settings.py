@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -32,8 +33,13 @@ class GatewaySettings(BaseSettings):
 
     # Triton: one gRPC channel per worker for inference and streaming; HTTP for the repository
     # and traffic-policy reads (TrafficController speaks HTTP).
-    triton_grpc_url: str = "localhost:8001"
-    triton_http_url: str = "localhost:8000"
+    # Default: localhost on TRITON_GRPC_PORT / TRITON_HTTP_PORT (the project's port variables).
+    triton_grpc_url: str = Field(
+        default_factory=lambda: f"localhost:{os.environ.get('TRITON_GRPC_PORT', '8001')}"
+    )
+    triton_http_url: str = Field(
+        default_factory=lambda: f"localhost:{os.environ.get('TRITON_HTTP_PORT', '8000')}"
+    )
     # Models the gateway exposes; others on the server stay internal (e.g. the classifiers).
     models: list[str] = ["digits", "text_generator"]
 
