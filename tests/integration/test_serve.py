@@ -1,5 +1,5 @@
-"""`make serve`'s launcher: foreground tritonserver on the env-configured ports, stopped cleanly
-by Ctrl-C (SIGINT) or SIGTERM with no process left behind."""
+"""`make serve`'s launcher: foreground tritonserver and the API gateway on the env-configured
+ports, stopped cleanly by Ctrl-C (SIGINT) or SIGTERM with no process left behind."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -45,14 +46,26 @@ def _server_pid(http_port: int) -> int | None:
     return None
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_serve_runs_on_env_ports_and_stops_cleanly(tmp_path, stop_signal):
     ports = Ports.free()
+    gateway_port = Ports.free().http
     env = dict(
         os.environ,
         TRITON_HTTP_PORT=str(ports.http),
         TRITON_GRPC_PORT=str(ports.grpc),
         TRITON_METRICS_PORT=str(ports.metrics),
+        GATEWAY_PORT=str(gateway_port),
+        MLAPI_GATEWAY_KEYS_FILE=str(tmp_path / "keys.json"),
+        MLAPI_GATEWAY_JOBS_DB=str(tmp_path / "jobs.sqlite3"),
     )
     command = [
         sys.executable,
@@ -86,11 +99,22 @@ def test_serve_runs_on_env_ports_and_stops_cleanly(tmp_path, stop_signal):
         server_pid = _server_pid(ports.http)
         assert server_pid is not None
         assert len(_process_group_members(server_pid)) >= 2  # the server and its Python stubs
+        # The gateway runs in front of Triton: up, and asking for a key.
+        gateway_url = f"http://127.0.0.1:{gateway_port}"
+        deadline = time.monotonic() + 60
+        while not _answers(f"{gateway_url}/healthz"):
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.3)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{gateway_url}/v1/models", timeout=5)
+        assert refused.value.code == 401
+        refused.value.close()
 
         launcher.send_signal(stop_signal)
         assert launcher.wait(timeout=60) == 0
         assert _process_group_members(server_pid) == []
         assert _server_pid(ports.http) is None
+        assert not _answers(f"{gateway_url}/healthz")
     finally:
         if launcher.poll() is None:
             launcher.kill()

@@ -1,14 +1,18 @@
 """`python -m mlapi_backend.local {serve,backends}`: run the local stack in the foreground.
 
 ``serve`` starts tritonserver on TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT
-(8000/8001/8002 by default) and stops it, with every Python stub, on Ctrl-C or SIGTERM.
+(8000/8001/8002 by default), then the API gateway on GATEWAY_PORT (8080) in front of it, and
+stops both (the gateway first), with every Python stub, on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
+import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,8 +24,47 @@ from mlapi_backend.local.triton_process import Ports, TritonServer
 log = logging.getLogger("mlapi.serve")
 
 
-def serve(repositories: list[Path], backend_dir: Path) -> int:
+def start_gateway(server: TritonServer) -> subprocess.Popen[bytes] | None:
+    """The gateway (``python -m mlapi_gateway``) on GATEWAY_PORT, pointed at ``server``."""
+    if (
+        importlib.util.find_spec("mlapi_gateway") is None
+        or importlib.util.find_spec("fastapi") is None
+    ):
+        log.warning(
+            "the gateway is not installed (pip install -e '.[gateway]'): serving Triton only"
+        )
+        return None
+    port = os.environ.get("GATEWAY_PORT", "8080")
+    env = {
+        **os.environ,
+        "MLAPI_GATEWAY_TRITON_GRPC_URL": server.grpc_url,
+        "MLAPI_GATEWAY_TRITON_HTTP_URL": server.http_url,
+    }
+    gateway = subprocess.Popen([sys.executable, "-m", "mlapi_gateway", "--port", port], env=env)
+    log.info(
+        "gateway: http://127.0.0.1:%s (docs at /docs); make a key with "
+        "`.venv/bin/mlapi keys create --scope predict`",
+        port,
+    )
+    return gateway
+
+
+def stop_gateway(gateway: subprocess.Popen[bytes] | None) -> None:
+    if gateway is None:
+        return
+    if gateway.poll() is None:
+        gateway.send_signal(signal.SIGTERM)
+        try:
+            gateway.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+            gateway.wait()
+    log.info("gateway stopped (exit status %s)", gateway.returncode)
+
+
+def serve(repositories: list[Path], backend_dir: Path, with_gateway: bool = True) -> int:
     server = TritonServer(repositories, backend_dir, ports=Ports.from_env(), exit_timeout_s=10)
+    gateway: subprocess.Popen[bytes] | None = None
     stopping = False
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -41,11 +84,17 @@ def serve(repositories: list[Path], backend_dir: Path) -> int:
             server.grpc_url,
             server.metrics_url,
         )
+        if with_gateway and not stopping:
+            gateway = start_gateway(server)
         while not stopping and server.process is not None and server.process.poll() is None:
+            if gateway is not None and gateway.poll() is not None:
+                log.error("the gateway exited (status %s): stopping", gateway.returncode)
+                break
             time.sleep(0.2)
     except (RuntimeError, TimeoutError) as exc:
         log.error("%s", exc)
         stopping = True
+    stop_gateway(gateway)
     code = server.stop()
     log.info("tritonserver stopped (exit status %s)", code)
     return 0 if stopping else 1
@@ -62,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         help="model repository (repeatable; default: model_repository)",
     )
     parser.add_argument("--backend-dir", type=Path, default=Path("build/backends"))
+    parser.add_argument(
+        "--no-gateway", action="store_true", help="serve: run Triton without the API gateway"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
@@ -69,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "backends":
         print(assemble(args.backend_dir))
         return 0
-    return serve(args.repository or [Path("model_repository")], args.backend_dir)
+    repositories = args.repository or [Path("model_repository")]
+    return serve(repositories, args.backend_dir, with_gateway=not args.no_gateway)
 
 
 if __name__ == "__main__":
