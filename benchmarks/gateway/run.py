@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,14 @@ def _wrk(url: str, body_file: Path, bearer: str, connections: int, duration_s: i
     return stats
 
 
+def _median(runs: list[dict]) -> dict:
+    """Per-figure medians over rounds."""
+    keys = ("p50_us", "p90_us", "p99_us", "rps")
+    return {k: statistics.median(r[k] for r in runs) for k in keys} | {
+        "connections": runs[0]["connections"]
+    }
+
+
 def _bodies(workdir: Path) -> tuple[Path, Path]:
     from mlapi_backend.build.digits_data import load_split
 
@@ -78,6 +87,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-s", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of the gateway")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds; figures are their medians"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -141,13 +153,17 @@ def main() -> int:
         }
         for url, body, bearer in targets.values():  # warm up both paths
             _wrk(url, body, bearer, 4, 2)
-        results: dict[str, dict[str, dict]] = {name: {} for name in targets}
+        rounds: dict[str, dict[str, list[dict]]] = {n: {"c1": [], "c16": []} for n in targets}
         # Interleaved so that drift on a shared machine hits both sides alike.
-        for connections in (1, 16):
-            for name, (url, body, bearer) in targets.items():
-                results[name][f"c{connections}"] = _wrk(
-                    url, body, bearer, connections, args.duration_s
-                )
+        for _ in range(args.rounds):
+            for connections in (1, 16):
+                for name, (url, body, bearer) in targets.items():
+                    run = _wrk(url, body, bearer, connections, args.duration_s)
+                    rounds[name][f"c{connections}"].append(run)
+        results = {
+            name: {level: _median(runs) for level, runs in levels.items()}
+            for name, levels in rounds.items()
+        }
     finally:
         if gateway is not None:
             gateway.terminate()
@@ -166,6 +182,7 @@ def main() -> int:
             "cpus": os.cpu_count(),
         },
         "results": results,
+        "rounds": rounds,
         "gateway_added_p50_ms": round(added_p50_ms, 3),
         "gateway_throughput_share": round(share, 4),
         "targets_met": {
