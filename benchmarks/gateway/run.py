@@ -178,6 +178,7 @@ def main() -> int:
         ).stdout.strip(),
         "settings": {
             "duration_s": args.duration_s,
+            "rounds": args.rounds,
             "gateway_workers": args.workers,
             "cpus": os.cpu_count(),
         },
