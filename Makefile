@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 REPO := model_repository
 CLASSIFIER_FILES := $(REPO)/digits_classifier/1/model.onnx $(REPO)/digits_classifier/2/model.onnx
-BUILD_SOURCES := $(wildcard python_backend/mlapi_backend/build/*.py) python_backend/mlapi_backend/preprocessing.py
+BUILD_SOURCES := $(addprefix python_backend/mlapi_backend/,build/digits_data.py build/digits_models.py preprocessing.py)
 TEXT_LM_FILES := $(REPO)/text_decoder/1/model.onnx
 TEXT_LM_SOURCES := python_backend/mlapi_backend/build/text_lm.py python_backend/mlapi_backend/tokenizer.py
 
@@ -23,12 +23,12 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED) ## Create .venv and install the project with its extras (idempotent)
 
-$(CLASSIFIER_FILES) &: $(INSTALLED) $(BUILD_SOURCES)
-	$(BIN)/python -m mlapi_backend.build --repository $(REPO)
+$(CLASSIFIER_FILES) &: $(BUILD_SOURCES) | $(INSTALLED)
+	$(BIN)/python -m mlapi_backend.build --only digits --repository $(REPO)
 
 # The text LM build skips training when its fingerprint (corpus, settings, code) is unchanged;
 # the touch then marks the model fresh for make.
-$(TEXT_LM_FILES): $(INSTALLED) $(TEXT_LM_SOURCES)
+$(TEXT_LM_FILES): $(TEXT_LM_SOURCES) | $(INSTALLED)
 	$(BIN)/python -m mlapi_backend.build.text_lm --repository $(REPO)
 	@touch $@
 

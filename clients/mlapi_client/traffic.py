@@ -11,6 +11,7 @@ in the repository's config.pbtxt.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,7 @@ def parse_weights(pairs: list[str]) -> dict[str, float]:
         version, sep, share = pair.partition("=")
         try:
             value = float(share)
-            ok = bool(sep) and version.isdigit() and int(version) > 0 and value >= 0
+            ok = bool(sep) and version.isdigit() and int(version) > 0 and 0 <= value < math.inf
         except ValueError:
             ok = False
         if not ok:
@@ -113,7 +114,11 @@ class TrafficController:
         )
 
     def set(self, weights: Mapping[str, float], shadow: int | None = None) -> TrafficStatus:
-        """Install a new policy (reloads the model gracefully) and return what is now in force."""
+        """Install a new policy (reloads the model gracefully) and return what is now in force.
+
+        Read-modify-write of the model config: two concurrent ``set`` calls race and the last
+        one wins; have one operator (or one deployment job) own a model's policy.
+        """
         policy: dict[str, Any] = {"weights": dict(weights)}
         if shadow is not None:
             policy["shadow"] = int(shadow)
@@ -122,12 +127,20 @@ class TrafficController:
         try:
             self._client.load_model(self.model, config=json.dumps(config))
         except InferenceServerException as exc:
-            raise InvalidInputError(
-                f"the server refused the policy (the previous one stays in force): {exc.message()}",
-                field="traffic_policy",
+            if exc.status() == "400":  # the model refused the policy at load time
+                raise InvalidInputError(
+                    f"the server refused the policy (the previous one stays in force): {exc.message()}",
+                    field="traffic_policy",
+                    status=exc.status(),
+                ) from exc
+            raise MlapiError(
+                f"cannot reload '{self.model}': {exc.message()}", status=exc.status()
             ) from exc
         except OSError as exc:
-            raise ConnectionFailedError(f"cannot reload '{self.model}': {exc}") from exc
+            raise ConnectionFailedError(
+                f"no answer while reloading '{self.model}' ({exc}); the reload may still complete: "
+                "check with `mlapi traffic show`"
+            ) from exc
         return self.show()
 
     def _live_versions(self, classifier: str) -> list[str]:

@@ -200,6 +200,9 @@ class DigitsPipeline:
             if not exc.unavailable:
                 return [(index, exc) for index, _ in members]
             return self._version_unavailable(version, members, backend, exc, tried | {version})
+        except Exception as exc:  # never let one group's failure escape and fail the batch
+            failure = ClassifierError(f"{self.settings.classifier_name} version {version}: {exc!r}")
+            return [(index, failure) for index, _ in members]
         self._shadow(version, pixels, probabilities, backend)
         outcomes: list[tuple[int, Outputs | Exception]] = []
         offset = 0
@@ -256,7 +259,7 @@ class DigitsPipeline:
             return
         try:
             shadowed = backend.classify(shadow, pixels)
-        except ClassifierError:
+        except Exception:  # the shadow must never affect the served answer
             backend.record_shadow(version, shadow, 0, 0, len(pixels))
             return
         agreed = int((shadowed.argmax(axis=1) == served.argmax(axis=1)).sum())

@@ -232,7 +232,10 @@ class OnnxModel:
         try:
             arrays = self.session.run(self.output_names, feed)
         except Exception as exc:  # onnxruntime raises several unrelated types for bad input
-            return [exc] * len(requests)
+            if len(requests) == 1:
+                return [exc]
+            # Find the culprit: run each request alone so its batch-mates still get answers.
+            return [self._run_group([request])[0] for request in requests]
         if self.config.max_batch_size <= 0:
             return [dict(zip(self.output_names, arrays, strict=True))]
         sizes = np.cumsum([len(next(iter(r.values()))) for r in requests])[:-1]

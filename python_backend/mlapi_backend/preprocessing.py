@@ -5,12 +5,15 @@ of a 4x4 block of a 32x32 bitmap carry ink (0..16, ink high, background 0). Prep
 real image onto that distribution:
 
 1. polarity: the border of a digit image is background; if the border is brighter than the
-   middle of the image's range, the ink is dark and the image is inverted;
+   middle of the image's range (1st..99th percentile), the ink is dark and the image is inverted;
 2. background removal: the border's median level is subtracted (clipped at 0);
 3. exact area averaging down to 8x8 (each output pixel is the mean of the input area it covers,
    with fractional weights when the size is not a multiple of 8, like PIL's BOX filter);
 4. contrast scaling: the brightest cell maps to 16 (the training maximum). An image with
-   (almost) no contrast is *blank*: its pixels are all zero and it is flagged as such.
+   (almost) no ink at full resolution is *blank*: its pixels are all zero and it is flagged.
+
+Known limit: a digit whose ink covers most of the image border (e.g. a tightly cropped "0")
+can be read with the wrong polarity; leave a margin around the digit.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ OUTPUT_SIDE = 8
 TRAINING_MAX = 16.0
 MIN_SIDE = 8
 MAX_SIDE = 1024
-# Contrast (in 0..255 grey levels, after averaging to 8x8) below which an image is treated as
-# blank. Two grey levels is below what any scanned or drawn digit shows, and above the rounding
-# noise of an upscaled uniform image.
-BLANK_CONTRAST = 2.0
+# Ink level (0..255 grey levels above the background, at full resolution) below which an image
+# is blank: flat images and faint gradients of a level or two, not any visible stroke.
+BLANK_CONTRAST = 3.0
+# Percentiles that bound the image's grey range for polarity detection.
+RANGE_PERCENTILE = 1.0
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,8 @@ def preprocess_digit(image: np.ndarray) -> PreprocessedDigit:
     """Turn one validated grayscale image into the classifier's (64,) float32 input."""
     validate_image(image)
     grey = image.astype(np.float32)
-    low, high = float(grey.min()), float(grey.max())
+    # Percentiles, not min/max: one stray pixel must not decide the polarity.
+    low, high = (float(v) for v in np.percentile(grey, [RANGE_PERCENTILE, 100 - RANGE_PERCENTILE]))
     inverted = float(np.median(border_pixels(grey))) > (low + high) / 2.0
     if inverted:
         grey = 255.0 - grey
@@ -111,7 +116,9 @@ def preprocess_digit(image: np.ndarray) -> PreprocessedDigit:
     ink = np.clip(grey - background, 0.0, None)
     small = area_resize(ink, OUTPUT_SIDE, OUTPUT_SIDE)
     contrast = float(small.max())
-    blank = contrast < BLANK_CONTRAST
+    # Blankness is judged at full resolution: averaging a thin stroke on a large image down
+    # to 8x8 shrinks its level, but it is still ink.
+    blank = float(ink.max()) < BLANK_CONTRAST or contrast <= 0.0
     if blank:
         pixels = np.zeros(OUTPUT_SIDE * OUTPUT_SIDE, dtype=np.float32)
     else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 from mlapi_backend.errors import InvalidInputError, ModelConfigError
 
 MAX_ROUTING_KEY_CHARS = 256
+MAX_VERSION = 2**63 - 1  # Triton model versions are int64
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,11 @@ class TrafficPolicy:
         weights: dict[int, float] = {}
         for key, value in raw["weights"].items():
             version = _version(key, f"model '{model}': traffic_policy weight key")
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value < math.inf
+            ):
                 raise ModelConfigError(
                     f"model '{model}': traffic_policy weight of version {key} must be a number >= 0, got {value!r}"
                 )
@@ -157,6 +163,6 @@ def _version(value: Any, what: str) -> int:
         raise ModelConfigError(
             f"{what} must be a positive integer version, got {value!r}"
         ) from None
-    if version < 1 or str(version) != str(value).strip():
+    if not 1 <= version <= MAX_VERSION or str(version) != str(value).strip():
         raise ModelConfigError(f"{what} must be a positive integer version, got {value!r}")
     return version

@@ -80,9 +80,18 @@ class DigitsCaller:
         self.client = client
         self.module = httpclient if protocol == "http" else grpcclient
 
-    def infer(self, model: str, inputs: dict, version: str = "", outputs: list[str] | None = None):
+    def infer(
+        self,
+        model: str,
+        inputs: dict,
+        version: str = "",
+        outputs: list[str] | None = None,
+        parameters: dict | None = None,
+    ):
         tensors, requested = self._request(inputs, outputs)
-        return self.client.infer(model, tensors, model_version=version, outputs=requested)
+        return self.client.infer(
+            model, tensors, model_version=version, outputs=requested, parameters=parameters
+        )
 
     def infer_many(self, model: str, requests: list[dict], version: str = "") -> list:
         """Send many requests concurrently (8 in flight) and return results in order.

@@ -3,6 +3,8 @@ server keeps serving correct answers afterwards."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
@@ -62,32 +64,44 @@ def test_bad_input_is_a_client_error_naming_the_problem(caller, case):
     _assert_still_serving(caller)
 
 
-def test_bad_request_does_not_fail_its_batch_mates(caller, triton):
-    """Good and bad requests sent together (dynamically batched) get their own answers."""
-    good = {"image": GOOD}
-    bad = {"image": np.zeros((1, 4, 4), dtype=np.uint8)}
-    requests = [good, bad] * 16
+def _digits_stats(caller: DigitsCaller) -> tuple[int, int]:
+    extra = {"as_json": True} if caller.protocol == "grpc" else {}
+    stats = caller.client.get_inference_statistics("digits", **extra)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def test_bad_request_does_not_fail_its_batch_mates(caller):
+    """Good requests, requests invalid at parse time and requests that fail at classify time
+    (pinned to an unloaded version), sent together so that they share batches."""
+    bad_shape = ({"image": np.zeros((1, 4, 4), dtype=np.uint8)}, None)
+    unloaded = ({"image": GOOD}, {"model_version": "7"})
+    requests = [({"image": GOOD}, None), bad_shape, ({"image": GOOD}, None), unloaded] * 12
+    before = _digits_stats(caller)
+
+    def outcome(call):
+        try:
+            return call().as_numpy("labels")[0, 0]
+        except InferenceServerException as exc:
+            return exc.status()
+
     if caller.protocol == "http":
         handles = [
-            caller.client.async_infer("digits", caller._request(r, None)[0]) for r in requests
+            caller.client.async_infer("digits", caller._request(inputs, None)[0], parameters=params)
+            for inputs, params in requests
         ]
-        outcomes = []
-        for handle in handles:
-            try:
-                outcomes.append(handle.get_result().as_numpy("labels")[0, 0])
-            except InferenceServerException as exc:
-                outcomes.append(exc.status())
+        outcomes = [outcome(handle.get_result) for handle in handles]
     else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        def one(r):
-            try:
-                return caller.infer("digits", r).as_numpy("labels")[0, 0]
-            except InferenceServerException as exc:
-                return exc.status()
-
         with ThreadPoolExecutor(16) as pool:
-            outcomes = list(pool.map(one, requests))
-    assert outcomes[0::2] == [b"1"] * 16
-    assert set(outcomes[1::2]) <= {"400", "StatusCode.INVALID_ARGUMENT"}
+            outcomes = list(
+                pool.map(
+                    lambda r: outcome(lambda: caller.infer("digits", r[0], parameters=r[1])),
+                    requests,
+                )
+            )
+    after = _digits_stats(caller)
+    invalid = {"400", "StatusCode.INVALID_ARGUMENT"}
+    assert outcomes[0::2] == [b"1"] * 24
+    assert set(outcomes[1::2]) <= invalid
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert executions < inferences  # some of these requests really were batched together
     _assert_still_serving(caller)

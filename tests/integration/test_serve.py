@@ -119,3 +119,34 @@ def test_serve_runs_on_env_ports_and_stops_cleanly(tmp_path, stop_signal):
         if launcher.poll() is None:
             launcher.kill()
         log.close()
+
+
+def test_serve_exits_non_zero_when_a_model_fails_to_load(tmp_path):
+    model = tmp_path / "repository" / "broken"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(
+        'name: "broken"\nbackend: "onnxruntime"\nmax_batch_size: 4\n'
+        'input [{name: "x" data_type: TYPE_FP32 dims: [3]}]\n'
+        'output [{name: "y" data_type: TYPE_FP32 dims: [3]}]\n'
+    )
+    ports = Ports.free()
+    env = dict(
+        os.environ,
+        TRITON_HTTP_PORT=str(ports.http),
+        TRITON_GRPC_PORT=str(ports.grpc),
+        TRITON_METRICS_PORT=str(ports.metrics),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "mlapi_backend.local",
+        "serve",
+        "--no-gateway",
+        "--repository",
+        str(tmp_path / "repository"),
+        "--backend-dir",
+        str(tmp_path / "backends"),
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "exited with status" in done.stderr + done.stdout

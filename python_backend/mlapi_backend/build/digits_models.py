@@ -172,8 +172,9 @@ def build(repository: Path) -> dict[int, dict[str, Any]]:
             "onnx_opset": ONNX_OPSET,
             "sha256": hashlib.sha256(model_bytes).hexdigest(),
         }
-        (version_dir / "model.onnx").write_bytes(model_bytes)
-        (version_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        # Atomic replace: a server watching the folder never reads a half-written file.
+        _write_atomic(version_dir / "model.onnx", model_bytes)
+        _write_atomic(version_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
         log.info(
             "[%d/%d] version %d: held-out accuracy %.4f (%.1fs) -> %s",
             i,
@@ -185,6 +186,12 @@ def build(repository: Path) -> dict[int, dict[str, Any]]:
         )
         results[spec.version] = metrics
     return results
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def read_metrics(repository: Path, version: int) -> dict[str, Any]:

@@ -76,8 +76,10 @@ def serve(repositories: list[Path], backend_dir: Path, with_gateway: bool = True
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     server.start()
+    failed = False
     try:
-        server.wait_ready(models=("digits",))
+        if not server.wait_ready(models=("digits",), cancelled=lambda: stopping):
+            raise _Interrupted
         log.info(
             "ready: HTTP http://%s  gRPC %s  metrics %s  (Ctrl-C to stop)",
             server.http_url,
@@ -89,15 +91,25 @@ def serve(repositories: list[Path], backend_dir: Path, with_gateway: bool = True
         while not stopping and server.process is not None and server.process.poll() is None:
             if gateway is not None and gateway.poll() is not None:
                 log.error("the gateway exited (status %s): stopping", gateway.returncode)
+                failed = True
                 break
             time.sleep(0.2)
+        if not stopping and not failed:
+            log.error("tritonserver exited on its own")
+            failed = True
+    except _Interrupted:
+        pass
     except (RuntimeError, TimeoutError) as exc:
         log.error("%s", exc)
-        stopping = True
+        failed = True
     stop_gateway(gateway)
     code = server.stop()
     log.info("tritonserver stopped (exit status %s)", code)
-    return 0 if stopping else 1
+    return 1 if failed else 0
+
+
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while waiting for the server to become ready."""
 
 
 def main(argv: list[str] | None = None) -> int:

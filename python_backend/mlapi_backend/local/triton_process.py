@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -126,7 +126,13 @@ class TritonServer:
         paths = ["/v2/health/ready", *(f"/v2/models/{m}/ready" for m in models)]
         return all(self._ok(path) for path in paths)
 
-    def wait_ready(self, timeout_s: float = 120.0, models: Sequence[str] = ()) -> None:
+    def wait_ready(
+        self,
+        timeout_s: float = 120.0,
+        models: Sequence[str] = (),
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Block until ready (True) or ``cancelled()`` (False); raise if the server dies or times out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
@@ -134,7 +140,9 @@ class TritonServer:
                     f"tritonserver exited with status {self.process.returncode} before it was ready"
                 )
             if self.is_ready(models):
-                return
+                return True
+            if cancelled():
+                return False
             time.sleep(0.25)
         raise TimeoutError(f"tritonserver not ready on {self.http_url} after {timeout_s:.0f}s")
 

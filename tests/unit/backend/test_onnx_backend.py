@@ -138,3 +138,20 @@ def test_unsupported_or_inconsistent_configs_fail_load_clearly(model_dir, change
         _load(model_dir, changes, kind)
     assert "'doubler'" in str(info.value)
     assert fragment in str(info.value)
+
+
+def test_a_request_that_fails_the_session_run_does_not_fail_its_group(model_dir):
+    model = _load(model_dir)
+    real_run = model.session.run
+
+    def run(names, feed):
+        if np.any(feed["x"] < 0):  # stands in for an input the graph cannot compute
+            raise RuntimeError("negative input")
+        return real_run(names, feed)
+
+    model.session.run = run
+    good = {"x": np.ones((2, 3), dtype=np.float32)}
+    results = model.run([good, {"x": -np.ones((1, 3), dtype=np.float32)}, good])
+    assert isinstance(results[1], RuntimeError)
+    for index in (0, 2):
+        np.testing.assert_array_equal(results[index]["y"], 2 * good["x"])

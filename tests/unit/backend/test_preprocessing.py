@@ -127,3 +127,31 @@ def test_largest_allowed_image_is_accepted():
     image[100:900, 450:550] = 255
     result = preprocess_digit(image)
     assert not result.blank and result.pixels.max() == pytest.approx(16.0)
+
+
+def test_stray_pixel_does_not_flip_polarity():
+    # Dark ink on grey paper with one white speck: still dark ink, inverted once.
+    paper = np.full((64, 64), 100, dtype=np.uint8)
+    paper[10:54, 28:36] = 0
+    paper[5, 5] = 255
+    result = preprocess_digit(paper)
+    assert result.inverted
+    assert result.pixels.max() == pytest.approx(16.0) and result.contrast >= 50
+    # Light ink on grey paper with one black speck: not inverted.
+    light = np.full((64, 64), 150, dtype=np.uint8)
+    light[10:54, 28:36] = 255
+    light[5, 5] = 0
+    assert not preprocess_digit(light).inverted
+
+
+def test_thin_stroke_on_large_image_is_not_blank():
+    image = np.zeros((1024, 1024), dtype=np.uint8)
+    image[200:824, 511] = 255  # a one-pixel stroke
+    result = preprocess_digit(image)
+    assert not result.blank
+    assert result.pixels.max() == pytest.approx(16.0)
+
+
+def test_faint_gradient_is_blank():
+    ramp = np.tile(np.linspace(100, 102, 40), (40, 1)).round().astype(np.uint8)
+    assert preprocess_digit(ramp).blank

@@ -70,3 +70,26 @@ def test_routing_parameters():
     assert routing_parameters({"model_version": 3}) == (3, None)
     with pytest.raises(InvalidInputError, match="model_version"):
         routing_parameters({"model_version": -1})
+
+
+def test_sticky_keys_spread_by_weight_and_move_monotonically():
+    keys = [f"user-{i}" for i in range(3000)]
+    even = TrafficPolicy.parse('{"weights": {"1": 50, "2": 50}}', "m")
+    canary = TrafficPolicy.parse('{"weights": {"1": 90, "2": 10}}', "m")
+    on_even = {k: even.route(None, k, 0.0).version for k in keys}
+    on_canary = {k: canary.route(None, k, 0.0).version for k in keys}
+    assert abs(sum(v == 2 for v in on_canary.values()) / len(keys) - 0.10) < 0.02
+    # Growing v1's share only moves keys from v2 to v1, never the other way.
+    assert not any(on_even[k] == 1 and on_canary[k] == 2 for k in keys)
+    assert sum(on_even[k] == 2 and on_canary[k] == 1 for k in keys) > 0
+
+
+def test_non_finite_weights_are_refused():
+    for text in ('{"weights": {"1": Infinity}}', '{"weights": {"1": NaN, "2": 1}}'):
+        with pytest.raises(ModelConfigError):
+            TrafficPolicy.parse(text, "m")
+
+
+def test_version_beyond_int64_is_invalid_input():
+    with pytest.raises(InvalidInputError, match="model_version"):
+        routing_parameters({"model_version": str(2**63)})

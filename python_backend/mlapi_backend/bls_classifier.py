@@ -1,0 +1,73 @@
+"""ClassifierBackend over BLS: classifier calls, readiness checks and routing metrics in Triton.
+
+The model passes ``triton_python_backend_utils`` in, so this library module never imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from mlapi_backend.digits_pipeline import CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, ClassifierError
+
+
+class BlsClassifier:
+    """Calls ``classifier`` by BLS; counts routes and shadow comparisons on the metrics port."""
+
+    def __init__(self, pb_utils: Any, model: str, classifier: str) -> None:
+        self.pb = pb_utils
+        self.model = model
+        self.classifier = classifier
+        self.routed = pb_utils.MetricFamily(
+            name="mlapi_routed_requests_total",
+            description="Images served per classifier version and routing reason",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.shadowed = pb_utils.MetricFamily(
+            name="mlapi_shadow_comparisons_total",
+            description="Shadow-version comparisons of the top-1 label (agree, disagree, error)",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self._metrics: dict[tuple[Any, ...], Any] = {}
+
+    def classify(self, version: int, pixels: np.ndarray) -> np.ndarray:
+        response = self.pb.InferenceRequest(
+            model_name=self.classifier,
+            model_version=version,
+            requested_output_names=[CLASSIFIER_OUTPUT],
+            inputs=[self.pb.Tensor(CLASSIFIER_INPUT, pixels)],
+        ).exec()
+        if response.has_error():
+            raise ClassifierError(
+                f"{self.classifier} version {version} failed: {response.error().message()}",
+                unavailable=not self.pb.is_model_ready(self.classifier, str(version)),
+            )
+        return np.asarray(self.pb.get_output_tensor_by_name(response, CLASSIFIER_OUTPUT).as_numpy())
+
+    def live_versions(self, candidates: Iterable[int]) -> list[int]:
+        return [v for v in candidates if self.pb.is_model_ready(self.classifier, str(v))]
+
+    def record_routes(self, version: int, reason: str, count: int) -> None:
+        labels = {"model": self.model, "version": str(version), "routing": reason}
+        self._counter(self.routed, labels).increment(count)
+
+    def record_shadow(
+        self, primary: int, shadow: int, agreed: int, disagreed: int, failed: int
+    ) -> None:
+        for outcome, count in (("agree", agreed), ("disagree", disagreed), ("error", failed)):
+            if count:
+                labels = {
+                    "model": self.model,
+                    "primary": str(primary),
+                    "shadow": str(shadow),
+                    "outcome": outcome,
+                }
+                self._counter(self.shadowed, labels).increment(count)
+
+    def _counter(self, family: Any, labels: dict[str, str]) -> Any:
+        key = (id(family), *sorted(labels.items()))
+        if key not in self._metrics:
+            self._metrics[key] = family.Metric(labels=labels)
+        return self._metrics[key]
