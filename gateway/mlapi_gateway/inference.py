@@ -7,7 +7,7 @@ import asyncio
 import base64
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
@@ -248,7 +248,7 @@ class Inference:
 
     async def stream(
         self, model: str, body: TensorPredict, version: str | None, timeout_s: float
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The responses of a decoupled model, as JSON-ready dicts (errors already translated)."""
         contract = await self.contract(model, version)
         if not contract.decoupled:
