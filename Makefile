@@ -27,8 +27,7 @@ $(CLASSIFIER_FILES) &: $(BUILD_SOURCES) | $(INSTALLED)
 	$(BIN)/python -m mlapi_backend.build --only digits --repository $(REPO)
 
 # The text LM build skips training when its fingerprint (corpus, vocabulary, settings, recipe
-# version) is unchanged;
-# the touch then marks the model fresh for make.
+# version) is unchanged; the touch then marks the model fresh for make.
 $(TEXT_LM_FILES): $(TEXT_LM_SOURCES) | $(INSTALLED)
 	$(BIN)/python -m mlapi_backend.build.text_lm --repository $(REPO)
 	@touch $@
