@@ -91,6 +91,13 @@ def parser() -> argparse.ArgumentParser:
     capacity.add_argument(
         "--wrk", action="store_true", help="also drive HTTP with wrk (if installed)"
     )
+
+    locust = sub.add_parser(
+        "locust", parents=[common], help="locust scenarios, headless, fixed duration"
+    )
+    locust.add_argument("--users", type=int, default=16)
+    locust.add_argument("--spawn-rate", type=int, default=8)
+    locust.add_argument("--duration-s", type=int, default=30)
     return top
 
 

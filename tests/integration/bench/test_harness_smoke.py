@@ -25,7 +25,7 @@ from mlapi_bench.measure import Phases, Runner
 from mlapi_bench.payloads import IDENTITY_MODEL
 from mlapi_bench.scenarios import default_mix
 from mlapi_bench.server_stats import ServerCounters
-from mlapi_bench.stack import ensure_identity
+from mlapi_bench.stack import MODEL_REPOSITORY, config_json, ensure_identity
 from mlapi_bench.study import StudyError, Variant, switching
 
 QUICK = Phases(warmup_s=0.2, window_s=0.8)
@@ -171,9 +171,23 @@ def test_study_switches_config_and_restores_it(server: TritonServer) -> None:
             # A refused reload leaves the previous config serving.
             assert client.is_model_ready("digits_classifier")
         restored = client.get_model_config("digits_classifier")
-        assert int(restored["dynamic_batching"]["max_queue_delay_microseconds"]) > 0
+        shipped = json.loads(config_json(MODEL_REPOSITORY / "digits_classifier" / "config.pbtxt"))
+        delay = int(restored["dynamic_batching"].get("max_queue_delay_microseconds", 0))
+        assert delay == int(shipped["dynamic_batching"].get("max_queue_delay_microseconds", 0))
         assert client.is_model_ready("digits_classifier", "1") and client.is_model_ready(
             "digits_classifier", "2"
         )
     finally:
         client.close()
+
+
+def test_locust_headless_run_reports_no_failures(server: TritonServer, tmp_path: Path) -> None:
+    from mlapi_bench.locust_run import LocustSettings, run_locust
+
+    markdown, totals, status = run_locust(
+        server.http_url, LocustSettings(users=2, spawn_rate=2, duration_s=3), tmp_path
+    )
+    assert totals.requests > 0
+    assert totals.failures == 0, markdown
+    assert status == 0
+    assert (tmp_path / "locust_stats.csv").is_file()
