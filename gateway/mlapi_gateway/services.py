@@ -10,11 +10,14 @@ from fastapi import Request
 from mlapi_gateway import errors
 from mlapi_gateway.auth import Gatekeeper
 from mlapi_gateway.inference import Inference
+from mlapi_gateway.jobs.redis_store import RedisJobStore
 from mlapi_gateway.jobs.runner import JobRunner
 from mlapi_gateway.jobs.store import JobStore
 from mlapi_gateway.keys import KeyStore
 from mlapi_gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from mlapi_gateway.settings import GatewaySettings
+
+JobBackend = JobStore | RedisJobStore
 
 log = logging.getLogger("mlapi_gateway")
 
@@ -25,7 +28,7 @@ class Services:
     gate: Gatekeeper
     limiter: RateLimiter
     inference: Inference
-    jobs: JobStore
+    jobs: JobBackend
     runner: JobRunner
 
     @classmethod
@@ -44,7 +47,14 @@ class Services:
         else:
             limiter = MemoryRateLimiter(settings.plans)
         inference = Inference(settings)
-        jobs = JobStore(settings.jobs_db, settings.jobs_result_ttl_s, settings.jobs_lease_s)
+        jobs: JobBackend
+        if settings.jobs_store == "redis":
+            assert settings.redis_url is not None
+            jobs = RedisJobStore(
+                settings.redis_url, settings.jobs_result_ttl_s, settings.jobs_lease_s
+            )
+        else:
+            jobs = JobStore(settings.jobs_db, settings.jobs_result_ttl_s, settings.jobs_lease_s)
         runner = JobRunner(settings, jobs, inference)
         return cls(settings, Gatekeeper(settings, keys, limiter), limiter, inference, jobs, runner)
 
@@ -52,7 +62,7 @@ class Services:
         await self.runner.stop()
         await self.inference.close()
         await self.limiter.close()
-        self.jobs.close()
+        await self.jobs.close()
 
 
 def services(request: Request) -> Services:

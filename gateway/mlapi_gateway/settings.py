@@ -64,7 +64,9 @@ class GatewaySettings(BaseSettings):
     retry_after_s: int = Field(default=5, ge=1)
     metadata_cache_s: float = Field(default=5.0, ge=0)
 
-    # Async jobs.
+    # Async jobs: SQLite (one host; every process opening the file shares the jobs) or Redis
+    # (``redis_url``; replicas on several hosts).
+    jobs_store: Literal["sqlite", "redis"] = "sqlite"
     jobs_db: Path = Path("build/gateway/jobs.sqlite3")
     jobs_max_inputs: int = Field(default=256, ge=1)
     jobs_concurrency: int = Field(default=2, ge=1)
@@ -97,6 +99,8 @@ class GatewaySettings(BaseSettings):
     def _consistent(self) -> GatewaySettings:
         if not self.deadline_min_s <= self.deadline_s <= self.deadline_max_s:
             raise ValueError("deadline_s must lie within [deadline_min_s, deadline_max_s]")
+        if self.jobs_store == "redis" and not self.redis_url:
+            raise ValueError("jobs_store 'redis' needs redis_url")
         if self.open_mode_plan not in self.plans:
             raise ValueError(f"open_mode_plan {self.open_mode_plan!r} is not in plans")
         return self

@@ -15,6 +15,7 @@ import orjson
 
 from mlapi_gateway import errors
 from mlapi_gateway.inference import Inference, parse_body
+from mlapi_gateway.jobs.redis_store import RedisJobStore
 from mlapi_gateway.jobs.store import Job, JobStore
 from mlapi_gateway.metrics import JOBS, WEBHOOKS
 from mlapi_gateway.problems import status_of
@@ -33,7 +34,9 @@ def problem_dict(error: errors.GatewayError) -> dict[str, Any]:
 
 
 class JobRunner:
-    def __init__(self, settings: GatewaySettings, store: JobStore, inference: Inference) -> None:
+    def __init__(
+        self, settings: GatewaySettings, store: JobStore | RedisJobStore, inference: Inference
+    ) -> None:
         self.settings = settings
         self.store = store
         self.inference = inference

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,7 +70,7 @@ class Job:
     finish_count: int
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
+    def from_row(cls, row: sqlite3.Row | Mapping[str, Any]) -> Job:
         return cls(
             row["id"], row["owner"], row["model"], row["version"], row["status"],
             json.loads(row["inputs"]), json.loads(row["results"]), row["total"],
@@ -122,7 +122,7 @@ class JobStore:
 
         return await asyncio.to_thread(locked)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         with self._lock:
             self._db.close()
 

@@ -11,7 +11,7 @@ import pytest
 
 from mlapi_backend.local.triton_process import TritonServer
 
-from .harness import WEBHOOK_SECRET, Gateway, create_key
+from .harness import WEBHOOK_SECRET, Gateway, RedisServer, create_key
 
 EXPOSED = ["digits", "slow", "stream_count", "text_generator"]
 PLANS = {
@@ -70,3 +70,13 @@ def api(gateway: Gateway, keys: dict[str, str]) -> Iterator[httpx.Client]:
         base_url=gateway.url, headers={"Authorization": f"Bearer {keys['predict']}"}, timeout=30
     ) as client:
         yield client
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of this test's own, on a free port."""
+    if RedisServer.binary() is None:
+        pytest.skip("redis-server is not installed (make system-deps installs it)")
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()

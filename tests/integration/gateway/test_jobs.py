@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis
 
 from mlapi_backend.build.digits_data import DigitsSplit
 from mlapi_backend.local.triton_process import TritonServer
@@ -153,9 +154,14 @@ def test_ssrf_targets_are_refused(api: httpx.Client, url: str) -> None:
     assert reply.json()["errors"][0]["field"] == "body.webhook_url"
 
 
-def test_restart_with_queued_jobs_loses_nothing(triton: TritonServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_restart_with_queued_jobs_loses_nothing(
+    triton: TritonServer, tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
     key = create_key(tmp_path / "keys.json", "predict")
-    env = gateway_env(triton, tmp_path, jobs_lease_s=2)
+    env = gateway_env(triton, tmp_path, jobs_lease_s=2, jobs_store=store)
+    if store == "redis":
+        env["MLAPI_GATEWAY_REDIS_URL"] = request.getfixturevalue("redis_server").url
     headers = {"Authorization": f"Bearer {key}"}
     first = Gateway(env, tmp_path / "first.log").start()
     with WebhookReceiver() as receiver:
@@ -186,7 +192,12 @@ def test_restart_with_queued_jobs_loses_nothing(triton: TritonServer, tmp_path: 
             second.stop()
     assert [j["status"] for j in jobs] == ["succeeded"] * 4
     assert all(len(j["results"]) == 2 for j in jobs)
-    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
-        finishes = dict(db.execute("SELECT id, finish_count FROM jobs").fetchall())
+    if store == "sqlite":
+        with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
+            finishes = dict(db.execute("SELECT id, finish_count FROM jobs").fetchall())
+    else:
+        redis = Redis.from_url(env["MLAPI_GATEWAY_REDIS_URL"], decode_responses=True)
+        finishes = {i: int(redis.hget(f"mlapi:job:{i}", "finish_count")) for i in ids}
+        redis.close()
     assert finishes == dict.fromkeys(ids, 1)
     assert sorted(d.body["id"] for d in receiver.deliveries) == sorted(ids)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from mlapi_backend.local.triton_process import TritonServer
 
@@ -44,15 +42,6 @@ def test_burst_over_the_plan_is_429_with_retry_after(gateway: Gateway, gateway_d
         pass
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'mlapi_gateway_errors_total{type="rate_limit"}' in metrics
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if RedisServer.binary() is None:
-        pytest.skip("redis-server is not installed (make system-deps installs it)")
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def test_two_replicas_share_limits_through_redis(

@@ -1,17 +1,32 @@
-"""The SQLite job store: claims, leases, exactly-once finish, cancel, expiry."""
+"""The job store contract: claims, leases, exactly-once finish, cancel, expiry.
+
+Written against a ``make_store(result_ttl_s, lease_s)`` fixture: here the SQLite store; the
+integration tests run the same functions against the Redis store and a real redis-server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from mlapi_gateway.jobs.store import JobStore
 
+MakeStore = Callable[[float, float], Any]
 
-def test_lifecycle_and_exactly_once_finish(tmp_path: Path) -> None:
+
+@pytest.fixture
+def make_store(tmp_path: Path) -> MakeStore:
+    return lambda result_ttl_s, lease_s: JobStore(tmp_path / "jobs.db", result_ttl_s, lease_s)
+
+
+def test_lifecycle_and_exactly_once_finish(make_store: MakeStore) -> None:
     async def run() -> None:
-        store = JobStore(tmp_path / "jobs.db", result_ttl_s=60, lease_s=30)
+        store = make_store(60, 30)
         job = await store.create("k1", "digits", None, [{"a": 1}, {"a": 2}], None)
         assert job.status == "queued" and job.view()["progress"] == {
             "done": 0,
@@ -28,18 +43,18 @@ def test_lifecycle_and_exactly_once_finish(tmp_path: Path) -> None:
         done = await store.get(job.id)
         assert done is not None and done.finish_count == 1 and done.status == "succeeded"
         assert done.view()["results"] == [{"status": 200}, {"status": 200}]
-        store.close()
+        await store.close()
 
     asyncio.run(run())
 
 
-def test_expired_lease_is_taken_over_and_resumes(tmp_path: Path) -> None:
+def test_expired_lease_is_taken_over_and_resumes(make_store: MakeStore) -> None:
     async def run() -> None:
-        crashed = JobStore(tmp_path / "jobs.db", result_ttl_s=60, lease_s=0.1)
+        crashed = make_store(60, 0.1)
         job = await crashed.create("k1", "digits", None, [{}, {}], "https://example.org/hook")
         await crashed.claim()
         await crashed.progress(job.id, [{"status": 200}])
-        survivor = JobStore(tmp_path / "jobs.db", result_ttl_s=60, lease_s=30)
+        survivor = make_store(60, 30)
         time.sleep(0.15)
         taken = await survivor.claim()
         assert taken is not None and taken.results == [{"status": 200}]
@@ -51,21 +66,22 @@ def test_expired_lease_is_taken_over_and_resumes(tmp_path: Path) -> None:
         await survivor.webhook_done(job.id, True, 1, "HTTP 204")
         final = await survivor.get(job.id)
         assert final is not None and final.finish_count == 1 and final.webhook_state == "delivered"
-        crashed.close()
-        survivor.close()
+        await crashed.close()
+        await survivor.close()
 
     asyncio.run(run())
 
 
-def test_cancel_and_expiry(tmp_path: Path) -> None:
+def test_cancel_and_expiry(make_store: MakeStore) -> None:
     async def run() -> None:
-        store = JobStore(tmp_path / "jobs.db", result_ttl_s=0.05, lease_s=30)
+        store = make_store(0.05, 30)
         job = await store.create("k1", "digits", None, [{}], None)
         assert await store.cancel(job.id)
         assert await store.claim() is None
         time.sleep(0.1)
         assert await store.get(job.id) is None
-        assert await store.expire() == 1
-        store.close()
+        await store.expire()
+        assert await store.get(job.id) is None
+        await store.close()
 
     asyncio.run(run())
