@@ -186,6 +186,7 @@ SWEEP_COLUMNS = (
     ("model", "model"),
     ("protocol", "proto"),
     ("label", "config"),
+    ("mode", "mode"),
     ("level", "load"),
     ("throughput_per_s", "infer/s"),
     ("p50 latency", "p50 us"),
