@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mlapi_gateway.errors import Unavailable
 from mlapi_gateway.settings import Plan
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,17 @@ class RedisRateLimiter:
         self._script = self._redis.register_script(_TAKE_LUA)
 
     async def take(self, caller: str, plan: str) -> float:
+        from redis.exceptions import RedisError
+
         limits = self.plans.get(plan) or self.plans["default"]
-        wait_us = await self._script(
-            keys=[f"{self.prefix}{plan}:{caller}"], args=[limits.rate_per_s, limits.burst]
-        )
+        try:
+            wait_us = await self._script(
+                keys=[f"{self.prefix}{plan}:{caller}"], args=[limits.rate_per_s, limits.burst]
+            )
+        except RedisError as exc:
+            # Fail closed: without the shared bucket the limits could not be enforced.
+            log.error("rate limiter: Redis failed: %s", exc)
+            raise Unavailable("the rate limiter is unavailable; retry later", 1) from None
         return int(wait_us) / 1e6
 
     async def close(self) -> None:

@@ -1,0 +1,75 @@
+"""The assembled app in-process, over httpx's ASGI transport (no Triton: its ports are closed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+from mlapi_gateway import GatewaySettings, create_app
+from mlapi_gateway.keys import add_key, new_key
+
+Check = Callable[[httpx.AsyncClient, str], Awaitable[None]]
+
+
+def _run(tmp_path: Path, check: Check) -> None:
+    key, record = new_key(["predict"])
+    add_key(tmp_path / "keys.json", record)
+    settings = GatewaySettings(
+        keys_file=tmp_path / "keys.json",
+        jobs_db=tmp_path / "jobs.sqlite3",
+        triton_grpc_url="127.0.0.1:9",
+        triton_http_url="127.0.0.1:9",
+    )
+    app = create_app(settings)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internals /etc/passwd")
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://gateway") as client,
+        ):
+            await check(client, key)
+
+    asyncio.run(main())
+
+
+def test_unexpected_errors_are_a_bare_500_problem(tmp_path: Path) -> None:
+    async def check(client: httpx.AsyncClient, key: str) -> None:
+        reply = await client.get("/boom")
+        assert reply.status_code == 500
+        assert reply.headers["content-type"] == "application/problem+json"
+        assert "secret" not in reply.text and "Traceback" not in reply.text
+
+    _run(tmp_path, check)
+
+
+def test_unknown_route_is_a_404_problem_and_auth_comes_first(tmp_path: Path) -> None:
+    async def check(client: httpx.AsyncClient, key: str) -> None:
+        reply = await client.get("/v2/nothing")
+        assert reply.status_code == 404
+        assert reply.json()["type"].endswith("not-found")
+        reply = await client.post("/v1/models/digits/predict", content=b"{not json")
+        assert reply.status_code == 401
+
+    _run(tmp_path, check)
+
+
+def test_triton_down_is_503_with_retry_after(tmp_path: Path) -> None:
+    async def check(client: httpx.AsyncClient, key: str) -> None:
+        reply = await client.post(
+            "/v1/models/digits/predict",
+            json={"pixels": [[0] * 8] * 8},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert reply.status_code == 503, reply.text
+        assert reply.headers["Retry-After"] == "5"
+        assert (await client.get("/readyz")).status_code == 503
+
+    _run(tmp_path, check)
