@@ -68,9 +68,11 @@ def classifier_limit(
     results = []
     for batch in batch_sizes:
         feed = {input_name: rows[:batch]}
-        rate, latency = measure_callable(
-            lambda feed=feed: session.run(None, feed), batch, duration_s
-        )
+
+        def run(feed: dict[str, np.ndarray] = feed) -> None:
+            session.run(None, feed)
+
+        rate, latency = measure_callable(run, batch, duration_s)
         results.append(InProcessResult("digits_classifier", batch, rate, latency))
     return results
 

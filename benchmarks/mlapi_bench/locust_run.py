@@ -64,7 +64,7 @@ def command(host: str, s: LocustSettings, csv_prefix: Path) -> list[str]:
 
 def summarise(stats_csv: Path) -> LocustSummary:
     """Totals from locust's ``*_stats.csv`` (one row per request name, plus "Aggregated")."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     with stats_csv.open() as handle:
         for line in csv.DictReader(handle):
             if line["Name"] == "Aggregated":

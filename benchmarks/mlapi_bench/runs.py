@@ -238,10 +238,10 @@ def study_sections(
         for label, levels in by_label.items():
             entry: dict[str, Any] = {"label": label}
             for c in s.concurrency:
-                r = levels.get(c)
-                entry[f"t{c}"] = r["throughput_per_s"] if r else float("nan")
-                entry[f"p{c}"] = r["p99_us"] / 1e3 if r else float("nan")
-                entry[f"b{c}"] = r["server_avg_batch_size"] if r else float("nan")
+                point = levels.get(c)
+                entry[f"t{c}"] = point["throughput_per_s"] if point else float("nan")
+                entry[f"p{c}"] = point["p99_us"] / 1e3 if point else float("nan")
+                entry[f"b{c}"] = point["server_avg_batch_size"] if point else float("nan")
             table_rows.append(entry)
         for c in s.concurrency:
             cols += [(f"t{c}", f"c{c} infer/s"), (f"p{c}", f"c{c} p99 ms")]
