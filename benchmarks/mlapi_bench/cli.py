@@ -81,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
     study.add_argument("--models", type=_words, default=("digits_classifier", "digits"))
     study.add_argument("--concurrency", type=_ints, default=(1, 2, 4, 8, 16, 32))
     study.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    study.add_argument(
+        "--via", default="", help="send the load to this model instead (e.g. digits)"
+    )
     study.add_argument("--repeats", type=int, default=1, help="rounds; each point keeps its best")
 
     capacity = sub.add_parser(
@@ -145,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     phases=phases,
                     processes=args.processes,
                     repeats=args.repeats,
+                    via=args.via,
                 )
                 summary = runs.run_study(server, settings_s, out)
             elif args.command == "locust":

@@ -170,6 +170,19 @@ class StudySettings:
     processes: int = 1
     in_process_s: float = 0.5
     repeats: int = 1
+    # Load another model than the one whose config is switched (e.g. the classifier's batching
+    # as seen through the digits pipeline that calls it). Needs exactly one model.
+    via: str = ""
+
+    def __post_init__(self) -> None:
+        if self.via and len(self.models) != 1:
+            raise ValueError(
+                f"via={self.via!r} needs exactly one model to switch, got {self.models}"
+            )
+
+    @property
+    def measured_models(self) -> tuple[str, ...]:
+        return (self.via,) if self.via else self.models
 
 
 def run_study(stack: Stack, s: StudySettings, out: Path) -> str:
@@ -194,18 +207,19 @@ def run_study(stack: Stack, s: StudySettings, out: Path) -> str:
                     for variant in s.variants:
                         switcher.use(variant)
                         jobs = [
-                            (LoadSpec(endpoint, model, "concurrency", c), variant.label)
+                            (LoadSpec(endpoint, s.via or model, "concurrency", c), variant.label)
                             for c in s.concurrency
                         ]
                         measured += _measure_all(runner, jobs, bar)
     rows = best_rounds(measured)
-    limits = in_process_limits(s.models, s.concurrency, s.in_process_s)
+    limits = in_process_limits(s.measured_models, s.concurrency, s.in_process_s)
     sections, gains = study_sections(rows, s)
+    command = "python -m mlapi_bench study" + (
+        f" --models {s.models[0]} --via {s.via}" if s.via else ""
+    )
     sections.append(
         "## Queue delay (one instance)\n\n"
-        + queue_delay_markdown(
-            rows, s.models, s.concurrency, s.protocol, "python -m mlapi_bench study"
-        )
+        + queue_delay_markdown(rows, s.measured_models, s.concurrency, s.protocol, command)
     )
     return _finish(
         out, "batching study", s, rows, limits, sections, {"gains": gains, "all_rounds": measured}
@@ -228,7 +242,8 @@ def study_sections(
     """Per model: throughput and p99 of every variant at each concurrency, and the gain table."""
     sections = []
     gains = []
-    for model in s.models:
+    switched = f" ({s.models[0]}'s config switched)" if s.via else ""
+    for model in s.measured_models:
         mine = [r for r in rows if r["model"] == model]
         by_label: dict[str, dict[float, dict[str, Any]]] = {}
         for r in mine:
@@ -271,7 +286,8 @@ def study_sections(
                 }
             )
         sections.append(
-            f"## {model}: throughput and p99 by config ({s.protocol})\n\n" + table(table_rows, cols)
+            f"## {model}{switched}: throughput and p99 by config ({s.protocol})\n\n"
+            + table(table_rows, cols)
         )
     gain_cols = (
         ("model", "model"),

@@ -92,3 +92,10 @@ def test_plots_split_per_model_only_when_there_are_many_series() -> None:
     assert set(groups) == {"_digits", "_m2"}
     assert sum(r["model"] == "bench_identity" for r in groups["_m2"]) == 1
     assert len(groups["_digits"]) == 9
+
+
+def test_via_study_measures_the_calling_model_and_needs_one_switched_model() -> None:
+    settings = StudySettings(models=("digits_classifier",), via="digits")
+    assert settings.measured_models == ("digits",)
+    with pytest.raises(ValueError, match="exactly one"):
+        StudySettings(models=("digits", "digits_classifier"), via="digits")
