@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from mlapi_gateway import GatewaySettings, create_app
 from mlapi_gateway.keys import add_key, new_key
@@ -14,10 +16,11 @@ from mlapi_gateway.keys import add_key, new_key
 Check = Callable[[httpx.AsyncClient, str], Awaitable[None]]
 
 
-def _run(tmp_path: Path, check: Check) -> None:
+def _run(tmp_path: Path, check: Check, **overrides: object) -> None:
     key, record = new_key(["predict"])
     add_key(tmp_path / "keys.json", record)
     settings = GatewaySettings(
+        **overrides,
         keys_file=tmp_path / "keys.json",
         jobs_db=tmp_path / "jobs.sqlite3",
         triton_grpc_url="127.0.0.1:9",
@@ -73,3 +76,13 @@ def test_triton_down_is_503_with_retry_after(tmp_path: Path) -> None:
         assert (await client.get("/readyz")).status_code == 503
 
     _run(tmp_path, check)
+
+
+def test_open_mode_is_explicit_and_loud(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def check(client: httpx.AsyncClient, key: str) -> None:
+        reply = await client.post("/v1/models/digits/predict", json={"pixels": [[0] * 8] * 8})
+        assert reply.status_code == 503  # past auth without a key; Triton is not there
+
+    with caplog.at_level(logging.WARNING, logger="mlapi_gateway"):
+        _run(tmp_path, check, auth_mode="open")
+    assert "AUTHENTICATION IS OFF" in caplog.text
