@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from .conftest import DigitsCaller
@@ -70,7 +71,7 @@ def _digits_stats(caller: DigitsCaller) -> tuple[int, int]:
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
-def test_bad_request_does_not_fail_its_batch_mates(caller):
+def test_bad_request_does_not_fail_its_batch_mates(caller, triton):
     """Good requests, requests invalid at parse time and requests that fail at classify time
     (pinned to an unloaded version), sent together so that they share batches."""
     bad_shape = ({"image": np.zeros((1, 4, 4), dtype=np.uint8)}, None)
@@ -85,11 +86,16 @@ def test_bad_request_does_not_fail_its_batch_mates(caller):
             return exc.status()
 
     if caller.protocol == "http":
-        handles = [
-            caller.client.async_infer("digits", caller._request(inputs, None)[0], parameters=params)
-            for inputs, params in requests
-        ]
-        outcomes = [outcome(handle.get_result) for handle in handles]
+        # One connection per request so that all of them are in flight at once.
+        client = httpclient.InferenceServerClient(triton.http_url, concurrency=len(requests))
+        try:
+            handles = [
+                client.async_infer("digits", caller._request(inputs, None)[0], parameters=params)
+                for inputs, params in requests
+            ]
+            outcomes = [outcome(handle.get_result) for handle in handles]
+        finally:
+            client.close()
     else:
         with ThreadPoolExecutor(16) as pool:
             outcomes = list(
