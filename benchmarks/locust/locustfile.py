@@ -1,22 +1,38 @@
-"""locust scenarios for Triton's HTTP endpoint (the request mix lives in mlapi_bench.scenarios).
+"""locust scenarios for Triton's HTTP endpoint and the API gateway (mix: mlapi_bench.scenarios).
 
 Headless, fixed duration (what `python -m mlapi_bench locust` runs):
     locust -f benchmarks/locust/locustfile.py --headless -u 16 -r 8 -t 30s \
         --host http://127.0.0.1:8000 --csv benchmarks/results/locust
+The gateway scenario runs when MLAPI_GATEWAY_URL is set (Bearer key in MLAPI_GATEWAY_KEY);
+name a class to run only it, e.g. `... GatewayUser`.
 
 Bad requests are reported under names starting "expected 4xx:" and count as successes when
-Triton answers them with a 4xx; failures are only unexpected answers.
+answered with a 4xx; failures are only unexpected answers.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 
 from locust import HttpUser, between, task
 
-from mlapi_bench.scenarios import default_mix
+from mlapi_bench.scenarios import Mix, default_mix
 
 _SEEDS = itertools.count()
+
+
+def _send(user: HttpUser, mix: Mix, headers: dict[str, str], base_url: str = "") -> None:
+    call = mix.next_call()
+    url = base_url + call.path  # absolute for the gateway: --host sets Triton's address only
+    with user.client.post(
+        url, json=call.body, name=call.name, headers=headers, catch_response=True
+    ) as reply:
+        problem = call.verdict(reply.status_code)
+        if problem is None:
+            reply.success()
+        else:
+            reply.failure(problem)
 
 
 class TritonHttpUser(HttpUser):
@@ -29,12 +45,21 @@ class TritonHttpUser(HttpUser):
 
     @task
     def call(self) -> None:
-        call = self.mix.next_call()
-        with self.client.post(
-            call.path, json=call.body, name=call.name, catch_response=True
-        ) as reply:
-            problem = call.verdict(reply.status_code)
-            if problem is None:
-                reply.success()
-            else:
-                reply.failure(problem)
+        _send(self, self.mix, {})
+
+
+if os.environ.get("MLAPI_GATEWAY_URL"):
+
+    class GatewayUser(HttpUser):
+        """The same traffic through the gateway's /v1 routes."""
+
+        wait_time = between(0.0, 0.02)
+
+        def on_start(self) -> None:
+            self.mix = default_mix(seed=next(_SEEDS), gateway=True)
+            key = os.environ.get("MLAPI_GATEWAY_KEY", "")
+            self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+        @task
+        def call(self) -> None:
+            _send(self, self.mix, self.headers, os.environ["MLAPI_GATEWAY_URL"].rstrip("/"))

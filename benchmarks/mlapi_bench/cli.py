@@ -101,6 +101,12 @@ def parser() -> argparse.ArgumentParser:
     locust.add_argument("--users", type=int, default=16)
     locust.add_argument("--spawn-rate", type=int, default=8)
     locust.add_argument("--duration-s", type=int, default=30)
+    locust.add_argument(
+        "--gateway-url",
+        default=os.environ.get("MLAPI_GATEWAY_URL", ""),
+        help="also drive the gateway at this base URL",
+    )
+    locust.add_argument("--gateway-key", default=os.environ.get("MLAPI_GATEWAY_KEY", ""))
     return top
 
 
@@ -156,10 +162,16 @@ def main(argv: list[str] | None = None) -> int:
 
                 summary, totals, status = run_locust(
                     server.http_url,
-                    LocustSettings(args.users, args.spawn_rate, args.duration_s),
+                    LocustSettings(
+                        args.users,
+                        args.spawn_rate,
+                        args.duration_s,
+                        args.gateway_url,
+                        args.gateway_key,
+                    ),
                     out,
                 )
-                exit_status = 1 if totals.failures or status else 0
+                exit_status = 1 if totals.failures or totals.exceptions or status else 0
             else:
                 from mlapi_bench.capacity import CapacitySettings, run_capacity
 

@@ -10,7 +10,7 @@ import csv
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ class LocustSettings:
     users: int = 16
     spawn_rate: int = 8
     duration_s: int = 30
+    gateway_url: str = ""  # also drive the gateway (its base URL, e.g. http://127.0.0.1:8080)
+    gateway_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class LocustSummary:
     failures: int
     expected_4xx: int
     rows: list[dict[str, Any]]
+    exceptions: int = 0  # errors raised inside the scenario code itself (locust_exceptions.csv)
 
 
 def command(host: str, s: LocustSettings, csv_prefix: Path) -> list[str]:
@@ -93,6 +96,10 @@ def run_locust(http_url: str, s: LocustSettings, out: Path) -> tuple[str, Locust
     """Run locust against ``http_url``; return the Markdown summary, the totals, its exit status."""
     prefix = out / "locust"
     env = dict(os.environ)
+    env.pop("MLAPI_GATEWAY_URL", None)
+    if s.gateway_url:
+        env["MLAPI_GATEWAY_URL"] = s.gateway_url
+        env["MLAPI_GATEWAY_KEY"] = s.gateway_key
     # The locustfile imports mlapi_bench (installed editable, so it is on the path already).
     done = subprocess.run(
         command(f"http://{http_url}", s, prefix),
@@ -110,6 +117,11 @@ def run_locust(http_url: str, s: LocustSettings, out: Path) -> tuple[str, Locust
             f"locust wrote no statistics (exit {done.returncode}):\n{done.stderr[-2000:]}"
         )
     summary = summarise(stats)
+    exceptions_csv = prefix.parent / f"{prefix.name}_exceptions.csv"
+    if exceptions_csv.is_file():
+        with exceptions_csv.open() as handle:
+            raised = sum(int(line["Count"]) for line in csv.DictReader(handle))
+        summary = replace(summary, exceptions=raised)
     columns = (
         ("name", "request"),
         ("requests", "requests"),
@@ -118,10 +130,12 @@ def run_locust(http_url: str, s: LocustSettings, out: Path) -> tuple[str, Locust
         ("p50_ms", "p50 ms"),
         ("p99_ms", "p99 ms"),
     )
+    targets = "Triton HTTP and the gateway" if s.gateway_url else "Triton HTTP"
     markdown = (
-        f"# locust: {s.users} users, {s.duration_s} s, Triton HTTP\n\n{table(summary.rows, columns)}\n\n"
+        f"# locust: {s.users} users, {s.duration_s} s, {targets}\n\n{table(summary.rows, columns)}\n\n"
         f"requests {summary.requests}; bad requests answered with the expected 4xx {summary.expected_4xx}; "
-        f"failures (unexpected answers) {summary.failures}; locust exit status {done.returncode}\n"
+        f"failures (unexpected answers) {summary.failures}; scenario exceptions {summary.exceptions}; "
+        f"locust exit status {done.returncode}\n"
     )
     (out / "summary.md").write_text(markdown)
     return markdown, summary, done.returncode

@@ -25,8 +25,30 @@ MODELS: dict[str, tuple[str, ...]] = {"digits": (), "digits_classifier": (), IDE
 CONCURRENCY = (1, 2, 4, 8, 16, 32)
 
 
+# The streaming text generator (decoupled, max_batch_size 0: full shapes, no batch axis).
+STREAMING_MODELS = ("text_generator",)
+PROMPTS = (
+    "The server",
+    "A model repository",
+    "To load a model",
+    "The client sends",
+    "Each request",
+)
+MAX_TOKENS = 32
+
+
 def input_data(model: str) -> dict[str, Any]:
     """perf_analyzer's ``{"data": [...]}``: one entry per request, batch axis left out."""
+    if model in STREAMING_MODELS:
+        return {
+            "data": [
+                {
+                    "text_input": {"content": [prompt], "shape": [1]},
+                    "max_tokens": {"content": [MAX_TOKENS], "shape": [1]},
+                }
+                for prompt in PROMPTS
+            ]
+        }
     entries = []
     for payload in payloads(model, count=ENTRIES):
         entry = {}
@@ -40,7 +62,7 @@ def input_data(model: str) -> dict[str, Any]:
 def write_inputs(directory: Path = INPUT_DIR) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for model in MODELS:
+    for model in (*MODELS, *STREAMING_MODELS):
         path = directory / f"{model}.json"
         path.write_text(json.dumps(input_data(model), separators=(",", ":")) + "\n")
         written.append(path)
@@ -72,7 +94,7 @@ def commands(
                 "99",
                 "-f",
                 str(out_csv.with_name(f"{out_csv.stem}_c{level}.csv")),
-                *MODELS[model],
+                *MODELS.get(model, ("--streaming",) if model in STREAMING_MODELS else ()),
             ]
         )
     return runs

@@ -1,6 +1,7 @@
 """The request mix of the locust scenarios, as plain data (no locust import: unit-testable).
 
-Traffic against Triton's HTTP endpoint (KServe v2 JSON):
+``Mix``: traffic against Triton's HTTP endpoint (KServe v2 JSON); ``GatewayMix``: the same
+traffic through the API gateway's ``/v1`` routes. Both send:
 * ``digits`` with single images of varied sizes (what users send);
 * ``digits_classifier`` pinned to version 1 or 2 through the versioned route;
 * a small share of bad requests (wrong dtype, image too small, unknown version) whose *expected*
@@ -105,8 +106,51 @@ class Mix:
         return self.digits_image() if self.rng.random() < 0.75 else self.pinned_classifier()
 
 
-def default_mix(seed: int = 0) -> Mix:
+class GatewayMix(Mix):
+    """The same mix through the gateway: JSON pixels, versioned routes, problem+json errors."""
+
+    def digits_image(self) -> Call:
+        side = self.rng.choice(IMAGE_SIDES)
+        image = resize_nearest(self.images[self.rng.randrange(len(self.images))], side)
+        body = {"pixels": image.tolist(), "top_k": 3}
+        return Call(f"gateway digits {side}x{side}", "/v1/models/digits/predict", body)
+
+    def pinned_classifier(self) -> Call:
+        version = self.rng.choice(PINNED_VERSIONS)
+        image = self.images[self.rng.randrange(len(self.images))]
+        body = {"pixels": image.tolist()}
+        return Call(
+            f"gateway digits v{version}", f"/v1/models/digits/versions/{version}/predict", body
+        )
+
+    def bad_request(self) -> Call:
+        kind = self.rng.randrange(3)
+        pixels = self.images[0].tolist()
+        if kind == 0:
+            return Call(
+                "expected 4xx: top_k out of range",
+                "/v1/models/digits/predict",
+                {"pixels": pixels, "top_k": 11},
+                True,
+            )
+        if kind == 1:
+            return Call(
+                "expected 4xx: image too small",
+                "/v1/models/digits/predict",
+                {"pixels": [[0] * 4] * 4},
+                True,
+            )
+        return Call(
+            "expected 4xx: unknown model",
+            "/v1/models/no_such_model/predict",
+            {"pixels": pixels},
+            True,
+        )
+
+
+def default_mix(seed: int = 0, gateway: bool = False) -> Mix:
     from mlapi_backend.build.digits_data import load_split
 
     split = load_split()
-    return Mix(split.test_images[:64], split.test_x[:64], seed)
+    kind = GatewayMix if gateway else Mix
+    return kind(split.test_images[:64], split.test_x[:64], seed)

@@ -6,7 +6,8 @@
 #   docker run --rm -it --net=host -v "$PWD:/work" -w /work \
 #       nvcr.io/nvidia/tritonserver:24.10-py3-sdk bash benchmarks/perf_analyzer/sweep.sh
 # Settings (environment): TRITON_HOST, TRITON_HTTP_PORT, TRITON_GRPC_PORT, MODELS,
-# STREAMING_MODELS (decoupled models: gRPC with --streaming), CONCURRENCY, MEASUREMENT_MS, OUT.
+# STREAMING_MODELS (decoupled models, run over gRPC with --streaming; default text_generator,
+# empty to skip), CONCURRENCY, MEASUREMENT_MS, OUT.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,7 +26,7 @@ host=${TRITON_HOST:-127.0.0.1}
 http_url="$host:${TRITON_HTTP_PORT:-8000}"
 grpc_url="$host:${TRITON_GRPC_PORT:-8001}"
 models=${MODELS:-digits digits_classifier}
-streaming_models=${STREAMING_MODELS:-}
+streaming_models=${STREAMING_MODELS-text_generator}
 levels=${CONCURRENCY:-1 2 4 8 16 32}
 interval_ms=${MEASUREMENT_MS:-3000}
 out=${OUT:-benchmarks/results/$(date -u +%Y-%m-%d)/perf_analyzer}

@@ -9,11 +9,18 @@ import numpy as np
 import pytest
 
 from mlapi_bench.capacity import parse_wrk
-from mlapi_bench.perf_analyzer import CONCURRENCY, INPUT_DIR, MODELS, commands, input_data
-from mlapi_bench.scenarios import BAD_REQUEST_SHARE, Call, Mix, resize_nearest
+from mlapi_bench.perf_analyzer import (
+    CONCURRENCY,
+    INPUT_DIR,
+    MODELS,
+    STREAMING_MODELS,
+    commands,
+    input_data,
+)
+from mlapi_bench.scenarios import BAD_REQUEST_SHARE, Call, GatewayMix, Mix, resize_nearest
 
 
-@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("model", sorted({*MODELS, *STREAMING_MODELS}))
 def test_committed_perf_analyzer_inputs_are_current(model: str) -> None:
     committed = json.loads((INPUT_DIR / f"{model}.json").read_text())
     assert committed == json.loads(json.dumps(input_data(model)))
@@ -97,3 +104,37 @@ def test_parse_wrk_output() -> None:
     assert result.socket_errors == 3
     with pytest.raises(ValueError, match="Requests/sec"):
         parse_wrk("garbage")
+
+
+def test_streaming_generator_inputs_and_flags() -> None:
+    entry = input_data("text_generator")["data"][0]
+    assert entry["text_input"]["shape"] == [1] and isinstance(
+        entry["text_input"]["content"][0], str
+    )
+    assert entry["max_tokens"]["content"] == [32]
+    assert commands("text_generator", "grpc", "h:1", Path("x.csv"))[0][-1] == "--streaming"
+    assert "--streaming" not in commands("digits", "grpc", "h:1", Path("x.csv"))[0]
+
+
+def test_gateway_mix_uses_v1_routes_and_json_pixels() -> None:
+    images = np.arange(4 * 64, dtype=np.uint8).reshape(4, 8, 8)
+    mix = GatewayMix(images, np.zeros((4, 64), np.float32), seed=2)
+    calls = [mix.next_call() for _ in range(2000)]
+    assert all(c.path.startswith("/v1/models/") for c in calls)
+    good = next(
+        c for c in calls if c.name.startswith("gateway digits ") and "x" in c.name.split()[-1]
+    )
+    side = int(good.name.split()[-1].split("x")[0])
+    assert np.asarray(good.body["pixels"]).shape == (side, side)
+    pinned = {c.path for c in calls if c.name.startswith("gateway digits v")}
+    assert pinned == {
+        "/v1/models/digits/versions/1/predict",
+        "/v1/models/digits/versions/2/predict",
+    }
+    bad = [c for c in calls if c.expect_client_error]
+    assert bad and all(c.name.startswith("expected 4xx:") for c in bad)
+    assert {c.name for c in bad} == {
+        "expected 4xx: top_k out of range",
+        "expected 4xx: image too small",
+        "expected 4xx: unknown model",
+    }
