@@ -18,9 +18,11 @@ from mlapi_client.tensors import grpc_response, infer_inputs, requested_outputs
 from mlapi_client.transport import Parameters
 
 T = TypeVar("T")
-# Since Triton 24.08 this header makes stream errors real gRPC statuses (stream then closes)
-# instead of an error_message inside a response.
-_STREAM_HEADERS = {"triton_grpc_error": "true"}
+# Triton 24.08+ accepts {"triton_grpc_error": "true"} to turn stream errors into real gRPC
+# statuses. Not sent: on 2.51 every such stream logs "HandleCancellation called even when the
+# context was not cancelled", and a test run saw the server crash right after a few of them.
+# Stream errors are mapped from the response's error_message instead (error_mapping).
+_STREAM_HEADERS: dict[str, str] = {}
 
 
 class GrpcTransport:
