@@ -34,7 +34,6 @@ async def call_with_retry(
     clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """Run ``attempt`` until it succeeds, fails for good, or the next wait would pass the deadline."""
-    rng = rng or random.Random()
     deadline = clock() + policy.deadline_s
     retry_number = 0
     while True:
@@ -44,6 +43,7 @@ async def call_with_retry(
             retry_number += 1
             if not error.retryable or retry_number >= policy.max_attempts:
                 raise
+            rng = rng or random.Random()  # seeded from urandom: only paid when retrying
             wait_s = wait_before_retry_s(policy, retry_number, error, rng)
             if clock() + wait_s >= deadline:
                 log.info(
