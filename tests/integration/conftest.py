@@ -40,6 +40,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
         backend_dir=workdir / "backends",
         ports=Ports.free(),
         exit_timeout_s=5,
+        die_with_parent=True,  # a killed test run leaves no server behind
     )
     log_path = workdir / "tritonserver.log"
     with log_path.open("wb") as log_file:

@@ -150,3 +150,53 @@ def test_serve_exits_non_zero_when_a_model_fails_to_load(tmp_path):
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "exited with status" in done.stderr + done.stdout
+
+
+def test_a_killed_launcher_leaves_nothing_behind(tmp_path):
+    """Even SIGKILL of the launcher (no chance to clean up) takes the server and gateway down."""
+    ports = Ports.free()
+    env = dict(
+        os.environ,
+        TRITON_HTTP_PORT=str(ports.http),
+        TRITON_GRPC_PORT=str(ports.grpc),
+        TRITON_METRICS_PORT=str(ports.metrics),
+        GATEWAY_PORT=str(Ports.free().http),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "mlapi_backend.local",
+        "serve",
+        "--repository",
+        str(MODEL_REPOSITORY),
+        "--backend-dir",
+        str(tmp_path / "backends"),
+    ]
+    launcher = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _server_pid(ports.http) is None or not _ready(ports.http):
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.3)
+        server_pid = _server_pid(ports.http)
+        launcher.kill()
+        launcher.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while _process_group_members(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert _process_group_members(server_pid) == []
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
+def _ready(http_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{http_port}/v2/models/digits/ready", timeout=2
+        ):
+            return True
+    except OSError:
+        return False

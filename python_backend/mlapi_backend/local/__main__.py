@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from mlapi_backend.local.backend_dir import assemble
-from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_backend.local.triton_process import Ports, TritonServer, terminate_with_parent
 
 log = logging.getLogger("mlapi.serve")
 
@@ -40,7 +40,11 @@ def start_gateway(server: TritonServer) -> subprocess.Popen[bytes] | None:
         "MLAPI_GATEWAY_TRITON_GRPC_URL": server.grpc_url,
         "MLAPI_GATEWAY_TRITON_HTTP_URL": server.http_url,
     }
-    gateway = subprocess.Popen([sys.executable, "-m", "mlapi_gateway", "--port", port], env=env)
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "mlapi_gateway", "--port", port],
+        env=env,
+        preexec_fn=terminate_with_parent,
+    )
     log.info(
         "gateway: http://127.0.0.1:%s (docs at /docs); make a key with "
         "`.venv/bin/mlapi keys create --scope predict`",
@@ -63,7 +67,9 @@ def stop_gateway(gateway: subprocess.Popen[bytes] | None) -> None:
 
 
 def serve(repositories: list[Path], backend_dir: Path, with_gateway: bool = True) -> int:
-    server = TritonServer(repositories, backend_dir, ports=Ports.from_env(), exit_timeout_s=10)
+    server = TritonServer(
+        repositories, backend_dir, ports=Ports.from_env(), exit_timeout_s=10, die_with_parent=True
+    )
     gateway: subprocess.Popen[bytes] | None = None
     stopping = False
 
@@ -102,9 +108,10 @@ def serve(repositories: list[Path], backend_dir: Path, with_gateway: bool = True
     except (RuntimeError, TimeoutError) as exc:
         log.error("%s", exc)
         failed = True
-    stop_gateway(gateway)
-    code = server.stop()
-    log.info("tritonserver stopped (exit status %s)", code)
+    finally:  # whatever happened above, nothing is left running
+        stop_gateway(gateway)
+        code = server.stop()
+        log.info("tritonserver stopped (exit status %s)", code)
     return 1 if failed else 0
 
 

@@ -56,6 +56,10 @@ class TritonServer:
     ports: Ports = field(default_factory=Ports.from_env)
     extra_args: Sequence[str] = ()
     exit_timeout_s: int = 15
+    # SIGTERM the server when the thread that started it dies (even by SIGKILL), so a killed
+    # launcher or test run leaves no server behind. Linux only; leave it off when starting the
+    # server from a short-lived thread.
+    die_with_parent: bool = False
     install: TritonInstall = field(default_factory=TritonInstall.find)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
@@ -112,6 +116,7 @@ class TritonServer:
             stdout=log_file,
             stderr=subprocess.STDOUT if log_file is not None else None,
             start_new_session=True,
+            preexec_fn=terminate_with_parent if self.die_with_parent else None,
         )
 
     def _ok(self, path: str) -> bool:
@@ -168,3 +173,12 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def terminate_with_parent() -> None:
+    """In the child before exec: ask Linux for SIGTERM when the parent thread exits."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
