@@ -45,7 +45,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         "versioned predict routes, SSE relay of streaming models, async jobs with webhooks.",
         lifespan=lifespan,
     )
-    app.include_router(routes.router)
+    routes.add_routes(app)
     app.include_router(job_routes.router)
     register_error_handlers(app)
     app.add_middleware(MetricsMiddleware)

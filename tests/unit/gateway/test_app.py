@@ -86,3 +86,34 @@ def test_open_mode_is_explicit_and_loud(tmp_path: Path, caplog: pytest.LogCaptur
     with caplog.at_level(logging.WARNING, logger="mlapi_gateway"):
         _run(tmp_path, check, auth_mode="open")
     assert "AUTHENTICATION IS OFF" in caplog.text
+
+
+def test_predict_routes_are_documented_and_keep_the_usual_answers(tmp_path: Path) -> None:
+    """The predict routes skip FastAPI's per-request machinery, not its docs or error answers."""
+
+    async def check(client: httpx.AsyncClient, key: str) -> None:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+        assert (
+            list(paths).index("/v1/models/{model}/predict") == list(paths).index("/v1/models") + 1
+        )
+        for path in ("/v1/models/{model}/predict", "/v1/models/{model}/versions/{version}/predict"):
+            operation = paths[path]["post"]
+            assert operation["tags"] == ["models"]
+            assert operation["requestBody"]["required"] is True
+            assert {"model", "timeout_s"} <= {p["name"] for p in operation["parameters"]}
+            assert {"200", "400", "401", "429", "503", "504"} <= set(operation["responses"])
+        reply = await client.get("/v1/models/digits/predict")
+        assert reply.status_code == 405
+        assert reply.headers["content-type"] == "application/problem+json"
+        headers = {"Authorization": f"Bearer {key}"}
+        reply = await client.post("/v1/models/digits/predict", content=b"{", headers=headers)
+        assert reply.status_code == 400
+        assert reply.json()["instance"] == "/v1/models/digits/predict"
+        reply = await client.post(
+            "/v1/models/nope/versions/1/predict", json={"pixels": [[0]]}, headers=headers
+        )
+        assert reply.status_code == 404
+        metrics = (await client.get("/metrics")).text
+        assert 'route="/v1/models/{model}/versions/{version}/predict"' in metrics
+
+    _run(tmp_path, check)
