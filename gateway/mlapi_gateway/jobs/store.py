@@ -102,6 +102,20 @@ class Job:
         return view
 
 
+def _switch_to_wal(db: sqlite3.Connection, patience_s: float = 10.0) -> None:
+    """Enable WAL. Several workers opening a new database at once race for the lock that the
+    journal-mode switch needs, and SQLite answers "locked" at once instead of waiting: retry."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 class JobStore:
     def __init__(self, path: Path, result_ttl_s: float, lease_s: float) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +125,7 @@ class JobStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(self._db)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
