@@ -3,14 +3,14 @@
     .venv/bin/python benchmarks/routing_cost.py [--concurrency 8] [--window-s 10]
 
 Starts its own tritonserver (free ports), then for each policy measures a closed loop of
-`--concurrency` gRPC clients sending one 28x28 digit per request:
+`--concurrency` gRPC clients (the mlapi_bench harness) sending one 32x32 held-out digit per request:
 
 - fixed:    {"2": 100}                 every request to one version (the fixed-version path)
 - weighted: {"1": 50, "2": 50}         a random draw per request; batches split by version
-- sticky:   {"1": 50, "2": 50} + routing_key per request
+- sticky:   {"1": 50, "2": 50} + a routing_key per request (400 keys cycled)
 - shadow:   {"2": 100}, shadow 1       a copy of all traffic to version 1, compared
 
-Writes a JSON and a Markdown table to benchmarks/results/<date>/routing_cost.* and prints the
+Writes a JSON and a Markdown table to benchmarks/results/<date>/<time>/routing_cost.* and prints the
 ratios against the fixed path. A benchmark, not a test: the numbers depend on the machine.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import subprocess
 import sys
@@ -26,14 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import tritonclient.grpc.aio as grpcaio
-from tritonclient.grpc import InferInput
-
 from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_bench.clients import Endpoint
+from mlapi_bench.load import LoadSpec, drive
+from mlapi_bench.report import results_dir
+from mlapi_bench.stats import window_stats
 from mlapi_client.traffic import TrafficController
 
 ROOT = Path(__file__).resolve().parents[1]
+STICKY_KEYS = 400  # distinct routing keys cycled by the sticky run
 POLICIES = {
     "fixed": ({"2": 100}, None, False),
     "weighted": ({"1": 50, "2": 50}, None, False),
@@ -42,48 +42,25 @@ POLICIES = {
 }
 
 
-def _image() -> np.ndarray:
-    image = np.zeros((1, 28, 28), dtype=np.uint8)
-    image[0, 4:24, 12:16] = 255
-    return image
-
-
-async def _closed_loop(
-    url: str, concurrency: int, warmup_s: float, window_s: float, sticky: bool
-) -> dict:
-    client = grpcaio.InferenceServerClient(url)
-    tensor = InferInput("image", [1, 28, 28], "UINT8")
-    tensor.set_data_from_numpy(_image())
-    latencies: list[float] = []
-    errors = 0
-    start = time.perf_counter()
-    begin, end = start + warmup_s, start + warmup_s + window_s
-
-    async def worker(worker_id: int) -> None:
-        nonlocal errors
-        sent = 0
-        while (now := time.perf_counter()) < end:
-            parameters = {"routing_key": f"user-{worker_id}-{sent % 50}"} if sticky else None
-            try:
-                await client.infer("digits", [tensor], parameters=parameters)
-            except Exception:  # counted, never hidden
-                errors += 1
-                continue
-            finally:
-                sent += 1
-            done = time.perf_counter()
-            if now >= begin:
-                latencies.append(done - now)
-
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    await client.close()
-    ms = np.array(latencies) * 1000
+def _measure(url: str, concurrency: int, warmup_s: float, window_s: float, sticky: bool) -> dict:
+    """The harness's closed loop on `digits` (32x32 held-out digits); stats of the window only."""
+    spec = LoadSpec(
+        Endpoint("grpc", url),
+        "digits",
+        "concurrency",
+        concurrency,
+        image_side=32,
+        routing_keys=STICKY_KEYS if sticky else 0,
+    )
+    begin = time.monotonic() + warmup_s
+    end = begin + window_s
+    stats = window_stats(asyncio.run(drive(spec, time.monotonic(), end)), begin, end)
     return {
-        "requests": len(latencies),
-        "errors": errors,
-        "throughput_rps": len(latencies) / window_s,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
+        "requests": stats.completed,
+        "errors": stats.errors,
+        "throughput_rps": stats.throughput_per_s,
+        "p50_ms": stats.percentiles_us[50] / 1e3,
+        "p99_ms": stats.percentiles_us[99] / 1e3,
     }
 
 
@@ -115,10 +92,8 @@ def main() -> int:
                         f"{name:9s} policy {weights} shadow={shadow} sticky={sticky} ...",
                         flush=True,
                     )
-                    results[name] = asyncio.run(
-                        _closed_loop(
-                            server.grpc_url, args.concurrency, args.warmup_s, args.window_s, sticky
-                        )
+                    results[name] = _measure(
+                        server.grpc_url, args.concurrency, args.warmup_s, args.window_s, sticky
                     )
     fixed = results["fixed"]
     lines = [
@@ -134,8 +109,7 @@ def main() -> int:
     revision = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
-    out = ROOT / "benchmarks" / "results" / dt.date.today().isoformat()
-    out.mkdir(parents=True, exist_ok=True)
+    out = results_dir(ROOT / "benchmarks" / "results")
     settings = {
         "concurrency": args.concurrency,
         "window_s": args.window_s,
@@ -145,7 +119,7 @@ def main() -> int:
         json.dumps({"revision": revision, "settings": settings, "results": results}, indent=2)
     )
     (out / "routing_cost.md").write_text(
-        f"concurrency {args.concurrency}, gRPC, 28x28 digit, revision {revision}\n\n{table}\n"
+        f"concurrency {args.concurrency}, gRPC, 32x32 held-out digits, revision {revision}\n\n{table}\n"
     )
     print(table)
     return 0

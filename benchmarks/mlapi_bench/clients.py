@@ -55,14 +55,26 @@ class AsyncTriton:
             tensors.append(tensor)
         return tensors
 
-    async def infer(self, model: str, inputs: Sequence[Any], version: str = "") -> None:
+    async def infer(
+        self,
+        model: str,
+        inputs: Sequence[Any],
+        version: str = "",
+        parameters: Mapping[str, Any] | None = None,
+    ) -> None:
+        params = dict(parameters) if parameters else None
         if self.endpoint.protocol == "grpc":
             await self.client.infer(
-                model, inputs, model_version=version, client_timeout=CLIENT_TIMEOUT_S
+                model,
+                inputs,
+                model_version=version,
+                parameters=params,
+                client_timeout=CLIENT_TIMEOUT_S,
             )
         else:
             await asyncio.wait_for(
-                self.client.infer(model, inputs, model_version=version), CLIENT_TIMEOUT_S
+                self.client.infer(model, inputs, model_version=version, parameters=params),
+                CLIENT_TIMEOUT_S,
             )
 
     async def statistics(self, model: str) -> dict[str, Any]:

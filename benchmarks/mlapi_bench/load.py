@@ -37,12 +37,21 @@ class LoadSpec:
     level: float  # concurrency (workers) or request rate (requests per second)
     version: str = ""
     image_side: int = 8
+    # > 0: every request carries the request parameter routing_key, cycling over this many keys
+    # (sticky routing in `digits`); 0: no parameters.
+    routing_keys: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.level <= 0:
             raise ValueError(f"load level must be positive, got {self.level}")
+        if self.routing_keys < 0:
+            raise ValueError(f"routing_keys must be >= 0, got {self.routing_keys}")
+
+    def parameters(self, n: int) -> dict[str, str] | None:
+        """Request parameters of the ``n``-th request a worker sends."""
+        return {"routing_key": f"key-{n % self.routing_keys}"} if self.routing_keys else None
 
     def shares(self, processes: int) -> list[LoadSpec]:
         """Split the load over ``processes``: concurrency by workers, rate by requests per second."""
@@ -87,10 +96,10 @@ def _rotated(items: list, start: int) -> list:
 
 
 async def _one(
-    client: AsyncTriton, spec: LoadSpec, inputs: list, start_s: float, records: Records
+    client: AsyncTriton, spec: LoadSpec, inputs: list, n: int, start_s: float, records: Records
 ) -> None:
     try:
-        await client.infer(spec.model, inputs, spec.version)
+        await client.infer(spec.model, inputs, spec.version, spec.parameters(n))
         outcome = OK
     except Exception as exc:  # every failure is counted, by kind, never hidden
         outcome = error_kind(exc)
@@ -100,11 +109,11 @@ async def _one(
 async def _closed_loop(
     client: AsyncTriton, spec: LoadSpec, requests: list, end_s: float, records: Records
 ) -> None:
-    for inputs in itertools.cycle(requests):
+    for n, inputs in enumerate(itertools.cycle(requests)):
         start_s = time.monotonic()
         if start_s >= end_s:
             return
-        await _one(client, spec, inputs, start_s, records)
+        await _one(client, spec, inputs, n, start_s, records)
 
 
 async def _open_loop(
@@ -125,7 +134,7 @@ async def _open_loop(
         if len(in_flight) >= MAX_IN_FLIGHT:
             records.add(scheduled_s, time.monotonic(), "client_overload")
             continue
-        task = asyncio.create_task(_one(client, spec, inputs, scheduled_s, records))
+        task = asyncio.create_task(_one(client, spec, inputs, n, scheduled_s, records))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
     if in_flight:

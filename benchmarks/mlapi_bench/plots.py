@@ -36,12 +36,7 @@ def latency_vs_throughput(rows: Sequence[dict[str, Any]], path: Path, title: str
         title=title,
     )
     ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def p99_vs_level(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
@@ -62,12 +57,7 @@ def p99_vs_level(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path
     )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def throughput_vs_level(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
@@ -82,6 +72,11 @@ def throughput_vs_level(rows: Sequence[dict[str, Any]], path: Path, title: str) 
         )
     ax.set(xlabel="concurrency", ylabel="throughput (inferences/s)", title=title)
     ax.set_xscale("log", base=2)
+    return _save(fig, ax, path)
+
+
+def _save(fig: Any, ax: Any, path: Path) -> Path:
+    """Grid, legend, layout, write the PNG and free the figure."""
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()

@@ -8,6 +8,7 @@ tritonserver is started on free ports with both repositories and stopped afterwa
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import urllib.error
@@ -20,6 +21,7 @@ from pathlib import Path
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from mlapi_backend.model_config import read_pbtxt
 from mlapi_bench.payloads import IDENTITY_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,11 +55,7 @@ def is_ready(http_url: str) -> bool:
 
 def config_json(config_pbtxt: Path) -> str:
     """A config.pbtxt as the JSON the repository API's ``config`` parameter takes."""
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2
-
-    message = text_format.Parse(config_pbtxt.read_text(), model_config_pb2.ModelConfig())
-    return json_format.MessageToJson(message, preserving_proto_field_name=True)
+    return json.dumps(read_pbtxt(config_pbtxt))
 
 
 def ensure_identity(http_url: str) -> None:

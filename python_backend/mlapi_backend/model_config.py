@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -74,6 +75,10 @@ class ModelConfig:
     raw: Mapping[str, Any] = field(compare=False, repr=False)
 
     @classmethod
+    def from_pbtxt(cls, path: Path) -> ModelConfig:
+        return cls.from_json(read_pbtxt(path))
+
+    @classmethod
     def from_json(cls, config: str | Mapping[str, Any]) -> ModelConfig:
         raw = json.loads(config) if isinstance(config, str) else config
         parameters = {
@@ -131,6 +136,15 @@ class ModelConfig:
                 raise ModelConfigError(
                     f"model '{self.name}': {kind}s must be {dict(wanted)}, config declares {got}"
                 )
+
+
+def read_pbtxt(path: Path) -> dict[str, Any]:
+    """A config.pbtxt as the JSON form Triton uses (for the load API and for ModelConfig)."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    message = text_format.Parse(Path(path).read_text(), model_config_pb2.ModelConfig())
+    return dict(json_format.MessageToDict(message, preserving_proto_field_name=True))
 
 
 def _find(config: ModelConfig, specs: tuple[TensorSpec, ...], name: str, kind: str) -> TensorSpec:

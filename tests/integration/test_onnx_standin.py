@@ -70,11 +70,10 @@ BAD_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
-def test_unsupported_config_fails_load_with_clear_message(http_client, case):
-    changes, fragment = BAD_CONFIGS[case]
+def _load_probe(client, name: str, changes: dict) -> None:
+    """Load digits_classifier v1's ONNX file under ``name`` with a config override."""
     config = {
-        "name": "standin_probe",
+        "name": name,
         "backend": "onnxruntime",
         "max_batch_size": 8,
         "input": [{"name": "pixels", "data_type": "TYPE_FP32", "dims": [64]}],
@@ -83,10 +82,14 @@ def test_unsupported_config_fails_load_with_clear_message(http_client, case):
     }
     config.update({k: v for k, v in changes.items() if v is not None})
     onnx_bytes = (MODEL_REPOSITORY / "digits_classifier" / "1" / "model.onnx").read_bytes()
+    client.load_model(name, config=json.dumps(config), files={"file:1/model.onnx": onnx_bytes})
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_unsupported_config_fails_load_with_clear_message(http_client, case):
+    changes, fragment = BAD_CONFIGS[case]
     with pytest.raises(InferenceServerException) as info:
-        http_client.load_model(
-            "standin_probe", config=json.dumps(config), files={"file:1/model.onnx": onnx_bytes}
-        )
+        _load_probe(http_client, "standin_probe", changes)
     assert "standin_probe" in info.value.message()
     assert fragment in info.value.message()
     assert not http_client.is_model_ready("standin_probe")
@@ -95,19 +98,8 @@ def test_unsupported_config_fails_load_with_clear_message(http_client, case):
 
 def test_valid_config_loads_through_the_same_path(http_client):
     """Control for the refusals above: the same override with a valid config loads and serves."""
-    config = {
-        "name": "standin_probe_ok",
-        "backend": "onnxruntime",
-        "max_batch_size": 8,
-        "input": [{"name": "pixels", "data_type": "TYPE_FP32", "dims": [64]}],
-        "output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}],
-        "instance_group": [{"kind": "KIND_CPU", "count": 1}],
-        "parameters": {"intra_op_thread_count": {"string_value": "1"}},
-    }
-    onnx_bytes = (MODEL_REPOSITORY / "digits_classifier" / "1" / "model.onnx").read_bytes()
-    http_client.load_model(
-        "standin_probe_ok", config=json.dumps(config), files={"file:1/model.onnx": onnx_bytes}
-    )
+    threads = {"parameters": {"intra_op_thread_count": {"string_value": "1"}}}
+    _load_probe(http_client, "standin_probe_ok", threads)
     try:
         assert http_client.is_model_ready("standin_probe_ok")
     finally:

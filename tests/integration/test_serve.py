@@ -54,29 +54,29 @@ def _answers(url: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
-def test_serve_runs_on_env_ports_and_stops_cleanly(tmp_path, stop_signal):
-    ports = Ports.free()
-    gateway_port = Ports.free().http
+def _serve(tmp_path: Path, ports: Ports, repository: Path, *flags: str) -> tuple[list[str], dict]:
+    """The `make serve` launcher's command and environment, with every state file in tmp_path."""
     env = dict(
         os.environ,
         TRITON_HTTP_PORT=str(ports.http),
         TRITON_GRPC_PORT=str(ports.grpc),
         TRITON_METRICS_PORT=str(ports.metrics),
-        GATEWAY_PORT=str(gateway_port),
+        GATEWAY_PORT=str(Ports.free().http),
         MLAPI_GATEWAY_KEYS_FILE=str(tmp_path / "keys.json"),
         MLAPI_GATEWAY_JOBS_DB=str(tmp_path / "jobs.sqlite3"),
     )
     command = [
-        sys.executable,
-        "-m",
-        "mlapi_backend.local",
-        "serve",
-        "--repository",
-        str(MODEL_REPOSITORY),
-        "--backend-dir",
-        str(tmp_path / "backends"),
-    ]
+        sys.executable, "-m", "mlapi_backend.local", "serve", *flags,
+        "--repository", str(repository), "--backend-dir", str(tmp_path / "backends"),
+    ]  # fmt: skip
+    return command, env
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_serve_runs_on_env_ports_and_stops_cleanly(tmp_path, stop_signal):
+    ports = Ports.free()
+    command, env = _serve(tmp_path, ports, MODEL_REPOSITORY)
+    gateway_port = int(env["GATEWAY_PORT"])
     log = (tmp_path / "serve.log").open("wb")
     launcher = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -129,24 +129,7 @@ def test_serve_exits_non_zero_when_a_model_fails_to_load(tmp_path):
         'input [{name: "x" data_type: TYPE_FP32 dims: [3]}]\n'
         'output [{name: "y" data_type: TYPE_FP32 dims: [3]}]\n'
     )
-    ports = Ports.free()
-    env = dict(
-        os.environ,
-        TRITON_HTTP_PORT=str(ports.http),
-        TRITON_GRPC_PORT=str(ports.grpc),
-        TRITON_METRICS_PORT=str(ports.metrics),
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "mlapi_backend.local",
-        "serve",
-        "--no-gateway",
-        "--repository",
-        str(tmp_path / "repository"),
-        "--backend-dir",
-        str(tmp_path / "backends"),
-    ]
+    command, env = _serve(tmp_path, Ports.free(), tmp_path / "repository", "--no-gateway")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "exited with status" in done.stderr + done.stdout
@@ -155,23 +138,7 @@ def test_serve_exits_non_zero_when_a_model_fails_to_load(tmp_path):
 def test_a_killed_launcher_leaves_nothing_behind(tmp_path):
     """Even SIGKILL of the launcher (no chance to clean up) takes the server and gateway down."""
     ports = Ports.free()
-    env = dict(
-        os.environ,
-        TRITON_HTTP_PORT=str(ports.http),
-        TRITON_GRPC_PORT=str(ports.grpc),
-        TRITON_METRICS_PORT=str(ports.metrics),
-        GATEWAY_PORT=str(Ports.free().http),
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "mlapi_backend.local",
-        "serve",
-        "--repository",
-        str(MODEL_REPOSITORY),
-        "--backend-dir",
-        str(tmp_path / "backends"),
-    ]
+    command, env = _serve(tmp_path, ports, MODEL_REPOSITORY)
     launcher = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -16,18 +16,13 @@ from mlapi_backend.digits_pipeline import (
     ParsedRequest,
 )
 from mlapi_backend.errors import InvalidInputError, ModelConfigError
-from mlapi_backend.model_config import ModelConfig
+from mlapi_backend.model_config import ModelConfig, read_pbtxt
 
 REPO = Path(__file__).resolve().parents[3] / "model_repository"
 
 
 def _config(**parameters: str) -> ModelConfig:
-    text = (REPO / "digits" / "config.pbtxt").read_text()
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2
-
-    message = text_format.Parse(text, model_config_pb2.ModelConfig())
-    raw = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    raw = read_pbtxt(REPO / "digits" / "config.pbtxt")
     for key, value in parameters.items():
         raw["parameters"][key] = {"string_value": value}
     return ModelConfig.from_json(raw)
@@ -278,7 +273,5 @@ def test_bad_parameters_fail_load():
 
 
 def test_digits_batch_never_exceeds_classifier_batch():
-    classifier = (REPO / "digits_classifier" / "config.pbtxt").read_text()
-    digits_max = _config().max_batch_size
-    classifier_max = int(classifier.split("max_batch_size:")[1].split()[0])
-    assert digits_max <= classifier_max
+    classifier = ModelConfig.from_pbtxt(REPO / "digits_classifier" / "config.pbtxt")
+    assert _config().max_batch_size <= classifier.max_batch_size

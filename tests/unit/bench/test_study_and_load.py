@@ -85,3 +85,17 @@ def test_bad_specs_are_refused() -> None:
         spec("concurrency", 0)
     with pytest.raises(ValueError, match="protocol"):
         Endpoint("udp", "x:1")
+
+
+def test_routing_keys_cycle_per_request_and_default_to_no_parameters():
+    plain = spec("concurrency", 2)
+    assert plain.parameters(5) is None
+    keyed = LoadSpec(Endpoint("grpc", "127.0.0.1:1"), "digits", "concurrency", 2, routing_keys=3)
+    assert [keyed.parameters(n) for n in (0, 1, 2, 3)] == [
+        {"routing_key": "key-0"},
+        {"routing_key": "key-1"},
+        {"routing_key": "key-2"},
+        {"routing_key": "key-0"},
+    ]
+    with pytest.raises(ValueError, match="routing_keys"):
+        LoadSpec(Endpoint("grpc", "127.0.0.1:1"), "digits", "concurrency", 2, routing_keys=-1)
