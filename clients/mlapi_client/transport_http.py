@@ -1,9 +1,10 @@
-"""HTTP/REST transport over tritonclient.http.aio, plus aiohttp for infer and generate_stream.
+"""HTTP/REST transport: tritonclient.http.aio for metadata, our own connections for the rest.
 
-Inference goes through our own aiohttp session (with tritonclient's public request/response
-codecs) because tritonclient.http.aio drops the response headers, and a Retry-After header
-from a proxy or gateway in front of Triton must reach the retry logic. tritonclient.http.aio
-has no generate_stream (SSE) support at all.
+Inference goes through a lean keep-alive connection pool (http_pool) with tritonclient's
+public request/response codecs: it is the hot path, and tritonclient.http.aio both costs more
+(aiohttp) and drops the response headers, where a Retry-After from a proxy or gateway in front
+of Triton must reach the retry logic. generate_stream (SSE), which tritonclient.http.aio does
+not support at all, goes through an aiohttp session.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 
 from mlapi_client.error_mapping import HttpStatusFailure, StreamFailure
+from mlapi_client.http_pool import HttpPool, Reply
 from mlapi_client.results import InferResponse
 from mlapi_client.settings import Endpoint
 from mlapi_client.tensors import (
@@ -38,6 +40,7 @@ _CODEC = httpclient.InferenceServerClient  # its request/response codecs are sta
 class HttpTransport:
     def __init__(self, endpoint: Endpoint) -> None:
         self._base = endpoint.url
+        self._pool = HttpPool(endpoint.address, tls=endpoint.ssl)
         # Timeouts are applied per call by the client (asyncio), so the sessions have none.
         self._triton = httpaio.InferenceServerClient(
             endpoint.address, ssl=endpoint.ssl, conn_timeout=None
@@ -47,6 +50,7 @@ class HttpTransport:
         )
 
     async def close(self) -> None:
+        await self._pool.close()
         await self._session.close()
         await self._triton.close()
 
@@ -82,17 +86,14 @@ class HttpTransport:
             parameters=dict(parameters) if parameters else None,
         )
         headers = {} if json_size is None else {"Inference-Header-Content-Length": str(json_size)}
-        async with self._session.post(
-            self._url(model, version, "infer"), data=body, headers=headers
-        ) as reply:
-            payload = await reply.read()
-            if reply.status != 200:
-                raise _failure(reply, payload)
-            result = _CODEC.parse_response_body(
-                payload,
-                header_length=reply.headers.get("Inference-Header-Content-Length"),
-                content_encoding=reply.headers.get("Content-Encoding"),
-            )
+        reply = await self._pool.request("POST", self._path(model, version, "infer"), headers, body)
+        if reply.status != 200:
+            raise _failure(reply, reply.body)
+        result = _CODEC.parse_response_body(
+            reply.body,
+            header_length=reply.headers.get("Inference-Header-Content-Length"),
+            content_encoding=reply.headers.get("Content-Encoding"),
+        )
         return http_response(result)
 
     async def stream(
@@ -124,8 +125,12 @@ class HttpTransport:
             reply.close()
 
     def _url(self, model: str, version: str, action: str) -> str:
-        versioned = f"/versions/{quote(version)}" if version else ""
-        return f"{self._base}/v2/models/{quote(model)}{versioned}/{action}"
+        return f"{self._base}{self._path(model, version, action)}"
+
+    @staticmethod
+    def _path(model: str, version: str, action: str) -> str:
+        versioned = f"/versions/{quote(version, safe='')}" if version else ""
+        return f"/v2/models/{quote(model, safe='')}{versioned}/{action}"
 
 
 async def _sse_data(content: aiohttp.StreamReader) -> AsyncIterator[str]:
@@ -142,7 +147,7 @@ async def _sse_data(content: aiohttp.StreamReader) -> AsyncIterator[str]:
         yield "\n".join(lines)
 
 
-def _failure(reply: aiohttp.ClientResponse, payload: bytes) -> HttpStatusFailure:
+def _failure(reply: aiohttp.ClientResponse | Reply, payload: bytes) -> HttpStatusFailure:
     text = payload.decode("utf-8", "replace").strip()
     if text.startswith("data:"):  # generate_stream sends its first error as an SSE event
         text = text[5:].strip()

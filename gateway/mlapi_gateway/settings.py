@@ -31,8 +31,8 @@ class GatewaySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MLAPI_GATEWAY_", extra="ignore")
 
-    # Triton: one gRPC channel per worker for inference and streaming; HTTP for the repository
-    # and traffic-policy reads (TrafficController speaks HTTP).
+    # Triton: HTTP (keep-alive connections) for inference, the repository and traffic-policy
+    # reads; one gRPC channel per worker for streams.
     # Default: localhost on TRITON_GRPC_PORT / TRITON_HTTP_PORT (the project's port variables).
     triton_grpc_url: str = Field(
         default_factory=lambda: f"localhost:{os.environ.get('TRITON_GRPC_PORT', '8001')}"

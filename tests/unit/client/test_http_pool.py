@@ -1,0 +1,277 @@
+"""The keep-alive connection pool against a raw asyncio server whose bytes each test controls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+import uvloop
+
+from mlapi_client.http_pool import Headers, HttpPool
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
+
+
+def ok(body: bytes = b"hello", extra: str = "") -> bytes:
+    return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in head[1:] if line)
+    body = await reader.readexactly(int(headers.get("Content-Length", "0")))
+    return head[0], headers, body
+
+
+class Server:
+    """Counts connections and requests; ``handler`` answers request n (0-based) on a connection
+    and returns False to close it."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        n = 0
+        try:
+            while True:
+                try:
+                    self.requests.append(await read_request(reader))
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                if not await self.handler(reader, writer, n):
+                    return
+                n += 1
+        finally:
+            writer.close()
+
+
+def answer(data: bytes, keep: bool = True) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        writer.write(data)
+        await writer.drain()
+        return keep
+
+    return handler
+
+
+def test_one_connection_is_reused_for_sequential_requests() -> None:
+    async def scenario() -> None:
+        server = Server(answer(ok(b'{"a": 1}', "X-Thing: yes\r\n")))
+        async with server as address:
+            pool = HttpPool(address)
+            for i in range(5):
+                reply = await pool.request("POST", "/v2/x", {"A-Header": str(i)}, b"body%d" % i)
+                assert (reply.status, reply.reason, reply.body) == (200, "OK", b'{"a": 1}')
+                assert reply.headers.get("x-THING") == "yes" and "X-Thing" in reply.headers
+            await pool.close()
+        assert server.connections == 1
+        assert [r[0] for r in server.requests] == ["POST /v2/x HTTP/1.1"] * 5
+        assert server.requests[3][1]["A-Header"] == "3" and server.requests[3][2] == b"body3"
+        assert server.requests[0][1]["Host"] == address
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_requests_open_at_most_limit_connections() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
+        await asyncio.sleep(0.02)
+        writer.write(ok())
+        return True
+
+    async def scenario() -> None:
+        server = Server(slow)
+        async with server as address:
+            pool = HttpPool(address, limit=3)
+            replies = await asyncio.gather(*(pool.request("GET", "/", {}) for _ in range(12)))
+            assert all(r.status == 200 for r in replies)
+            await pool.close()
+        assert server.connections == 3
+        assert len(server.requests) == 12
+
+    asyncio.run(scenario())
+
+
+def test_connection_close_answer_is_not_reused() -> None:
+    async def scenario() -> None:
+        server = Server(answer(ok(extra="Connection: close\r\n"), keep=False))
+        async with server as address:
+            pool = HttpPool(address)
+            for _ in range(3):
+                assert (await pool.request("GET", "/", {})).body == b"hello"
+            await pool.close()
+        assert server.connections == 3
+
+    asyncio.run(scenario())
+
+
+def test_idle_connection_closed_by_the_server_is_replaced_without_failing_the_call() -> None:
+    async def scenario() -> None:
+        # Answers, then closes the connection while it sits idle in the pool.
+        server = Server(answer(ok(), keep=False))
+        async with server as address:
+            pool = HttpPool(address)
+            assert (await pool.request("GET", "/", {})).status == 200
+            await asyncio.sleep(0.05)  # the server's close reaches the idle connection
+            assert (await pool.request("GET", "/", {})).status == 200
+            await pool.close()
+        assert server.connections == 2
+
+    asyncio.run(scenario())
+
+
+def test_reused_connection_dropped_before_any_reply_is_retried_once_on_a_new_one() -> None:
+    async def answer_once(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        if n == 0:
+            writer.write(ok())
+            return True
+        return False  # the second request on a connection: hang up without a byte
+
+    async def scenario() -> None:
+        server = Server(answer_once)
+        async with server as address:
+            pool = HttpPool(address)
+            assert (await pool.request("GET", "/", {})).status == 200
+            assert (await pool.request("GET", "/", {})).status == 200  # on a new connection
+            await pool.close()
+        assert server.connections == 2
+        assert len(server.requests) == 3
+
+    asyncio.run(scenario())
+
+
+def test_chunked_and_error_answers_are_read_whole() -> None:
+    chunked = (
+        b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5\r\n{"err\r\n8\r\nor": 1}\n\r\n0\r\n\r\n'
+    )
+
+    async def scenario() -> None:
+        async with Server(answer(chunked)) as address:
+            pool = HttpPool(address)
+            reply = await pool.request("POST", "/", {}, b"x")
+            assert (reply.status, reply.reason, reply.body) == (
+                400,
+                "Bad Request",
+                b'{"error": 1}\n',
+            )
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_server_hanging_up_mid_reply_fails_the_call() -> None:
+    async def scenario() -> None:
+        async with Server(
+            answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", False)
+        ) as address:
+            pool = HttpPool(address)
+            with pytest.raises(ConnectionError):
+                await pool.request("GET", "/", {})
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_malformed_reply_fails_the_call_and_drops_the_connection() -> None:
+    async def scenario() -> None:
+        server = Server(answer(b"NOT HTTP AT ALL\r\n\r\n"))
+        async with server as address:
+            pool = HttpPool(address)
+            with pytest.raises(ConnectionError, match="malformed HTTP response"):
+                await pool.request("GET", "/", {})
+            with pytest.raises(ConnectionError):
+                await pool.request("GET", "/", {})
+            await pool.close()
+        assert server.connections == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_call_never_hands_its_late_reply_to_the_next_call() -> None:
+    async def late_then_fast(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        body = server.requests[-1][2]
+        if body == b"slow":
+            await asyncio.sleep(0.2)
+        writer.write(ok(body))
+        return True
+
+    server = Server(late_then_fast)
+
+    async def scenario() -> None:
+        async with server as address:
+            pool = HttpPool(address)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(pool.request("POST", "/", {}, b"slow"), 0.05)
+            assert (await pool.request("POST", "/", {}, b"fast")).body == b"fast"
+            await pool.close()
+        assert server.connections == 2
+
+    asyncio.run(scenario())
+
+
+def test_unreachable_server_raises_oserror() -> None:
+    async def scenario() -> None:
+        probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = probe.sockets[0].getsockname()[1]
+        probe.close()
+        await probe.wait_closed()
+        pool = HttpPool(f"127.0.0.1:{port}")
+        with pytest.raises(OSError):
+            await pool.request("GET", "/", {})
+        await pool.close()
+        with pytest.raises(ConnectionError, match="closed"):
+            await pool.request("GET", "/", {})
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [("/a\r\nX-Evil: 1", {}), ("/a", {"X": "v\r\nX-Evil: 1"}), ("/a", {"X\n": "v"})],
+)
+def test_line_breaks_in_the_request_head_are_refused(target: str, headers: dict[str, str]) -> None:
+    async def scenario() -> None:
+        pool = HttpPool("127.0.0.1:9")
+        with pytest.raises(ValueError, match="line break"):
+            await pool.request("GET", target, headers)
+
+    asyncio.run(scenario())
+
+
+def test_works_on_uvloop() -> None:
+    """The gateway runs on uvloop, whose transports are not asyncio.Transport subclasses."""
+
+    async def scenario() -> None:
+        server = Server(answer(ok()))
+        async with server as address:
+            pool = HttpPool(address)
+            for _ in range(3):
+                assert (await pool.request("GET", "/", {})).body == b"hello"
+            await pool.close()
+        assert server.connections == 1
+
+    uvloop.run(scenario())
+
+
+def test_headers_ignore_case() -> None:
+    headers = Headers({"content-encoding": "gzip"})
+    assert headers.get("Content-Encoding") == "gzip" and headers["CONTENT-ENCODING"] == "gzip"
+    assert headers.get("Retry-After") is None and "retry-after" not in headers
