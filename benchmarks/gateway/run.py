@@ -5,7 +5,11 @@ Figures: p50 latency at 1 connection (the gateway's added latency is the differe
 throughput at 16 connections (the gateway's share of direct Triton's). Targets: at most
 1 ms added to p50; at least 10% of direct throughput.
 
-    python benchmarks/gateway/run.py [--duration-s 10] [--workers 2] [--out build/bench]
+    python benchmarks/gateway/run.py [--duration-s 10] [--workers 2] [--protocols http,grpc]
+                                     [--out build/bench]
+
+``--protocols`` starts one gateway per protocol of its calls to Triton (settings'
+triton_infer_protocol) and measures them in the same interleaved rounds.
 
 Uses the Triton on TRITON_HTTP_PORT / TRITON_GRPC_PORT when it is ready, else starts one on
 free ports; always starts its own gateway with a fresh key. Needs `wrk` (make system-deps).
@@ -24,6 +28,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 LUA = Path(__file__).with_name("post_json.lua")
@@ -83,6 +88,43 @@ def _bodies(workdir: Path) -> tuple[Path, Path]:
     return gateway_body, triton_body
 
 
+def _start_gateway(
+    workdir: Path, ports: Any, protocol: str, workers: int
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A gateway whose unary calls to Triton use ``protocol``; returns it and its port."""
+    from mlapi_backend.local.triton_process import Ports
+
+    port = Ports.free().http
+    env = {
+        **os.environ,
+        "MLAPI_GATEWAY_TRITON_GRPC_URL": f"127.0.0.1:{ports.grpc}",
+        "MLAPI_GATEWAY_TRITON_HTTP_URL": f"127.0.0.1:{ports.http}",
+        "MLAPI_GATEWAY_TRITON_INFER_PROTOCOL": protocol,
+        "MLAPI_GATEWAY_KEYS_FILE": str(workdir / "keys.json"),
+        "MLAPI_GATEWAY_JOBS_DB": str(workdir / f"jobs-{protocol}.sqlite3"),
+        # A real bucket on every request, sized so the benchmark never hits it.
+        "MLAPI_GATEWAY_PLANS": json.dumps(
+            {
+                "default": {"rate_per_s": 100, "burst": 200},
+                "bench": {"rate_per_s": 1e6, "burst": 1e6},
+            }
+        ),
+    }
+    command = [sys.executable, "-m", "mlapi_gateway", "--port", str(port)]
+    command += ["--workers", str(workers), "--log-level", "warning"]
+    log = workdir / f"gateway-{protocol}.log"
+    gateway = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 60
+    while not _ready(f"http://127.0.0.1:{port}/healthz"):
+        if time.monotonic() > deadline or gateway.poll() is not None:
+            gateway.kill()
+            raise RuntimeError(log.read_text()[-3000:])
+        time.sleep(0.2)
+    return gateway, port
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-s", type=int, default=10)
@@ -90,8 +132,17 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds; figures are their medians"
     )
+    parser.add_argument(
+        "--protocols",
+        default="http",
+        help="comma-separated protocols of the gateway's calls to Triton, one gateway each "
+        "(http, grpc); the first is the headline",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
     args = parser.parse_args()
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    if not protocols or set(protocols) - {"http", "grpc"}:
+        parser.error("--protocols takes http and/or grpc")
     if shutil.which("wrk") is None:
         print("wrk is not installed: run `make system-deps` (Debian: apt-get install wrk)")
         return 2
@@ -101,7 +152,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="mlapi-bench-gateway-"))
     triton: TritonServer | None = None
-    gateway: subprocess.Popen[bytes] | None = None
+    gateways: list[subprocess.Popen[bytes]] = []
     ports = Ports.from_env()
     try:
         if not _ready(f"http://127.0.0.1:{ports.http}/v2/models/digits/ready"):
@@ -113,65 +164,56 @@ def main() -> int:
             ports = triton.ports
         key, record = new_key(["predict"], plan="bench")
         add_key(workdir / "keys.json", record)
-        gateway_port = Ports.free().http
-        env = {
-            **os.environ,
-            "MLAPI_GATEWAY_TRITON_GRPC_URL": f"127.0.0.1:{ports.grpc}",
-            "MLAPI_GATEWAY_TRITON_HTTP_URL": f"127.0.0.1:{ports.http}",
-            "MLAPI_GATEWAY_KEYS_FILE": str(workdir / "keys.json"),
-            "MLAPI_GATEWAY_JOBS_DB": str(workdir / "jobs.sqlite3"),
-            # A real bucket on every request, sized so the benchmark never hits it.
-            "MLAPI_GATEWAY_PLANS": json.dumps(
-                {
-                    "default": {"rate_per_s": 100, "burst": 200},
-                    "bench": {"rate_per_s": 1e6, "burst": 1e6},
-                }
-            ),
-        }
-        command = [sys.executable, "-m", "mlapi_gateway", "--port", str(gateway_port)]
-        command += ["--workers", str(args.workers), "--log-level", "warning"]
-        gateway = subprocess.Popen(
-            command,
-            env=env,
-            cwd=ROOT,
-            stdout=(workdir / "gateway.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while not _ready(f"http://127.0.0.1:{gateway_port}/healthz"):
-            if time.monotonic() > deadline or gateway.poll() is not None:
-                raise RuntimeError((workdir / "gateway.log").read_text()[-3000:])
-            time.sleep(0.2)
         gateway_body, triton_body = _bodies(workdir)
         targets = {
-            "triton": (f"http://127.0.0.1:{ports.http}/v2/models/digits/infer", triton_body, ""),
-            "gateway": (
-                f"http://127.0.0.1:{gateway_port}/v1/models/digits/predict",
-                gateway_body,
-                key,
-            ),
+            "triton": (f"http://127.0.0.1:{ports.http}/v2/models/digits/infer", triton_body, "")
         }
-        for url, body, bearer in targets.values():  # warm up both paths
+        for protocol in protocols:
+            gateway, port = _start_gateway(workdir, ports, protocol, args.workers)
+            gateways.append(gateway)
+            url = f"http://127.0.0.1:{port}/v1/models/digits/predict"
+            targets[f"gateway-{protocol}"] = (url, gateway_body, key)
+        for url, body, bearer in targets.values():  # warm up every path
             _wrk(url, body, bearer, 4, 2)
         rounds: dict[str, dict[str, list[dict]]] = {n: {"c1": [], "c16": []} for n in targets}
-        # Interleaved so that drift on a shared machine hits both sides alike.
-        for _ in range(args.rounds):
+        # Interleaved so that drift on a shared machine hits every target alike.
+        steps = args.rounds * 2 * len(targets)
+        done = 0
+        for round_number in range(args.rounds):
             for connections in (1, 16):
                 for name, (url, body, bearer) in targets.items():
                     run = _wrk(url, body, bearer, connections, args.duration_s)
                     rounds[name][f"c{connections}"].append(run)
+                    done += 1
+                    print(
+                        f"[{done}/{steps}] round {round_number + 1} {name} @{connections}: "
+                        f"p50 {run['p50_us'] / 1000:.2f} ms, {run['rps']:.0f} req/s",
+                        flush=True,
+                    )
         results = {
             name: {level: _median(runs) for level, runs in levels.items()}
             for name, levels in rounds.items()
         }
     finally:
-        if gateway is not None:
+        for gateway in gateways:
             gateway.terminate()
             gateway.wait(timeout=30)
         if triton is not None:
             triton.stop()
-    added_p50_ms = (results["gateway"]["c1"]["p50_us"] - results["triton"]["c1"]["p50_us"]) / 1000
-    share = results["gateway"]["c16"]["rps"] / results["triton"]["c16"]["rps"]
+    direct = results["triton"]
+    by_protocol = {
+        protocol: {
+            "added_p50_ms": round(
+                (results[f"gateway-{protocol}"]["c1"]["p50_us"] - direct["c1"]["p50_us"]) / 1000, 3
+            ),
+            "throughput_share": round(
+                results[f"gateway-{protocol}"]["c16"]["rps"] / direct["c16"]["rps"], 4
+            ),
+        }
+        for protocol in protocols
+    }
+    headline = by_protocol[protocols[0]]
+    added_p50_ms, share = headline["added_p50_ms"], headline["throughput_share"]
     summary = {
         "git_revision": subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -180,20 +222,30 @@ def main() -> int:
             "duration_s": args.duration_s,
             "rounds": args.rounds,
             "gateway_workers": args.workers,
+            "protocols": protocols,
             "cpus": os.cpu_count(),
         },
         "results": results,
         "rounds": rounds,
-        "gateway_added_p50_ms": round(added_p50_ms, 3),
-        "gateway_throughput_share": round(share, 4),
+        "by_protocol": by_protocol,
+        "gateway_added_p50_ms": added_p50_ms,
+        "gateway_throughput_share": share,
         "targets_met": {
             "added_p50_le_1ms": added_p50_ms <= 1.0,
             "throughput_share_ge_10pct": share >= 0.10,
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"gateway-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    out = args.out / f"gateway-{stamp}.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
+    from mlapi_bench.plots import gateway_overhead
+
+    png = gateway_overhead(
+        results,
+        args.out / f"gateway-{stamp}.png",
+        f"gateway ({args.workers} workers) vs direct Triton, digits 8x8, medians of {args.rounds}",
+    )
     rows = [
         ("target", "p50 @1 conn (ms)", "p99 @1 conn (ms)", "req/s @16 conn", "p50 @16 conn (ms)")
     ]
@@ -208,12 +260,14 @@ def main() -> int:
             )
         )
     for row in rows:
-        print(f"{row[0]:<10} {row[1]:>18} {row[2]:>18} {row[3]:>15} {row[4]:>18}")
-    print(f"gateway adds {added_p50_ms:.2f} ms to p50 at 1 connection (target <= 1 ms)")
-    print(
-        f"gateway sustains {share:.1%} of direct Triton throughput at 16 connections (target >= 10%)"
-    )
-    print(f"written: {out}")
+        print(f"{row[0]:<13} {row[1]:>17} {row[2]:>17} {row[3]:>15} {row[4]:>18}")
+    for protocol, figures in by_protocol.items():
+        print(
+            f"gateway ({protocol} to Triton) adds {figures['added_p50_ms']:.2f} ms to p50 at "
+            f"1 connection (target <= 1 ms); sustains {figures['throughput_share']:.1%} of "
+            "direct Triton throughput at 16 connections (target >= 10%)"
+        )
+    print(f"written: {out}, {png}")
     return 0
 
 

@@ -75,6 +75,29 @@ def throughput_vs_level(rows: Sequence[dict[str, Any]], path: Path, title: str) 
     return _save(fig, ax, path)
 
 
+def gateway_overhead(
+    results: dict[str, dict[str, dict[str, float]]], path: Path, title: str
+) -> Path:
+    """Two bar panels per target: p50 at 1 connection, throughput at 16 connections."""
+    names = list(results)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
+    p50 = [results[n]["c1"]["p50_us"] / 1e3 for n in names]
+    rps = [results[n]["c16"]["rps"] for n in names]
+    for ax, values, label, fmt in (
+        (left, p50, "p50 latency at 1 connection (ms)", "{:.2f}"),
+        (right, rps, "throughput at 16 connections (req/s)", "{:.0f}"),
+    ):
+        bars = ax.bar(names, values, color=[f"C{i}" for i in range(len(names))])
+        ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=8)
+        ax.set(ylabel=label)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _save(fig: Any, ax: Any, path: Path) -> Path:
     """Grid, legend, layout, write the PNG and free the figure."""
     ax.grid(True, which="both", alpha=0.3)

@@ -40,6 +40,10 @@ class GatewaySettings(BaseSettings):
     triton_http_url: str = Field(
         default_factory=lambda: f"localhost:{os.environ.get('TRITON_HTTP_PORT', '8000')}"
     )
+    # Protocol of the unary calls (predict, jobs, discovery). http answers sooner (lean
+    # keep-alive connections); grpc propagates the deadline, so Triton drops a request whose
+    # caller has already had its 504 (HTTP has no server-side cancellation). Streams: gRPC.
+    triton_infer_protocol: Literal["http", "grpc"] = "http"
     # Models the gateway exposes; others on the server stay internal (e.g. the classifiers).
     models: list[str] = ["digits", "text_generator"]
 

@@ -37,14 +37,22 @@ def _assert_503(reply: httpx.Response) -> None:
     assert "Traceback" not in reply.text
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_unloaded_model_then_stopped_triton_are_503(
-    own_triton: TritonServer, tmp_path: Path
+    own_triton: TritonServer, tmp_path: Path, protocol: str
 ) -> None:
+    """For both protocols of the gateway's unary calls to Triton (triton_infer_protocol)."""
     key = create_key(tmp_path / "keys.json", "predict")
-    gateway = Gateway(gateway_env(own_triton, tmp_path), tmp_path / "gateway.log").start()
+    env = gateway_env(own_triton, tmp_path, triton_infer_protocol=protocol)
+    gateway = Gateway(env, tmp_path / "gateway.log").start()
     try:
         with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}) as api:
             body = {"inputs": {"delay_ms": [[1]]}}
+            assert api.post("/v1/models/slow/predict", json=body).status_code == 200
+            late = api.post(
+                "/v1/models/slow/predict?timeout_s=0.3", json={"inputs": {"delay_ms": [[1500]]}}
+            )
+            assert late.status_code == 504, late.text
             assert api.post("/v1/models/slow/predict", json=body).status_code == 200
             triton_http = httpclient.InferenceServerClient(own_triton.http_url)
             triton_http.unload_model("slow")
