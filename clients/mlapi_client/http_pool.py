@@ -12,14 +12,18 @@ codecs and the transport.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl as ssl_module
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
+from urllib.parse import unquote
 
 import httptools
 
 DEFAULT_LIMIT = 100  # connections per pool, as tritonclient.http's conn_limit default
+METHODS = ("GET", "POST")  # the parser is not told the method: HEAD replies would hang
+IDEMPOTENT = ("GET",)  # the only ones resent when a reused connection turns out dead
 
 
 class Headers(dict[str, str]):
@@ -53,6 +57,7 @@ class _Connection(asyncio.Protocol):
         self._reason = b""
         self._headers = Headers()
         self._body: list[bytes] = []
+        self._headers_done = False  # of the reply being read
         self.received = False  # any byte of a reply since the last request was sent
         self.reusable = True
 
@@ -71,7 +76,14 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
+        if exc is None and self._ends_at_close():
+            self._deliver()  # a reply without a length ends where the connection does
+            return
         self._fail(exc or ConnectionResetError("the server closed the connection"))
+
+    def _ends_at_close(self) -> bool:
+        chunked = "chunked" in (self._headers.get("transfer-encoding") or "").lower()
+        return self._headers_done and "content-length" not in self._headers and not chunked
 
     # --- httptools callbacks ---------------------------------------------------------------
 
@@ -79,6 +91,10 @@ class _Connection(asyncio.Protocol):
         self._reason = b""
         self._headers = Headers()
         self._body = []
+        self._headers_done = False
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
@@ -90,14 +106,21 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._headers_done = False
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            return  # interim (100 Continue, 103 Early Hints): the final reply follows
         if not self._parser.should_keep_alive():
             self.reusable = False
+        self._deliver(status)
+
+    def _deliver(self, status: int | None = None) -> None:
         waiter, self._waiter = self._waiter, None
         if waiter is None or waiter.done():  # nobody asked (or the caller left): drop it
             self.close()
             return
         reply = Reply(
-            self._parser.get_status_code(),
+            status or self._parser.get_status_code(),
             self._reason.decode("latin-1"),
             self._headers,
             b"".join(self._body),
@@ -130,20 +153,25 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpPool:
-    """Requests to one ``host:port`` over reused keep-alive connections (at most ``limit``).
+    """GET and POST to one ``[user:password@]host:port`` over reused keep-alive connections
+    (at most ``limit`` at once).
 
     A connection whose call fails or is cancelled (a deadline) is closed, never reused: its
-    reply might still arrive. A reused connection the server had already closed while idle
-    (nothing received) is replaced by a new one once, so an idle timeout never fails a call.
+    reply might still arrive. Idle connections the server has closed are skipped.
     """
 
     def __init__(self, address: str, *, tls: bool = False, limit: int = DEFAULT_LIMIT) -> None:
-        host, _, port = address.rpartition(":")
+        userinfo, _, hostport = address.rpartition("@")
+        self._auth = {}
+        if userinfo:  # http://user:password@host:port, as aiohttp and urllib understand it
+            token = base64.b64encode(unquote(userinfo).encode()).decode()
+            self._auth = {"Authorization": f"Basic {token}"}
+        host, _, port = hostport.rpartition(":")
         if not host or not port.isdigit():
-            host, port = address, "443" if tls else "80"
+            host, port = hostport, "443" if tls else "80"
         self._host = host.strip("[]")
         self._port = int(port)
-        self._host_header = address
+        self._host_header = hostport
         self._tls = ssl_module.create_default_context() if tls else None
         self._slots = asyncio.Semaphore(limit)
         self._idle: list[_Connection] = []
@@ -152,10 +180,17 @@ class HttpPool:
     async def request(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes = b""
     ) -> Reply:
-        """Send one request (``target``: path and query) and return the whole reply."""
+        """Send one request (``target``: path and query) and return the whole reply.
+
+        Only a GET is sent again, on a new connection, when a reused one turns out to be dead
+        before any reply byte: the server may have read and run a POST already, so repeating
+        one is left to the caller's retry policy.
+        """
+        if method not in METHODS:
+            raise ValueError(f"method {method!r} is not supported (use one of {METHODS})")
         if self._closed:
             raise ConnectionError("the connection pool is closed")
-        data = _request_bytes(method, target, self._host_header, headers, body)
+        data = _request_bytes(method, target, self._host_header, {**self._auth, **headers}, body)
         async with self._slots:
             while self._idle:
                 connection = self._idle.pop()
@@ -164,7 +199,7 @@ class HttpPool:
                 try:
                     return await self._exchange(connection, data)
                 except ConnectionError:
-                    if connection.received:
+                    if connection.received or method not in IDEMPOTENT:
                         raise
                     break  # closed while idle: once more, on a new connection
             return await self._exchange(await self._connect(), data)

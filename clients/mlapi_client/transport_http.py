@@ -85,7 +85,12 @@ class HttpTransport:
             outputs=requested_outputs(httpclient, outputs),
             parameters=dict(parameters) if parameters else None,
         )
-        headers = {} if json_size is None else {"Inference-Header-Content-Length": str(json_size)}
+        headers = {"Content-Type": "application/json"}
+        if json_size is not None:  # a JSON header followed by binary tensors
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Inference-Header-Content-Length": str(json_size),
+            }
         reply = await self._pool.request("POST", self._path(model, version, "infer"), headers, body)
         if reply.status != 200:
             raise _failure(reply, reply.body)

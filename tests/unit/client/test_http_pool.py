@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Awaitable, Callable
 
 import pytest
 import uvloop
 
-from mlapi_client.http_pool import Headers, HttpPool
+from mlapi_client.http_pool import Headers, HttpPool, _Connection
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
 
@@ -133,7 +134,7 @@ def test_idle_connection_closed_by_the_server_is_replaced_without_failing_the_ca
     asyncio.run(scenario())
 
 
-def test_reused_connection_dropped_before_any_reply_is_retried_once_on_a_new_one() -> None:
+def test_reused_connection_dropped_before_any_reply_resends_a_get_once_on_a_new_one() -> None:
     async def answer_once(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
     ) -> bool:
@@ -151,6 +152,180 @@ def test_reused_connection_dropped_before_any_reply_is_retried_once_on_a_new_one
             await pool.close()
         assert server.connections == 2
         assert len(server.requests) == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_post_is_never_sent_twice() -> None:
+    """The server may have run a POST before it dropped the connection: the call fails."""
+
+    async def run_then_drop(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        if n == 0:
+            writer.write(ok())
+            return True
+        await asyncio.sleep(0.05)  # "runs" the second request, then dies without a reply
+        return False
+
+    async def scenario() -> None:
+        server = Server(run_then_drop)
+        async with server as address:
+            pool = HttpPool(address)
+            assert (await pool.request("POST", "/", {}, b"first")).status == 200
+            with pytest.raises(ConnectionError):
+                await pool.request("POST", "/", {}, b"second")
+            await pool.close()
+        assert [r[2] for r in server.requests] == [b"first", b"second"]
+
+    asyncio.run(scenario())
+
+
+def test_a_partial_reply_on_a_reused_connection_fails_the_get_without_resending() -> None:
+    async def partial_second(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        writer.write(ok() if n == 0 else b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nabc")
+        await writer.drain()
+        return n == 0
+
+    async def scenario() -> None:
+        server = Server(partial_second)
+        async with server as address:
+            pool = HttpPool(address)
+            assert (await pool.request("GET", "/", {})).status == 200
+            with pytest.raises(ConnectionError):
+                await pool.request("GET", "/", {})
+            await pool.close()
+        assert len(server.requests) == 2
+
+    asyncio.run(scenario())
+
+
+def test_connection_close_header_alone_retires_the_connection() -> None:
+    """The server keeps the socket open; the header is what must stop the reuse."""
+
+    async def scenario() -> None:
+        server = Server(answer(ok(extra="Connection: close\r\n"), keep=True))
+        async with server as address:
+            pool = HttpPool(address)
+            for _ in range(3):
+                assert (await pool.request("GET", "/", {})).status == 200
+            await pool.close()
+        assert server.connections == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_call_closes_its_connection_at_once() -> None:
+    async def scenario() -> None:
+        eof = asyncio.Event()
+
+        async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            if await reader.read() == b"":  # blocks until the client closes its side
+                eof.set()
+            writer.close()
+
+        server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+        pool = HttpPool(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(pool.request("POST", "/", {}, b"x"), 0.05)
+        await asyncio.wait_for(eof.wait(), 2)
+        await pool.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_reply_for_a_caller_that_left_is_dropped_with_its_connection() -> None:
+    async def scenario() -> None:
+        problems: list[dict] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: problems.append(ctx))
+        connection = _Connection()
+        transport = FakeTransport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        call = asyncio.ensure_future(connection.exchange(b"GET / HTTP/1.1\r\n\r\n"))
+        await asyncio.sleep(0)
+        call.cancel()
+        await asyncio.sleep(0)
+        connection.data_received(ok())  # the late reply
+        await asyncio.sleep(0)
+        assert transport.closed and not connection.open
+        assert problems == []
+
+    asyncio.run(scenario())
+
+
+def test_reply_delimited_by_connection_close_is_read_to_the_end() -> None:
+    async def scenario() -> None:
+        server = Server(
+            answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody-until-eof", False)
+        )
+        async with server as address:
+            pool = HttpPool(address)
+            reply = await asyncio.wait_for(pool.request("POST", "/", {}, b"x"), 2)
+            assert (reply.status, reply.body) == (200, b"body-until-eof")
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_interim_1xx_replies_are_skipped() -> None:
+    async def early_hints(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+    ) -> bool:
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(ok(b"final"))
+        return True
+
+    async def scenario() -> None:
+        async with Server(early_hints) as address:
+            pool = HttpPool(address)
+            reply = await pool.request("POST", "/", {}, b"x")
+            assert (reply.status, reply.body) == (200, b"final")
+            assert (await pool.request("POST", "/", {}, b"x")).body == b"final"
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_credentials_in_the_address_become_basic_auth() -> None:
+    async def scenario() -> None:
+        server = Server(answer(ok()))
+        async with server as address:
+            pool = HttpPool(f"us%40er:p%3Ass@{address}")
+            assert (await pool.request("GET", "/", {})).status == 200
+            await pool.close()
+        headers = server.requests[0][1]
+        assert headers["Host"] == address
+        assert headers["Authorization"] == "Basic " + base64.b64encode(b"us@er:p:ss").decode()
+
+    asyncio.run(scenario())
+
+
+def test_methods_other_than_get_and_post_are_refused() -> None:
+    async def scenario() -> None:
+        pool = HttpPool("127.0.0.1:9")
+        with pytest.raises(ValueError, match="HEAD"):
+            await pool.request("HEAD", "/", {})
 
     asyncio.run(scenario())
 
