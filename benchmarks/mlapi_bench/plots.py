@@ -92,16 +92,18 @@ def gateway_overhead(
         ax.set(ylabel=label)
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _write(fig, path)
 
 
 def _save(fig: Any, ax: Any, path: Path) -> Path:
     """Grid, legend, layout, write the PNG and free the figure."""
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
+    return _write(fig, path)
+
+
+def _write(fig: Any, path: Path) -> Path:
+    """Lay out, write the PNG and free the figure."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

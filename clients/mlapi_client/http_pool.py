@@ -112,15 +112,15 @@ class _Connection(asyncio.Protocol):
             return  # interim (100 Continue, 103 Early Hints): the final reply follows
         if not self._parser.should_keep_alive():
             self.reusable = False
-        self._deliver(status)
+        self._deliver()
 
-    def _deliver(self, status: int | None = None) -> None:
+    def _deliver(self) -> None:
         waiter, self._waiter = self._waiter, None
         if waiter is None or waiter.done():  # nobody asked (or the caller left): drop it
             self.close()
             return
         reply = Reply(
-            status or self._parser.get_status_code(),
+            self._parser.get_status_code(),
             self._reason.decode("latin-1"),
             self._headers,
             b"".join(self._body),

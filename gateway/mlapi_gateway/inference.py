@@ -84,21 +84,21 @@ class Inference:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        unary_url = (
-            f"http://{settings.triton_http_url}"
-            if settings.triton_infer_protocol == "http"
-            else f"grpc://{settings.triton_grpc_url}"
-        )
-        self.client = AsyncClient(unary_url, timeout_s=settings.deadline_s)
         self.stream_client = AsyncClient(
             f"grpc://{settings.triton_grpc_url}", timeout_s=settings.deadline_s
         )
+        self.client = self.stream_client  # with triton_infer_protocol grpc: one channel for all
+        if settings.triton_infer_protocol == "http":
+            self.client = AsyncClient(
+                f"http://{settings.triton_http_url}", timeout_s=settings.deadline_s
+            )
         self._contracts = Cached(settings.metadata_cache_s)
         self._traffic = Cached(settings.metadata_cache_s)
 
     async def close(self) -> None:
-        await self.client.close()
         await self.stream_client.close()
+        if self.client is not self.stream_client:
+            await self.client.close()
 
     # --- translation ---------------------------------------------------------------------
 
