@@ -30,6 +30,7 @@ from mlapi_bench.clients import Endpoint
 from mlapi_bench.load import LoadSpec, drive
 from mlapi_bench.report import results_dir
 from mlapi_bench.stats import window_stats
+from mlapi_client import access
 from mlapi_client.traffic import TrafficController
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +82,7 @@ def main() -> int:
             Path(tmp) / "backends",
             ports=Ports.free(),
             exit_timeout_s=3,
+            access_key=access.ensure_key(),
         )
         with (Path(tmp) / "triton.log").open("wb") as log, server:
             server.start(log)

@@ -34,6 +34,7 @@ import numpy as np
 from mlapi_backend.generation import LocalDecoder, collect, generate
 from mlapi_backend.generation_request import GenerationLimits, parse_request
 from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_client import access
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATOR = "text_generator"
@@ -82,7 +83,9 @@ async def run_level(url: str, streams: int, max_tokens: int, rounds: int, settin
     total_tokens = 0
     connector = aiohttp.TCPConnector(limit=streams)
     async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=600)
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=600),
+        headers=access.http_headers(access.read_key()),
     ) as session:
         await one_stream(session, url, {"text_input": "Warm up", "max_tokens": 8})
         started = time.perf_counter()
@@ -151,12 +154,14 @@ def set_coalescing(url: str, enabled: bool) -> None:
     """Reload text_generator with coalesce_decode_steps set (explicit model control)."""
     import urllib.request
 
-    with urllib.request.urlopen(f"{url}/v2/models/{GENERATOR}/config", timeout=30) as reply:
+    headers = access.http_headers(access.read_key())
+    config_request = urllib.request.Request(f"{url}/v2/models/{GENERATOR}/config", headers=headers)
+    with urllib.request.urlopen(config_request, timeout=30) as reply:
         config = json.loads(reply.read())
     config["parameters"]["coalesce_decode_steps"] = {"string_value": "true" if enabled else "false"}
     body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
     request = urllib.request.Request(
-        f"{url}/v2/repository/models/{GENERATOR}/load", data=body, method="POST"
+        f"{url}/v2/repository/models/{GENERATOR}/load", data=body, method="POST", headers=headers
     )
     with urllib.request.urlopen(request, timeout=120) as reply:
         reply.read()
@@ -173,6 +178,7 @@ def server(url: str | None) -> Iterator[str]:
             backend_dir=Path(workdir) / "backends",
             ports=Ports.free(),
             exit_timeout_s=5,
+            access_key=access.ensure_key(),
         )
         with (Path(workdir) / "tritonserver.log").open("wb") as log_file:
             triton.start(log_file)

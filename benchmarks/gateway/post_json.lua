@@ -6,6 +6,10 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+local triton_key = os.getenv("WRK_TRITON_KEY")  -- direct Triton: its access key header
+if triton_key and triton_key ~= "" then
+  wrk.headers["mlapi-triton-key"] = triton_key
+end
 local bearer = os.getenv("WRK_BEARER")
 if bearer and bearer ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. bearer

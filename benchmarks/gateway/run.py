@@ -44,7 +44,15 @@ def _ready(url: str) -> bool:
 
 def _wrk(url: str, body_file: Path, bearer: str, connections: int, duration_s: int) -> dict:
     threads = min(connections, 2)
-    env = {**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_BEARER": bearer}
+    from mlapi_client import access
+
+    env = {
+        **os.environ,
+        "WRK_BODY_FILE": str(body_file),
+        "WRK_BEARER": bearer,
+        # Only the direct-Triton runs (no bearer) present Triton's key.
+        "WRK_TRITON_KEY": "" if bearer else (access.read_key() or ""),
+    }
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "-s", str(LUA), url]
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("WRK_JSON "))
@@ -148,6 +156,7 @@ def main() -> int:
         return 2
 
     from mlapi_backend.local.triton_process import Ports, TritonServer
+    from mlapi_client import access
     from mlapi_gateway.keys import add_key, new_key
 
     workdir = Path(tempfile.mkdtemp(prefix="mlapi-bench-gateway-"))
@@ -157,7 +166,10 @@ def main() -> int:
     try:
         if not _ready(f"http://127.0.0.1:{ports.http}/v2/models/digits/ready"):
             triton = TritonServer(
-                [ROOT / "model_repository"], workdir / "backends", ports=Ports.free()
+                [ROOT / "model_repository"],
+                workdir / "backends",
+                ports=Ports.free(),
+                access_key=access.ensure_key(),
             )
             triton.start((workdir / "triton.log").open("wb"))
             triton.wait_ready(timeout_s=180, models=("digits",))

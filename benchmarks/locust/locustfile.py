@@ -18,6 +18,7 @@ import os
 from locust import HttpUser, between, task
 
 from mlapi_bench.scenarios import Mix, default_mix
+from mlapi_client import access
 
 _SEEDS = itertools.count()
 
@@ -42,10 +43,11 @@ class TritonHttpUser(HttpUser):
 
     def on_start(self) -> None:
         self.mix = default_mix(seed=next(_SEEDS))
+        self.headers = access.http_headers(access.read_key())  # Triton's access key
 
     @task
     def call(self) -> None:
-        _send(self, self.mix, {})
+        _send(self, self.mix, self.headers)
 
 
 if os.environ.get("MLAPI_GATEWAY_URL"):

@@ -17,6 +17,8 @@ import tritonclient.grpc.aio as grpc_aio
 import tritonclient.http.aio as http_aio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from mlapi_client import access
+
 PROTOCOLS = ("grpc", "http")
 # A request that takes longer than this is counted as an error (kind "client_timeout").
 CLIENT_TIMEOUT_S = 30.0
@@ -41,10 +43,12 @@ class AsyncTriton:
         self.endpoint = endpoint
         self.module: Any = grpc_aio if endpoint.protocol == "grpc" else http_aio
         if endpoint.protocol == "grpc":
-            self.client: Any = grpc_aio.InferenceServerClient(endpoint.url)
+            self.client: Any = access.with_key(grpc_aio.InferenceServerClient(endpoint.url))
         else:
             # aiohttp's default pool (100) would cap closed-loop concurrency silently.
-            self.client = http_aio.InferenceServerClient(endpoint.url, conn_limit=1024)
+            self.client = access.with_key(
+                http_aio.InferenceServerClient(endpoint.url, conn_limit=1024)
+            )
 
     def inputs(self, payload: Mapping[str, np.ndarray]) -> list[Any]:
         tensors = []

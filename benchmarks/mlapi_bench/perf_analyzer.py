@@ -16,6 +16,7 @@ from typing import Any
 
 from mlapi_bench.payloads import IDENTITY_MODEL, payloads
 from mlapi_bench.stack import ROOT
+from mlapi_client import access
 
 INPUT_DIR = ROOT / "benchmarks" / "perf_analyzer"
 ENTRIES = 8
@@ -95,16 +96,26 @@ def commands(
                 "-f",
                 str(out_csv.with_name(f"{out_csv.stem}_c{level}.csv")),
                 *MODELS.get(model, ("--streaming",) if model in STREAMING_MODELS else ()),
+                *key_header(protocol),
             ]
         )
     return runs
+
+
+def key_header(protocol: str, key: str | None = None) -> list[str]:
+    """perf_analyzer's ``-H name:value`` presenting Triton's access key (none without a key)."""
+    key = key if key is not None else access.read_key()
+    headers = access.grpc_headers(key) if protocol == "grpc" else access.http_headers(key)
+    return [arg for name, value in headers.items() for arg in ("-H", f"{name}:{value}")]
 
 
 def main() -> int:
     for path in write_inputs():
         print(path.relative_to(ROOT))
     example = commands("digits", "grpc", "127.0.0.1:8001", Path("pa_digits_grpc.csv"))[0]
-    print("e.g.", shlex.join(example), file=sys.stderr)
+    key = access.read_key()
+    shown = shlex.join(example).replace(key, "<key>") if key else shlex.join(example)
+    print("e.g.", shown, file=sys.stderr)
     return 0
 
 

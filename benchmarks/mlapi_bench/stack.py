@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from mlapi_backend.model_config import read_pbtxt
 from mlapi_bench.payloads import IDENTITY_MODEL
+from mlapi_client import access
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = ROOT / "model_repository"
@@ -60,7 +61,7 @@ def config_json(config_pbtxt: Path) -> str:
 
 def ensure_identity(http_url: str) -> None:
     """Load the identity model into a running explicit-mode server unless it is already ready."""
-    client = httpclient.InferenceServerClient(http_url)
+    client = access.with_key(httpclient.InferenceServerClient(http_url))
     try:
         if client.is_model_ready(IDENTITY_MODEL):
             return
@@ -94,7 +95,11 @@ def stack(http_url: str | None, grpc_url: str | None, backend_dir: Path) -> Iter
     if not (MODEL_REPOSITORY / "digits_classifier" / "1" / "model.onnx").is_file():
         raise StackError("models are not built: run `make models` first")
     server = TritonServer(
-        [MODEL_REPOSITORY, BENCH_REPOSITORY], backend_dir, ports=Ports.free(), exit_timeout_s=5
+        [MODEL_REPOSITORY, BENCH_REPOSITORY],
+        backend_dir,
+        ports=Ports.free(),
+        exit_timeout_s=5,
+        access_key=access.ensure_key(),
     )
     with tempfile.NamedTemporaryFile(
         prefix="tritonserver-", suffix=".log", delete=False

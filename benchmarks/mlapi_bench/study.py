@@ -20,6 +20,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from mlapi_bench.stack import MODEL_REPOSITORY, config_json
+from mlapi_client import access
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ class ModelSwitcher:
     """Reloads one model with a variant of its served config on an explicit-mode server."""
 
     def __init__(self, http_url: str, model: str) -> None:
-        self.client = httpclient.InferenceServerClient(http_url, network_timeout=300.0)
+        self.client = access.with_key(
+            httpclient.InferenceServerClient(http_url, network_timeout=300.0)
+        )
         self.model = model
         self.shipped = dict(self.client.get_model_config(model))
 

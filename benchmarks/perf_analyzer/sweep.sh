@@ -32,9 +32,15 @@ interval_ms=${MEASUREMENT_MS:-3000}
 out=${OUT:-benchmarks/results/$(date -u +%Y-%m-%d)/perf_analyzer}
 mkdir -p "$out"
 
+# Triton's access key (mlapi_client.access): every API but health needs it.
+key=${MLAPI_TRITON_KEY:-$(cat "${MLAPI_TRITON_KEY_FILE:-${XDG_STATE_HOME:-$HOME/.local/state}/mlapi/triton.key}" 2>/dev/null || true)}
+
 sweep() {  # model protocol url [extra flags...]
     local model=$1 protocol=$2 url=$3
     shift 3
+    local header=mlapi-triton-key
+    [[ $protocol == grpc ]] && header=triton-grpc-protocol-mlapi-triton-key
+    [[ -n $key ]] && set -- "$@" -H "$header:$key"
     local csv="$out/${model}_${protocol}.csv"
     rm -f "$csv"
     for level in $levels; do

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from mlapi_client import access
 from mlapi_client import digits as digits_model
 from mlapi_client.error_mapping import CallContext, not_found_or_unavailable, translated
 from mlapi_client.errors import MlapiError, ModelNotFoundError
@@ -37,6 +38,8 @@ class AsyncClient:
     ``protocol``). One connection pool / channel is opened on first use and reused until
     ``close()`` (or the end of ``async with``). Every call takes ``timeout_s`` (default: the
     client's, 30 s) and ``retry`` (a RetryPolicy, or False to fail on the first error).
+    ``triton_key`` is the server's access key (mlapi_client.access); by default it is read from
+    ``MLAPI_TRITON_KEY`` or the key file, as the launcher wrote it.
     """
 
     def __init__(
@@ -46,19 +49,25 @@ class AsyncClient:
         protocol: Protocol | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
+        triton_key: str | None = None,
     ) -> None:
         self.settings = ClientSettings(
             endpoint=Endpoint.parse(url, protocol),
             timeout_s=timeout_s,
             retry=retry or RetryPolicy(),
+            triton_key=triton_key if triton_key is not None else access.read_key(),
         )
         self._transport: Transport | None = None
         self._closed = False
 
     @classmethod
     def from_settings(cls, settings: ClientSettings) -> AsyncClient:
-        client = cls(settings.endpoint.url, timeout_s=settings.timeout_s, retry=settings.retry)
-        return client
+        return cls(
+            settings.endpoint.url,
+            timeout_s=settings.timeout_s,
+            retry=settings.retry,
+            triton_key=settings.triton_key,
+        )
 
     @property
     def protocol(self) -> Protocol:
@@ -119,6 +128,37 @@ class AsyncClient:
         entries = await self.list_models(timeout_s=timeout_s, retry=retry)
         ready = [e.version for e in entries if e.name == model and e.state == "READY" and e.version]
         return sorted(ready, key=lambda v: (len(v), v))
+
+    async def load_model(
+        self,
+        model: str,
+        config: Mapping[str, Any] | None = None,
+        files: Mapping[str, bytes] | None = None,
+        *,
+        timeout_s: float | None = None,
+        retry: Retry = False,
+    ) -> None:
+        """Load (or reload) ``model`` through the repository API, optionally overriding its config.
+
+        Needs the server's access key. A refused load keeps the previous model serving (Triton);
+        never retried by default, since a load is not idempotent in time.
+        """
+        context = CallContext("load_model", model)
+        await self._call(context, lambda t: t.load_model(model, config, files), timeout_s, retry)
+
+    async def unload_model(
+        self,
+        model: str,
+        *,
+        unload_dependents: bool = False,
+        timeout_s: float | None = None,
+        retry: Retry = False,
+    ) -> None:
+        """Unload every version of ``model`` (Triton waits for its in-flight requests)."""
+        context = CallContext("unload_model", model)
+        await self._call(
+            context, lambda t: t.unload_model(model, unload_dependents), timeout_s, retry
+        )
 
     async def contract(
         self,
@@ -286,7 +326,7 @@ class AsyncClient:
             raise MlapiError("the client is closed")
         if self._transport is None:
             # Opened lazily so it binds to the event loop that uses it.
-            self._transport = open_transport(self.settings.endpoint)
+            self._transport = open_transport(self.settings.endpoint, self.settings.triton_key)
         return self._transport
 
     def _timeout(self, timeout_s: float | None) -> float:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from mlapi_client import access
+
 Protocol = Literal["http", "grpc"]
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -90,6 +92,8 @@ class ClientSettings:
     endpoint: Endpoint
     timeout_s: float = DEFAULT_TIMEOUT_S
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Sent with every call (mlapi_client.access); None: the server is open, or not Triton.
+    triton_key: str | None = None
 
     @classmethod
     def from_env(cls, protocol: Protocol | None = None) -> ClientSettings:
@@ -101,4 +105,4 @@ class ClientSettings:
         else:
             endpoint = Endpoint("http", f"localhost:{os.environ.get('TRITON_HTTP_PORT', '8000')}")
         timeout_s = float(os.environ.get("MLAPI_TIMEOUT_S", DEFAULT_TIMEOUT_S))
-        return cls(endpoint=endpoint, timeout_s=timeout_s)
+        return cls(endpoint=endpoint, timeout_s=timeout_s, triton_key=access.read_key())

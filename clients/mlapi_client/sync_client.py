@@ -83,14 +83,22 @@ class Client:
         protocol: Protocol | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
+        triton_key: str | None = None,
     ) -> None:
-        self._async = AsyncClient(url, protocol=protocol, timeout_s=timeout_s, retry=retry)
+        self._async = AsyncClient(
+            url, protocol=protocol, timeout_s=timeout_s, retry=retry, triton_key=triton_key
+        )
         self._loop = _LoopThread()
         self._finalizer = weakref.finalize(self, self._loop.stop)
 
     @classmethod
     def from_settings(cls, settings: ClientSettings) -> Client:
-        return cls(settings.endpoint.url, timeout_s=settings.timeout_s, retry=settings.retry)
+        return cls(
+            settings.endpoint.url,
+            timeout_s=settings.timeout_s,
+            retry=settings.retry,
+            triton_key=settings.triton_key,
+        )
 
     @property
     def settings(self) -> ClientSettings:
@@ -118,6 +126,8 @@ class Client:
     list_models = _blocking(AsyncClient.list_models)
     live_versions = _blocking(AsyncClient.live_versions)
     contract = _blocking(AsyncClient.contract)
+    load_model = _blocking(AsyncClient.load_model)
+    unload_model = _blocking(AsyncClient.unload_model)
     infer = _blocking(AsyncClient.infer)
     digits = _blocking(AsyncClient.digits)
 

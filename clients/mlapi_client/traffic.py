@@ -19,6 +19,7 @@ from typing import Any
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from mlapi_client import access
 from mlapi_client.errors import ConnectionFailedError, InvalidInputError, MlapiError
 
 POLICY_PARAMETER = "traffic_policy"
@@ -71,7 +72,9 @@ class TrafficController:
 
     def __init__(self, url: str, model: str = "digits", timeout_s: float = 60.0) -> None:
         self.model = model
-        self._client = httpclient.InferenceServerClient(url, network_timeout=timeout_s)
+        self._client = access.with_key(
+            httpclient.InferenceServerClient(url, network_timeout=timeout_s)
+        )
 
     def close(self) -> None:
         self._client.close()

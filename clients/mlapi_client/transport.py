@@ -24,6 +24,12 @@ class Transport(Protocol):
 
     async def repository_index(self) -> list[dict[str, Any]]: ...
 
+    async def load_model(
+        self, model: str, config: Mapping[str, Any] | None, files: Mapping[str, bytes] | None
+    ) -> None: ...
+
+    async def unload_model(self, model: str, unload_dependents: bool) -> None: ...
+
     async def model_metadata(self, model: str, version: str) -> dict[str, Any]: ...
 
     async def model_config(self, model: str, version: str) -> dict[str, Any]: ...
@@ -48,12 +54,12 @@ class Transport(Protocol):
     ) -> AsyncGenerator[InferResponse, None]: ...
 
 
-def open_transport(endpoint: Endpoint) -> Transport:
-    """A transport for ``endpoint``; call inside the event loop that will use it."""
+def open_transport(endpoint: Endpoint, triton_key: str | None = None) -> Transport:
+    """A transport for ``endpoint`` sending ``triton_key``; call inside the loop that uses it."""
     if endpoint.protocol == "grpc":
         from mlapi_client.transport_grpc import GrpcTransport
 
-        return GrpcTransport(endpoint)
+        return GrpcTransport(endpoint, triton_key)
     from mlapi_client.transport_http import HttpTransport
 
-    return HttpTransport(endpoint)
+    return HttpTransport(endpoint, triton_key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -11,6 +12,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
+from mlapi_client import access
 from mlapi_client.error_mapping import ChannelUnreachable, StreamFailure
 from mlapi_client.results import InferResponse
 from mlapi_client.settings import Endpoint
@@ -26,8 +28,9 @@ _STREAM_HEADERS: dict[str, str] = {}
 
 
 class GrpcTransport:
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, triton_key: str | None = None) -> None:
         self._client = grpcaio.InferenceServerClient(endpoint.address, ssl=endpoint.ssl)
+        self._client.register_plugin(access.KeyPlugin(triton_key, "grpc"))
 
     async def close(self) -> None:
         await self._client.close()
@@ -60,6 +63,20 @@ class GrpcTransport:
     async def repository_index(self) -> list[dict[str, Any]]:
         index = await self._call(self._client.get_model_repository_index(as_json=True))
         return list(index.get("models", []))
+
+    async def load_model(
+        self, model: str, config: Mapping[str, Any] | None, files: Mapping[str, bytes] | None
+    ) -> None:
+        await self._call(
+            self._client.load_model(
+                model,
+                config=json.dumps(config) if config is not None else None,
+                files=dict(files) if files else None,
+            )
+        )
+
+    async def unload_model(self, model: str, unload_dependents: bool) -> None:
+        await self._call(self._client.unload_model(model, unload_dependents=unload_dependents))
 
     async def model_metadata(self, model: str, version: str) -> dict[str, Any]:
         metadata = await self._call(self._client.get_model_metadata(model, version, as_json=True))

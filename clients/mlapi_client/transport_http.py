@@ -21,6 +21,7 @@ import numpy as np
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 
+from mlapi_client import access
 from mlapi_client.error_mapping import HttpStatusFailure, StreamFailure
 from mlapi_client.http_pool import HttpPool, Reply
 from mlapi_client.results import InferResponse
@@ -38,15 +39,19 @@ _CODEC = httpclient.InferenceServerClient  # its request/response codecs are sta
 
 
 class HttpTransport:
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, triton_key: str | None = None) -> None:
         self._base = endpoint.url
+        self._key_headers = access.http_headers(triton_key)
         self._pool = HttpPool(endpoint.address, tls=endpoint.ssl)
         # Timeouts are applied per call by the client (asyncio), so the sessions have none.
         self._triton = httpaio.InferenceServerClient(
             endpoint.address, ssl=endpoint.ssl, conn_timeout=None
         )
+        self._triton.register_plugin(access.KeyPlugin(triton_key, "http"))
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=False,
+            headers=self._key_headers,
         )
 
     async def close(self) -> None:
@@ -64,6 +69,18 @@ class HttpTransport:
 
     async def repository_index(self) -> list[dict[str, Any]]:
         return list(await self._triton.get_model_repository_index())
+
+    async def load_model(
+        self, model: str, config: Mapping[str, Any] | None, files: Mapping[str, bytes] | None
+    ) -> None:
+        await self._triton.load_model(
+            model,
+            config=json.dumps(config) if config is not None else None,
+            files=dict(files) if files else None,
+        )
+
+    async def unload_model(self, model: str, unload_dependents: bool) -> None:
+        await self._triton.unload_model(model, unload_dependents=unload_dependents)
 
     async def model_metadata(self, model: str, version: str) -> dict[str, Any]:
         return dict(await self._triton.get_model_metadata(model, version))
@@ -85,11 +102,12 @@ class HttpTransport:
             outputs=requested_outputs(httpclient, outputs),
             parameters=dict(parameters) if parameters else None,
         )
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **self._key_headers}
         if json_size is not None:  # a JSON header followed by binary tensors
             headers = {
                 "Content-Type": "application/octet-stream",
                 "Inference-Header-Content-Length": str(json_size),
+                **self._key_headers,
             }
         reply = await self._pool.request("POST", self._path(model, version, "infer"), headers, body)
         if reply.status != 200:

@@ -17,6 +17,7 @@ import tritonclient.http as httpclient
 
 from mlapi_backend.build.digits_data import DigitsSplit, load_split
 from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_client import access
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = ROOT / "model_repository"
@@ -30,8 +31,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def triton_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One access key for every server the tests start, found by every client (env var)."""
+    key_file = tmp_path_factory.mktemp("key") / "triton.key"
+    key = access.ensure_key(key_file)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(access.KEY_FILE_ENV, str(key_file))
+        patch.delenv(access.KEY_ENV, raising=False)
+        yield key
+
+
 @pytest.fixture(scope="session")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+def triton(tmp_path_factory: pytest.TempPathFactory, triton_key: str) -> Iterator[TritonServer]:
     if not (MODEL_REPOSITORY / "digits_classifier" / "1" / "model.onnx").is_file():
         pytest.fail("models are not built: run `make models` (make test does it for you)")
     workdir = tmp_path_factory.mktemp("triton")
@@ -41,6 +53,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
         ports=Ports.free(),
         exit_timeout_s=5,
         die_with_parent=True,  # a killed test run leaves no server behind
+        access_key=triton_key,
     )
     log_path = workdir / "tritonserver.log"
     with log_path.open("wb") as log_file:
@@ -56,14 +69,14 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
 
 @pytest.fixture(scope="session")
 def http_client(triton: TritonServer) -> Iterator[httpclient.InferenceServerClient]:
-    client = httpclient.InferenceServerClient(triton.http_url, concurrency=8)
+    client = access.with_key(httpclient.InferenceServerClient(triton.http_url, concurrency=8))
     yield client
     client.close()
 
 
 @pytest.fixture(scope="session")
 def grpc_client(triton: TritonServer) -> Iterator[grpcclient.InferenceServerClient]:
-    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    client = access.with_key(grpcclient.InferenceServerClient(triton.grpc_url))
     yield client
     client.close()
 

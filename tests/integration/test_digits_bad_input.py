@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from mlapi_client import access
+
 from .conftest import MODEL_REPOSITORY, DigitsCaller
 
 GOOD = np.zeros((1, 8, 8), dtype=np.uint8)
@@ -100,7 +102,9 @@ def test_bad_request_does_not_fail_its_batch_mates(caller, triton, batched_digit
 
     def outcome(inputs, parameters):
         # A client per thread: tritonclient's HTTP client is not thread-safe.
-        own = DigitsCaller(caller.protocol, caller.module.InferenceServerClient(url))
+        own = DigitsCaller(
+            caller.protocol, access.with_key(caller.module.InferenceServerClient(url))
+        )
         try:
             return own.infer(batched_digits, inputs, parameters=parameters).as_numpy("labels")[0, 0]
         except InferenceServerException as exc:

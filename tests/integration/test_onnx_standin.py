@@ -10,6 +10,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from mlapi_client import access
+
 from .conftest import MODEL_REPOSITORY
 
 
@@ -27,7 +29,7 @@ def test_concurrent_requests_are_batched_into_fewer_executions(triton, grpc_clie
     errors: list[Exception] = []
 
     def worker() -> None:
-        client = grpcclient.InferenceServerClient(triton.grpc_url)
+        client = access.with_key(grpcclient.InferenceServerClient(triton.grpc_url))
         try:
             tensor = grpcclient.InferInput("pixels", [1, 64], "FP32")
             tensor.set_data_from_numpy(

@@ -24,6 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from mlapi_backend.build.digits_data import preprocessed
 from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_client import access
 from mlapi_client.errors import InvalidInputError
 from mlapi_client.traffic import TrafficController
 
@@ -37,7 +38,11 @@ IMAGE[0, 1:7, 3:5] = 255
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     workdir = tmp_path_factory.mktemp("traffic")
     triton = TritonServer(
-        [MODEL_REPOSITORY], workdir / "backends", ports=Ports.free(), exit_timeout_s=5
+        [MODEL_REPOSITORY],
+        workdir / "backends",
+        ports=Ports.free(),
+        exit_timeout_s=5,
+        access_key=access.read_key(),
     )
     with (workdir / "tritonserver.log").open("wb") as log:
         triton.start(log)
@@ -63,7 +68,7 @@ def _digits(client, image=IMAGE, **parameters):
 
 
 def _many(server: TritonServer, count: int, make_parameters=lambda i: {}) -> list[dict]:
-    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client = access.with_key(grpcclient.InferenceServerClient(server.grpc_url))
     try:
         with ThreadPoolExecutor(8) as pool:
             return list(pool.map(lambda i: _digits(client, **make_parameters(i))[1], range(count)))
@@ -113,7 +118,7 @@ def test_sticky_keys_never_flip(server, traffic):
 
 def test_pinned_version_beats_policy_and_unknown_version_names_live_ones(server, traffic):
     traffic.set({"2": 100})
-    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client = access.with_key(grpcclient.InferenceServerClient(server.grpc_url))
     try:
         _, meta = _digits(client, model_version="1")
         assert (meta["classifier"]["version"], meta["routing"]) == ("1", "pinned")
@@ -135,7 +140,7 @@ def test_shadow_agreement_is_counted_and_responses_unchanged(server, traffic, sp
         predictions[version] = session.run(["probabilities"], {"pixels": pixels})[0].argmax(axis=1)
     expected_agree = int((predictions[1] == predictions[2]).sum())
 
-    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client = access.with_key(grpcclient.InferenceServerClient(server.grpc_url))
     try:
         traffic.set({"2": 100})
         plain = [_digits(client, img[None])[0].as_numpy("labels")[0].tolist() for img in images]
@@ -187,7 +192,7 @@ def test_load_and_retire_versions_under_steady_traffic_loses_nothing(
     server, traffic, report_figure
 ):
     """Steady traffic while version 3 is loaded, takes over, and versions 1 and 2 are retired."""
-    http = httpclient.InferenceServerClient(server.http_url)
+    http = access.with_key(httpclient.InferenceServerClient(server.http_url))
     classifier_dir = MODEL_REPOSITORY / "digits_classifier"
     files = {
         f"file:{v}/model.onnx": (classifier_dir / str(v) / "model.onnx").read_bytes()
@@ -207,7 +212,7 @@ def test_load_and_retire_versions_under_steady_traffic_loses_nothing(
     failures: list[str] = []
 
     def drive() -> None:
-        client = grpcclient.InferenceServerClient(server.grpc_url)
+        client = access.with_key(grpcclient.InferenceServerClient(server.grpc_url))
         try:
             while not stop.is_set():
                 try:

@@ -19,7 +19,13 @@ from pathlib import Path
 from types import FrameType
 
 from mlapi_backend.local.backend_dir import assemble
-from mlapi_backend.local.triton_process import Ports, TritonServer, terminate_with_parent
+from mlapi_backend.local.triton_process import (
+    LOOPBACK,
+    Ports,
+    TritonServer,
+    terminate_with_parent,
+)
+from mlapi_client import access
 
 log = logging.getLogger("mlapi.serve")
 
@@ -39,6 +45,7 @@ def start_gateway(server: TritonServer) -> subprocess.Popen[bytes] | None:
         **os.environ,
         "MLAPI_GATEWAY_TRITON_GRPC_URL": server.grpc_url,
         "MLAPI_GATEWAY_TRITON_HTTP_URL": server.http_url,
+        access.KEY_FILE_ENV: str(access.default_key_file()),
     }
     gateway = subprocess.Popen(
         [sys.executable, "-m", "mlapi_gateway", "--port", port],
@@ -68,7 +75,13 @@ def stop_gateway(gateway: subprocess.Popen[bytes] | None) -> None:
 
 def serve(repositories: list[Path], backend_dir: Path, with_gateway: bool = True) -> int:
     server = TritonServer(
-        repositories, backend_dir, ports=Ports.from_env(), exit_timeout_s=10, die_with_parent=True
+        repositories,
+        backend_dir,
+        ports=Ports.from_env(),
+        exit_timeout_s=10,
+        die_with_parent=True,
+        access_key=access.ensure_key(),
+        bind_address=os.environ.get("TRITON_BIND_ADDRESS", LOOPBACK),
     )
     gateway: subprocess.Popen[bytes] | None = None
     stopping = False
@@ -87,10 +100,13 @@ def serve(repositories: list[Path], backend_dir: Path, with_gateway: bool = True
         if not server.wait_ready(models=("digits",), cancelled=lambda: stopping):
             raise _Interrupted
         log.info(
-            "ready: HTTP http://%s  gRPC %s  metrics %s  (Ctrl-C to stop)",
+            "ready: HTTP http://%s  gRPC %s  metrics %s  (Ctrl-C to stop); every API but health "
+            "needs the header %s with the key in %s",
             server.http_url,
             server.grpc_url,
             server.metrics_url,
+            access.KEY_HEADER,
+            access.default_key_file(),
         )
         if with_gateway and not stopping:
             gateway = start_gateway(server)

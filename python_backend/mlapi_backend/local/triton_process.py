@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import IO
 
 from mlapi_backend.local.backend_dir import TritonInstall, assemble
+from mlapi_client import access
 
 log = logging.getLogger(__name__)
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -61,19 +63,29 @@ class TritonServer:
     # server from a short-lived thread.
     die_with_parent: bool = False
     install: TritonInstall = field(default_factory=TritonInstall.find)
+    # Every API but health needs this key (mlapi_client.access); None leaves Triton open, which
+    # only purpose-built tests of the restriction itself should do.
+    access_key: str | None = None
+    # Loopback unless deliberately opened (e.g. "0.0.0.0" inside a container behind a
+    # NetworkPolicy): Triton itself binds every interface when not told otherwise.
+    bind_address: str = LOOPBACK
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
+    def _host(self) -> str:
+        return LOOPBACK if self.bind_address in ("0.0.0.0", "::", "") else self.bind_address
+
+    @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.ports.http}"
+        return f"{self._host}:{self.ports.http}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.ports.grpc}"
+        return f"{self._host}:{self.ports.grpc}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.metrics}/metrics"
+        return f"http://{self._host}:{self.ports.metrics}/metrics"
 
     def command(self) -> list[str]:
         repos = [f"--model-repository={Path(r).resolve()}" for r in self.repositories]
@@ -82,9 +94,13 @@ class TritonServer:
             *repos,
             f"--backend-directory={self.backend_dir.resolve()}",
             f"--cache-directory={self.install.cache_dir}",
+            f"--http-address={self.bind_address}",
             f"--http-port={self.ports.http}",
+            f"--grpc-address={self.bind_address}",
             f"--grpc-port={self.ports.grpc}",
+            f"--metrics-address={self.bind_address}",
             f"--metrics-port={self.ports.metrics}",
+            *(access.restriction_args(self.access_key) if self.access_key else ()),
             # Explicit control lets versions be loaded/unloaded and configs overridden at run time.
             "--model-control-mode=explicit",
             "--load-model=*",
@@ -109,7 +125,21 @@ class TritonServer:
 
     def start(self, log_file: IO[bytes] | None = None) -> None:
         assemble(self.backend_dir, self.install)
-        log.info("starting tritonserver: %s", " ".join(self.command()))
+        if self.bind_address != LOOPBACK:
+            log.warning(
+                "tritonserver listens on %s, not loopback: every host that reaches these ports "
+                "can call it (the access key still guards all but health)",
+                self.bind_address,
+            )
+        if self.access_key is None:
+            log.warning(
+                "tritonserver starts WITHOUT an access key: its model-repository API "
+                "lets any caller load and run code"
+            )
+        shown = " ".join(self.command())
+        if self.access_key:
+            shown = shown.replace(self.access_key, "<key>")
+        log.info("starting tritonserver: %s", shown)
         self.process = subprocess.Popen(
             self.command(),
             env=self.environment(),
@@ -121,7 +151,10 @@ class TritonServer:
 
     def _ok(self, path: str) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as reply:
+            request = urllib.request.Request(
+                f"http://{self.http_url}{path}", headers=access.http_headers(self.access_key)
+            )
+            with urllib.request.urlopen(request, timeout=2) as reply:
                 return bool(reply.status == 200)
         except (urllib.error.URLError, OSError):
             return False

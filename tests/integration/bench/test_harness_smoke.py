@@ -27,6 +27,7 @@ from mlapi_bench.scenarios import default_mix
 from mlapi_bench.server_stats import ServerCounters
 from mlapi_bench.stack import MODEL_REPOSITORY, config_json, ensure_identity
 from mlapi_bench.study import StudyError, Variant, switching
+from mlapi_client import access
 
 QUICK = Phases(warmup_s=0.2, window_s=0.8)
 
@@ -141,7 +142,7 @@ def test_locust_bad_requests_get_4xx_and_the_server_stays_healthy(server: Triton
         request = urllib.request.Request(
             f"http://{server.http_url}{call.path}",
             data=json.dumps(call.body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **access.http_headers(access.read_key())},
             method="POST",
         )
         with pytest.raises(urllib.error.HTTPError) as caught:
@@ -154,14 +155,14 @@ def test_locust_bad_requests_get_4xx_and_the_server_stays_healthy(server: Triton
         f"http://{server.http_url}{good.path}",
         data=json.dumps(good.body).encode(),
         method="POST",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **access.http_headers(access.read_key())},
     )
     with urllib.request.urlopen(request, timeout=10) as reply:
         assert good.verdict(reply.status) is None
 
 
 def test_study_switches_config_and_restores_it(server: TritonServer) -> None:
-    client = httpclient.InferenceServerClient(server.http_url)
+    client = access.with_key(httpclient.InferenceServerClient(server.http_url))
     try:
         with switching(server.http_url, "digits_classifier") as switcher:
             switcher.use(Variant(None))

@@ -16,7 +16,7 @@ from typing import IO, Any
 import pytest
 
 from mlapi_backend.local.triton_process import Ports, TritonServer
-from mlapi_client import AsyncClient, Client, RetryPolicy
+from mlapi_client import AsyncClient, Client, RetryPolicy, access
 
 TEST_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
@@ -123,6 +123,7 @@ class PrivateServers:
             backend_dir=self.workdir / "backends",
             ports=Ports.free(),
             exit_timeout_s=2,
+            access_key=access.read_key(),
         )
         self.servers.append(server)
         return server

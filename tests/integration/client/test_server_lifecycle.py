@@ -17,6 +17,7 @@ from mlapi_client import (
     Client,
     ConnectionFailedError,
     ModelUnavailableError,
+    access,
 )
 
 from .conftest import PATIENT, Api, PrivateServers, url_of
@@ -36,7 +37,7 @@ def test_unloaded_model_then_stopped_server(private_servers: PrivateServers) -> 
         for api in apis:
             assert api("infer", "slow", DELAY_0).model_name == "slow"
 
-        admin = httpclient.InferenceServerClient(server.http_url)
+        admin = access.with_key(httpclient.InferenceServerClient(server.http_url))
         admin.unload_model("slow")
         try:
             wait_for_state(admin, "slow", "UNAVAILABLE")

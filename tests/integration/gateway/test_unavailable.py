@@ -10,6 +10,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_client import access
 
 from ..conftest import TEST_REPOSITORY
 from .conftest import gateway_env
@@ -19,7 +20,11 @@ from .harness import Gateway, create_key
 @pytest.fixture
 def own_triton(tmp_path: Path) -> Iterator[TritonServer]:
     server = TritonServer(
-        [TEST_REPOSITORY], tmp_path / "backends", ports=Ports.free(), exit_timeout_s=5
+        [TEST_REPOSITORY],
+        tmp_path / "backends",
+        ports=Ports.free(),
+        exit_timeout_s=5,
+        access_key=access.read_key(),
     )
     with (tmp_path / "triton.log").open("wb") as log:
         server.start(log)
@@ -54,7 +59,7 @@ def test_unloaded_model_then_stopped_triton_are_503(
             )
             assert late.status_code == 504, late.text
             assert api.post("/v1/models/slow/predict", json=body).status_code == 200
-            triton_http = httpclient.InferenceServerClient(own_triton.http_url)
+            triton_http = access.with_key(httpclient.InferenceServerClient(own_triton.http_url))
             triton_http.unload_model("slow")
             triton_http.close()
             _assert_503(api.post("/v1/models/slow/predict", json=body))

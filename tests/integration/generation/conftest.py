@@ -20,6 +20,7 @@ import tritonclient.grpc as grpcclient
 from mlapi_backend.generation import LocalDecoder, collect, generate
 from mlapi_backend.generation_request import GenerationLimits, parse_request
 from mlapi_backend.local.triton_process import TritonServer
+from mlapi_client import access
 
 ROOT = Path(__file__).resolve().parents[3]
 GENERATOR = "text_generator"
@@ -86,7 +87,7 @@ async def sse(
 
 def stream_http(triton: TritonServer, body: dict[str, Any]) -> SseReply:
     async def go() -> SseReply:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=access.http_headers(access.read_key())) as session:
             return await sse(session, f"http://{triton.http_url}", body)
 
     return asyncio.run(go())
@@ -95,7 +96,7 @@ def stream_http(triton: TritonServer, body: dict[str, Any]) -> SseReply:
 def generate_http(triton: TritonServer, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     async def go() -> tuple[int, dict[str, Any]]:
         async with (
-            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession(headers=access.http_headers(access.read_key())) as session,
             session.post(
                 f"http://{triton.http_url}/v2/models/{GENERATOR}/generate", json=body
             ) as r,
@@ -156,7 +157,7 @@ def stream_grpc(
 ) -> GrpcReply:
     """One request over ModelStreamInfer; ``cancel_after=n`` cancels it after n responses."""
     events: queue.Queue[Any] = queue.Queue()
-    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    client = access.with_key(grpcclient.InferenceServerClient(triton.grpc_url))
     reply = GrpcReply()
     try:
         client.start_stream(
@@ -201,9 +202,11 @@ def decoder_stats(triton: TritonServer) -> tuple[int, int]:
     """(inference_count, execution_count) of text_decoder."""
     import urllib.request
 
-    with urllib.request.urlopen(
-        f"http://{triton.http_url}/v2/models/{DECODER}/stats", timeout=10
-    ) as reply:
+    request = urllib.request.Request(
+        f"http://{triton.http_url}/v2/models/{DECODER}/stats",
+        headers=access.http_headers(access.read_key()),
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
         stats = json.loads(reply.read())["model_stats"][0]
     return int(stats["inference_count"]), int(stats["execution_count"])
 

@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 
 from mlapi_backend.local.triton_process import TritonServer
+from mlapi_client import access
 from tests.integration.generation.conftest import (
     decoder_steps,
     generator_metric,
@@ -50,7 +51,7 @@ def test_http_disconnect_stops_generation(triton: TritonServer, report_figure) -
     cancelled_before = generator_metric(triton, "mlapi_text_generator_streams_total", CANCELLED)
 
     async def go() -> int:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=access.http_headers(access.read_key())) as session:
             # returning False after 5 events leaves the response unread: aiohttp closes the socket
             body = {"text_input": "The ", "max_tokens": MAX_TOKENS}
             reply = await sse(session, f"http://{triton.http_url}", body, lambda n: n < 5)
@@ -79,7 +80,7 @@ def test_decoder_unavailable_is_an_internal_error_then_recovers(triton: TritonSe
     """Unloading text_decoder fails new streams with a message naming it; loading it back heals."""
     import tritonclient.http as httpclient
 
-    client = httpclient.InferenceServerClient(triton.http_url)
+    client = access.with_key(httpclient.InferenceServerClient(triton.http_url))
     try:
         client.unload_model("text_decoder")
         reply = stream_grpc(triton, grpc_inputs("Hello", max_tokens=4))

@@ -10,6 +10,7 @@ import socket
 import aiohttp
 
 from mlapi_backend.local.triton_process import TritonServer
+from mlapi_client import access
 from tests.integration.generation.conftest import (
     GENERATOR,
     decoder_stats,
@@ -38,7 +39,10 @@ def test_32_concurrent_streams_finish_with_their_own_text(
     inferences_before, executions_before = decoder_stats(triton)
 
     async def go() -> list:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=STREAMS)) as session:
+        async with aiohttp.ClientSession(
+            headers=access.http_headers(access.read_key()),
+            connector=aiohttp.TCPConnector(limit=STREAMS),
+        ) as session:
             return await asyncio.gather(
                 *(sse(session, f"http://{triton.http_url}", body(s)) for s in range(STREAMS))
             )
@@ -75,12 +79,15 @@ def test_slow_reader_does_not_stall_other_streams(triton: TritonServer) -> None:
     try:
         slow.sendall(
             f"POST /v2/models/{GENERATOR}/generate_stream HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"{access.KEY_HEADER}: {access.read_key()}\r\n"
             f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
             + payload
         )
 
         async def others() -> list:
-            async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession(
+                headers=access.http_headers(access.read_key())
+            ) as session:
                 return await asyncio.gather(
                     *(sse(session, f"http://{triton.http_url}", body(s)) for s in range(8))
                 )

@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 
 from mlapi_backend.local.triton_process import TritonServer
+from mlapi_client import access
 from tests.integration.generation.conftest import (
     decoder_steps,
     generate_http,
@@ -46,7 +47,7 @@ def test_first_event_arrives_while_generation_is_still_running(triton: TritonSer
         return False  # hang up: this also cancels the rest
 
     async def go() -> None:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=access.http_headers(access.read_key())) as session:
             await sse(
                 session,
                 f"http://{triton.http_url}",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_client import access
 from tests.integration.generation.conftest import (
     DECODER,
     GENERATOR,
@@ -48,7 +49,13 @@ def private_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonS
     repository.mkdir()
     for model in (DECODER, GENERATOR):
         (repository / model).symlink_to(ROOT / "model_repository" / model, target_is_directory=True)
-    server = TritonServer([repository], workdir / "backends", ports=Ports.free(), exit_timeout_s=5)
+    server = TritonServer(
+        [repository],
+        workdir / "backends",
+        ports=Ports.free(),
+        exit_timeout_s=5,
+        access_key=access.read_key(),
+    )
     with (workdir / "tritonserver.log").open("wb") as log_file:
         server.start(log_file)
         try:
@@ -60,7 +67,7 @@ def private_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonS
 
 async def post(url: str, path: str, body: dict) -> tuple[int, str]:
     async with (
-        aiohttp.ClientSession() as session,
+        aiohttp.ClientSession(headers=access.http_headers(access.read_key())) as session,
         session.post(f"{url}{path}", json=body) as response,
     ):
         return response.status, await response.text()
@@ -72,7 +79,7 @@ def assert_healthy(triton: TritonServer) -> None:
 
     async def ready() -> int:
         async with (
-            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession(headers=access.http_headers(access.read_key())) as session,
             session.get(f"http://{triton.http_url}/v2/health/ready") as r,
         ):
             return r.status

@@ -16,6 +16,8 @@ PUBLIC = [
     "list_models",
     "live_versions",
     "contract",
+    "load_model",
+    "unload_model",
     "infer",
     "digits",
     "stream",
