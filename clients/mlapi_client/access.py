@@ -39,8 +39,6 @@ RESTRICTED_APIS = (
     "trace",
     "logging",
 )
-# The categories a caller may change the server with: never opened on a caller's behalf.
-CONTROL_APIS = ("model-repository", "shared-memory", "trace", "logging")
 
 
 def default_key_file() -> Path:
@@ -63,6 +61,7 @@ def read_key(path: Path | None = None) -> str | None:
         value = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
+    _check_private(path)
     return value or None
 
 
@@ -71,7 +70,6 @@ def ensure_key(path: Path | None = None) -> str:
     path = path if path is not None else default_key_file()
     existing = read_key(path)
     if existing:
-        _check_private(path)
         return existing
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_urlsafe(32)
