@@ -2,9 +2,10 @@
 
 Keyed on the protocol status: the HTTP status Triton 2.51 returns (its core maps INTERNAL->500,
 NOT_FOUND->404, UNAVAILABLE->503, UNSUPPORTED->501, anything else->400) or the gRPC status code.
-Message text is read only to fill details (the input field, expected vs got) and, for
-UNAVAILABLE, to tell a full queue from an unavailable model: Triton uses the same status for
-both, so those two message prefixes are the only signal the protocol gives.
+Message text is read only to fill details (the input field, expected vs got) and where
+Triton 2.51 gives no other signal: to tell a full queue from an unavailable model (both
+UNAVAILABLE), a dead Python stub from a model failure (both INTERNAL/500), and, over gRPC, the
+restricted-protocol refusal from an unavailable model (both UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import aiohttp
 import grpc
 from tritonclient.utils import InferenceServerException
 
+from mlapi_client import access
 from mlapi_client.errors import (
+    AccessDeniedError,
     ConnectionFailedError,
     InferenceTimeoutError,
     InvalidInputError,
     MlapiError,
+    ModelCrashedError,
     ModelNotFoundError,
     ModelUnavailableError,
     ServerError,
@@ -34,6 +38,8 @@ from mlapi_client.errors import (
 
 _HTTP: dict[int, type[MlapiError]] = {
     400: InvalidInputError,
+    # Triton answers 403 only for its restricted APIs (http_server.cc, --http-restricted-api).
+    403: AccessDeniedError,
     404: ModelNotFoundError,
     408: InferenceTimeoutError,
     429: ServerOverloadedError,
@@ -53,6 +59,15 @@ _GRPC: dict[str, type[MlapiError]] = {
 # Triton's UNAVAILABLE messages that mean "overloaded" (core scheduler_utils.cc and
 # dynamic_batch_scheduler.cc, release 2.51).
 _OVERLOADED_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
+
+# A dead Python stub: python_backend (python_be.cc, r24.10) fails every request with INTERNAL
+# "Stub process '<model>_0_0' is not healthy." and Triton never restarts it. The status is the
+# one any model failure gets, so this message is the only signal; a BLS model (digits) passes
+# it on inside its own message, hence a search rather than a prefix match.
+_DEAD_STUB = re.compile(r"Stub process '[^']+' is not healthy")
+# Triton's refusal of a restricted API over gRPC is UNAVAILABLE, the status of an unavailable
+# model (grpc_server.cc, 2.51): its message is the only signal. HTTP uses 403 instead.
+_RESTRICTED = ("This protocol is restricted, expecting header", "This API is restricted")
 
 # Triton core (model_repository_manager.cc), for a model or version it does not serve.
 _UNKNOWN_MODEL = "Request for unknown model"
@@ -162,6 +177,16 @@ def _from_status(
     retry_after_s: float | None,
 ) -> MlapiError:
     text = f"{context.target()}: {message}"
+    if cls is AccessDeniedError or (
+        cls is ModelUnavailableError and message.startswith(_RESTRICTED)
+    ):
+        return _access_denied(context, message, status)
+    if cls is None and _DEAD_STUB.search(message):
+        return ModelCrashedError(
+            f"{text} (the model's backend process died; it is being reloaded, retry shortly)",
+            retry_after_s=retry_after_s,
+            status=status,
+        )
     if cls is InvalidInputError:
         return _invalid_input(text, message, status)
     if cls is InferenceTimeoutError:
@@ -178,11 +203,25 @@ def _from_status(
 def _statusless_stream_error(message: str, context: CallContext) -> MlapiError:
     """With no status to key on, Triton's fixed message forms are the only signal left."""
     text = f"{context.target()}: {message}"
+    if message.startswith(_RESTRICTED):
+        return _access_denied(context, message, None)
+    if _DEAD_STUB.search(message):
+        return ModelCrashedError(f"{text} (the model's backend process died; retry shortly)")
     if message.startswith(_UNKNOWN_MODEL):
         return ModelNotFoundError(text)
     if any(p.search(message) for p in (_FIELD_EXPECTED_GOT, _CORE_DTYPE, _CORE_SHAPE)):
         return _invalid_input(text, message, None)
     return ServerError(f"{context.target()}: the stream failed: {message}")
+
+
+def _access_denied(context: CallContext, message: str, status: str | None) -> AccessDeniedError:
+    return AccessDeniedError(
+        f"{context.target()}: Triton refused the call: its access key is missing or wrong "
+        f"({message}). The client sends the key that mlapi_client.access finds: "
+        f"${access.KEY_ENV}, else the file named by ${access.KEY_FILE_ENV}, else "
+        f"{access.default_key_file()}; it must equal the key the server was started with.",
+        status=status,
+    )
 
 
 def _invalid_input(text: str, message: str, status: str | None) -> InvalidInputError:

@@ -66,6 +66,14 @@ class ModelUnavailableError(MlapiError):
         self.retry_after_s = retry_after_s
 
 
+class ModelCrashedError(ModelUnavailableError):
+    """The model's backend process died (Triton: "Stub process '<instance>' is not healthy").
+
+    Triton 2.51 never restarts a dead Python stub; the project's supervisor reloads the model
+    within seconds, so this is retried like any unavailable model.
+    """
+
+
 class ServerOverloadedError(ModelUnavailableError):
     """The model's queue is full or the request waited too long in it; back off and retry."""
 
@@ -75,6 +83,13 @@ class InferenceTimeoutError(MlapiError):
 
     The message names the remedies: send a smaller input, raise ``timeout_s``, or use the
     asynchronous API so a long inference does not block the caller.
+    """
+
+
+class AccessDeniedError(MlapiError):
+    """Triton refused the call because the access key is missing or wrong; never retried.
+
+    The message says where the client looks the key up (``mlapi_client.access``).
     """
 
 

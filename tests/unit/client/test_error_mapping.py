@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from mlapi_client import access
 from mlapi_client.error_mapping import (
     CallContext,
     ChannelUnreachable,
@@ -18,10 +19,12 @@ from mlapi_client.error_mapping import (
     translated,
 )
 from mlapi_client.errors import (
+    AccessDeniedError,
     ConnectionFailedError,
     InferenceTimeoutError,
     InvalidInputError,
     MlapiError,
+    ModelCrashedError,
     ModelNotFoundError,
     ModelUnavailableError,
     ServerError,
@@ -182,3 +185,64 @@ def test_statusless_stream_errors_are_classified_by_tritons_message_forms() -> N
     assert isinstance(invalid, InvalidInputError)
     assert invalid.field == "count"
     assert type(translate(StreamFailure("model crashed"), CTX)) is ServerError
+
+
+# Triton 2.51's messages, as a restricted server and a dead Python stub send them.
+DEAD_STUB = "Stub process 'digits_classifier_0_0' is not healthy."
+HTTP_REFUSED = "This API is restricted, expecting header 'mlapi-triton-key'"
+GRPC_REFUSED = (
+    "This protocol is restricted, expecting header 'triton-grpc-protocol-mlapi-triton-key'"
+)
+
+
+@pytest.mark.parametrize("status", ["500", "StatusCode.INTERNAL"])
+def test_a_dead_stub_is_a_retryable_unavailable_model(status: str) -> None:
+    error = translate(InferenceServerException(DEAD_STUB, status=status), CTX)
+    assert type(error) is ModelCrashedError
+    assert isinstance(error, ModelUnavailableError)
+    assert error.retryable
+    assert error.status == status.removeprefix("StatusCode.")
+    assert "reloaded" in str(error)
+
+
+def test_a_dead_stub_named_inside_a_bls_models_message_is_unavailable_too() -> None:
+    message = f"digits_classifier version 2 failed: {DEAD_STUB}"
+    assert type(translate(HttpStatusFailure(500, message), CTX)) is ModelCrashedError
+    assert type(translate(StreamFailure(DEAD_STUB), CTX)) is ModelCrashedError
+
+
+def test_other_internal_errors_stay_server_errors() -> None:
+    error = translate(HttpStatusFailure(500, "Stub process is healthy but the model raised"), CTX)
+    assert type(error) is ServerError
+    assert not error.retryable
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (HttpStatusFailure(403, HTTP_REFUSED), "403"),
+        (InferenceServerException(HTTP_REFUSED, status="403"), "403"),
+        (InferenceServerException(GRPC_REFUSED, status="StatusCode.UNAVAILABLE"), "UNAVAILABLE"),
+        (StreamFailure(GRPC_REFUSED), None),
+    ],
+)
+def test_a_restricted_api_refusal_names_the_key_and_is_not_retried(
+    exc: BaseException, status: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(access.KEY_FILE_ENV, "/srv/secrets/triton.key")
+    error = translate(exc, CTX)
+    assert type(error) is AccessDeniedError
+    assert not error.retryable
+    assert error.status == status
+    text = str(error)
+    assert "access key is missing or wrong" in text
+    assert access.KEY_ENV in text
+    assert "/srv/secrets/triton.key" in text
+
+
+def test_other_grpc_unavailable_stays_an_unavailable_model() -> None:
+    error = translate(
+        InferenceServerException("Request for unknown model", status="StatusCode.UNAVAILABLE"),
+        CTX,
+    )
+    assert type(error) is ModelUnavailableError
