@@ -3,26 +3,34 @@
 The policy is the model-config parameter ``traffic_policy`` (see mlapi_backend.traffic_policy).
 Changing it reloads the model through Triton's repository API with a config override: Triton
 loads the new instance while the old one keeps serving, lets in-flight requests finish, then
-swaps — no restart and no failed request. A policy the model rejects fails the load and leaves the
-old policy serving. The override lives in the server's memory: a restart returns to the policy
-in the repository's config.pbtxt.
+swaps — no restart and no failed request. The override lives in the server's memory: a restart
+returns to the policy in the repository's config.pbtxt.
+
+A policy is checked twice. Here, before any reload: weights are percentages that sum to 100, and
+every version the policy names (weighted or shadow) must be live. Then by the model at load
+time, with the same rules, so a policy sent around this client is refused too; a refused policy
+fails the load and leaves the old one serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
-
-from mlapi_client import access
+from mlapi_client.async_client import AsyncClient
+from mlapi_client.error_mapping import CallContext
 from mlapi_client.errors import ConnectionFailedError, InvalidInputError, MlapiError
 
 POLICY_PARAMETER = "traffic_policy"
+CLASSIFIER_PARAMETER = "classifier_model"
+# Weights are percentages; the tolerance admits shares printed with a few decimals.
+WEIGHT_SUM_TOLERANCE = 1e-3
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,8 @@ class TrafficStatus:
 
 
 def parse_weights(pairs: list[str]) -> dict[str, float]:
-    """``["1=90", "2=10"]`` -> ``{"1": 90.0, "2": 10.0}``; raises InvalidInputError on bad pairs."""
+    """``["1=90", "2=10"]`` -> ``{"1": 90.0, "2": 10.0}``; raises InvalidInputError on bad pairs
+    or when the shares do not sum to 100."""
     weights: dict[str, float] = {}
     for pair in pairs:
         version, sep, share = pair.partition("=")
@@ -60,99 +69,150 @@ def parse_weights(pairs: list[str]) -> dict[str, float]:
                 f"weight {pair!r}: expected VERSION=SHARE, e.g. 1=90", field="weights"
             )
         weights[str(int(version))] = value
-    if not weights or sum(weights.values()) <= 0:
-        raise InvalidInputError(
-            "weights: at least one version needs a share above 0", field="weights"
-        )
+    check_weights(weights)
     return weights
 
 
-class TrafficController:
-    """Traffic policy of one public model, over Triton's HTTP API (``host:port``)."""
+def check_weights(weights: Mapping[str, float]) -> None:
+    """Shares are percentages of unpinned traffic: they must sum to 100."""
+    total = sum(weights.values())
+    if abs(total - 100.0) > WEIGHT_SUM_TOLERANCE:
+        shown = " ".join(f"{v}={w:g}" for v, w in weights.items()) or "none"
+        raise InvalidInputError(
+            f"weights: shares are percentages and must sum to 100, got {total:g} ({shown})",
+            field="weights",
+        )
 
-    def __init__(self, url: str, model: str = "digits", timeout_s: float = 60.0) -> None:
+
+def check_live(
+    weights: Mapping[str, float], shadow: int | None, live: list[str], classifier: str
+) -> None:
+    """Refuse a policy that sends traffic (or a shadow copy) to a version that is not live."""
+    named = {str(int(v)) for v, w in weights.items() if w > 0}
+    if shadow is not None:
+        named.add(str(int(shadow)))
+    missing = sorted(named - set(live), key=int)
+    if missing:
+        raise InvalidInputError(
+            f"the policy names {classifier} version(s) {', '.join(missing)}, which are not live; "
+            f"live versions: {', '.join(live) or 'none'} (nothing was changed)",
+            field="weights",
+        )
+
+
+class AsyncTrafficController:
+    """Traffic policy of one public model, through the project's client (sends the access key)."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str = "digits",
+        timeout_s: float = 60.0,
+        triton_key: str | None = None,
+    ) -> None:
         self.model = model
-        self._client = access.with_key(
-            httpclient.InferenceServerClient(url, network_timeout=timeout_s)
-        )
+        self._client = AsyncClient(url, timeout_s=timeout_s, triton_key=triton_key)
 
-    def close(self) -> None:
-        self._client.close()
+    async def close(self) -> None:
+        await self._client.close()
 
-    def __enter__(self) -> TrafficController:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(self, what: str, call: Callable[[], Any]) -> Any:
-        try:
-            return call()
-        except InferenceServerException as exc:
-            raise MlapiError(f"cannot {what}: {exc.message()}", status=exc.status()) from exc
-        except OSError as exc:  # refused / reset / unreachable: tritonclient lets these through
-            raise ConnectionFailedError(f"cannot {what}: {exc}") from exc
-
-    def _config(self) -> dict[str, Any]:
-        return dict(
-            self._call(
-                f"read the config of '{self.model}'",
-                lambda: self._client.get_model_config(self.model),
-            )
-        )
-
-    def show(self) -> TrafficStatus:
-        config = self._config()
+    async def show(self) -> TrafficStatus:
+        """The policy in force, its default version and the classifier's live versions."""
+        config = await self._config()
         params: Mapping[str, Any] = config.get("parameters", {})
         policy = json.loads(
             params.get(POLICY_PARAMETER, {}).get("string_value") or '{"weights": {}}'
         )
-        classifier = params.get("classifier_model", {}).get("string_value", "")
+        classifier = params.get(CLASSIFIER_PARAMETER, {}).get("string_value", "")
         weights = {str(k): float(v) for k, v in policy.get("weights", {}).items()}
-        live = self._live_versions(classifier) if classifier else []
+        live = await self._client.live_versions(classifier) if classifier else []
         default = max(weights.items(), key=lambda kv: (kv[1], int(kv[0])))[0] if weights else ""
         shadow = policy.get("shadow")
         return TrafficStatus(
             self.model, classifier, weights, None if shadow is None else str(shadow), default, live
         )
 
-    def set(self, weights: Mapping[str, float], shadow: int | None = None) -> TrafficStatus:
+    async def set(self, weights: Mapping[str, float], shadow: int | None = None) -> TrafficStatus:
         """Install a new policy (reloads the model gracefully) and return what is now in force.
 
-        Read-modify-write of the model config: two concurrent ``set`` calls race and the last
-        one wins; have one operator (or one deployment job) own a model's policy.
+        Refused before any reload (InvalidInputError, field ``weights``) when the shares do not
+        sum to 100 or a named version is not live. Read-modify-write of the model config: two
+        concurrent ``set`` calls race and the last one wins; have one operator (or one
+        deployment job) own a model's policy.
         """
+        check_weights(weights)
+        config = await self._config()
+        params = config.setdefault("parameters", {})
+        classifier = params.get(CLASSIFIER_PARAMETER, {}).get("string_value", "")
+        if classifier:
+            check_live(weights, shadow, await self._client.live_versions(classifier), classifier)
         policy: dict[str, Any] = {"weights": dict(weights)}
         if shadow is not None:
             policy["shadow"] = int(shadow)
-        config = self._config()
-        config.setdefault("parameters", {})[POLICY_PARAMETER] = {"string_value": json.dumps(policy)}
+        params[POLICY_PARAMETER] = {"string_value": json.dumps(policy)}
         try:
-            self._client.load_model(self.model, config=json.dumps(config))
-        except InferenceServerException as exc:
-            if exc.status() == "400":  # the model refused the policy at load time
-                raise InvalidInputError(
-                    f"the server refused the policy (the previous one stays in force): {exc.message()}",
-                    field="traffic_policy",
-                    status=exc.status(),
-                ) from exc
-            raise MlapiError(
-                f"cannot reload '{self.model}': {exc.message()}", status=exc.status()
+            await self._client.load_model(self.model, config)
+        except InvalidInputError as exc:  # the model refused the policy at load time
+            raise InvalidInputError(
+                f"the server refused the policy (the previous one stays in force): {exc.message}",
+                field="traffic_policy",
+                status=exc.status,
             ) from exc
-        except OSError as exc:
+        except ConnectionFailedError as exc:
             raise ConnectionFailedError(
-                f"no answer while reloading '{self.model}' ({exc}); the reload may still complete: "
-                "check with `mlapi traffic show`"
+                f"no answer while reloading '{self.model}' ({exc.message}); the reload may still "
+                "complete: check with `mlapi traffic show`"
             ) from exc
-        return self.show()
+        except MlapiError as exc:
+            raise MlapiError(
+                f"cannot reload '{self.model}': {exc.message}", status=exc.status
+            ) from exc
+        return await self.show()
 
-    def _live_versions(self, classifier: str) -> list[str]:
-        index = self._call("read the repository index", self._client.get_model_repository_index)
-        return sorted(
-            (
-                str(entry.get("version"))
-                for entry in index
-                if entry.get("name") == classifier and entry.get("state") == "READY"
-            ),
-            key=int,
+    async def _config(self) -> dict[str, Any]:
+        # AsyncClient has no public call returning the raw model config (its ``contract`` drops
+        # the parameters); this is the one place that reads it through the client's plumbing.
+        context = CallContext("read the config", self.model)
+        config = await self._client._call(
+            context, lambda transport: transport.model_config(self.model, ""), None, None
         )
+        return dict(config)
+
+
+class TrafficController:
+    """Blocking form of AsyncTrafficController (the CLI's), on a private event loop."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str = "digits",
+        timeout_s: float = 60.0,
+        triton_key: str | None = None,
+    ) -> None:
+        self.model = model
+        self._loop = asyncio.new_event_loop()
+        self._async = AsyncTrafficController(url, model, timeout_s, triton_key)
+
+    def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(call)
+
+    def show(self) -> TrafficStatus:
+        """See AsyncTrafficController.show."""
+        return self._run(self._async.show())
+
+    def set(self, weights: Mapping[str, float], shadow: int | None = None) -> TrafficStatus:
+        """See AsyncTrafficController.set."""
+        return self._run(self._async.set(weights, shadow))
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            try:
+                self._run(self._async.close())
+            finally:
+                self._loop.close()
+
+    def __enter__(self) -> TrafficController:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

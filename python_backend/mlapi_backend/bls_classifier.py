@@ -40,14 +40,26 @@ class BlsClassifier:
             inputs=[self.pb.Tensor(CLASSIFIER_INPUT, pixels)],
         ).exec()
         if response.has_error():
+            error = response.error()
+            ready = self.pb.is_model_ready(self.classifier, str(version))
+            # A ready classifier answering UNAVAILABLE shed the call from its queue (full or
+            # timed out): the caller's request is then unavailable too, not broken.
             raise ClassifierError(
-                f"{self.classifier} version {version} failed: {response.error().message()}",
-                unavailable=not self.pb.is_model_ready(self.classifier, str(version)),
+                f"{self.classifier} version {version} failed: {error.message()}",
+                unavailable=not ready,
+                overloaded=ready and error.code() == self.pb.TritonError.UNAVAILABLE,
             )
         return np.asarray(self.pb.get_output_tensor_by_name(response, CLASSIFIER_OUTPUT).as_numpy())
 
     def live_versions(self, candidates: Iterable[int]) -> list[int]:
-        return [v for v in candidates if self.pb.is_model_ready(self.classifier, str(v))]
+        try:
+            return [v for v in candidates if self.pb.is_model_ready(self.classifier, str(v))]
+        except self.pb.TritonModelException as exc:
+            # Triton answers "Server not ready" while it is still starting (loading models).
+            raise ClassifierError(
+                f"cannot check which versions of {self.classifier} are ready: {exc}",
+                unavailable=True,
+            ) from exc
 
     def record_routes(self, version: int, reason: str, count: int) -> None:
         labels = {"model": self.model, "version": str(version), "routing": reason}

@@ -17,8 +17,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mlapi_backend.errors import InvalidInputError, MlapiBackendError, ModelConfigError
-from mlapi_backend.model_config import ModelConfig
+from mlapi_backend.errors import (
+    InvalidInputError,
+    MlapiBackendError,
+    ModelConfigError,
+    UnavailableError,
+)
+from mlapi_backend.model_config import ModelConfig, read_pbtxt
 from mlapi_backend.postprocessing import (
     DEFAULT_LOW_CONFIDENCE_THRESHOLD,
     low_confidence_reasons,
@@ -42,11 +47,16 @@ Outputs = dict[str, np.ndarray]
 
 
 class ClassifierError(MlapiBackendError):
-    """A classifier call failed. ``unavailable``: the version is not loaded (unknown/unloaded)."""
+    """A classifier call failed.
 
-    def __init__(self, message: str, unavailable: bool = False) -> None:
+    ``unavailable``: the version is not loaded (unknown, unloaded, failed to load);
+    ``overloaded``: the classifier is up but shed the call (full queue, queue timeout).
+    """
+
+    def __init__(self, message: str, unavailable: bool = False, overloaded: bool = False) -> None:
         super().__init__(message)
         self.unavailable = unavailable
+        self.overloaded = overloaded
 
 
 class ClassifierBackend(Protocol):
@@ -73,6 +83,9 @@ class DigitsSettings:
     default_top_k: int
     max_top_k: int
     labels: tuple[str, ...]
+    # Versions the classifier's own config.pbtxt serves (its version_policy); empty when that
+    # file is not beside this model (e.g. a model loaded through the API with its files inline).
+    classifier_versions: frozenset[int] = frozenset()
 
     @classmethod
     def from_config(cls, config: ModelConfig, model_dir: Path) -> DigitsSettings:
@@ -92,10 +105,11 @@ class DigitsSettings:
                 f"model '{config.name}': cannot read labels {labels_path}: {exc}"
             ) from exc
         max_top_k = config.int_parameter("max_top_k", 10, 1, len(labels))
+        classifier_dir = (model_dir / ".." / classifier).resolve()
         return cls(
             model_name=config.name,
             classifier_name=classifier,
-            classifier_dir=(model_dir / ".." / classifier).resolve(),
+            classifier_dir=classifier_dir,
             policy=TrafficPolicy.parse(
                 config.string_parameter("traffic_policy", DEFAULT_POLICY), config.name
             ),
@@ -105,6 +119,7 @@ class DigitsSettings:
             default_top_k=config.int_parameter("default_top_k", 3, 1, max_top_k),
             max_top_k=max_top_k,
             labels=labels,
+            classifier_versions=_repository_versions(classifier_dir),
         )
 
     @property
@@ -114,9 +129,46 @@ class DigitsSettings:
 
     def candidate_versions(self, extra: Iterable[int] = ()) -> set[int]:
         """Versions worth asking the server about: policy, shadow, and folders on disk."""
-        on_disk = {int(p.name) for p in self.classifier_dir.glob("[0-9]*") if p.name.isdigit()}
-        shadow = {self.policy.shadow} if self.policy.shadow is not None else set()
-        return set(self.policy.versions) | shadow | on_disk | set(extra)
+        return set(self.policy.named_versions) | _version_folders(self.classifier_dir) | set(extra)
+
+    @property
+    def configured_versions(self) -> frozenset[int]:
+        """Versions that should be live: named by the policy or by the classifier's config.
+
+        A pinned request for one of these that is not ready is the server's fault (503), not
+        the caller's (400).
+        """
+        return self.policy.named_versions | self.classifier_versions
+
+
+def _version_folders(classifier_dir: Path) -> set[int]:
+    return {int(p.name) for p in classifier_dir.glob("[0-9]*") if p.name.isdigit()}
+
+
+def _repository_versions(classifier_dir: Path) -> frozenset[int]:
+    """The versions the classifier's config.pbtxt asks Triton to serve, if the file is there."""
+    path = classifier_dir / "config.pbtxt"
+    if not path.is_file():
+        return frozenset()
+    try:
+        raw = read_pbtxt(path)
+    except Exception as exc:  # the classifier's own load reports a broken config
+        raise ModelConfigError(f"cannot read the classifier config {path}: {exc}") from exc
+    return served_versions(raw.get("version_policy", {}), _version_folders(classifier_dir))
+
+
+def served_versions(version_policy: Mapping[str, Any], folders: Iterable[int]) -> frozenset[int]:
+    """Versions a Triton ``version_policy`` (config JSON form) serves, given the folders present.
+
+    Triton's default, with no policy, is the latest one version.
+    """
+    available = sorted(folders)
+    if "specific" in version_policy:
+        return frozenset(int(v) for v in version_policy["specific"].get("versions", []))
+    if "all" in version_policy:
+        return frozenset(available)
+    count = int(version_policy.get("latest", {}).get("num_versions", 1))
+    return frozenset(available[-count:] if count > 0 else [])
 
 
 @dataclass(frozen=True)
@@ -169,6 +221,24 @@ class DigitsPipeline:
         digits = tuple(preprocess_digit(img) for img in image)
         return ParsedRequest(digits, k, s.policy.route(pinned, routing_key, self.rng.random()))
 
+    def check_policy(self, backend: ClassifierBackend) -> list[int]:
+        """At load: refuse a policy naming a version that is not live; return the live versions.
+
+        Triton 2.51 knows no load order between a BLS model and the models it calls, so at
+        server start-up the classifier may still be loading (no version ready at all, or Triton
+        refusing readiness checks until it is up): then the check is deferred to request time (an empty list is returned and routing answers 503
+        for a version that never became ready). Triton marks all versions of one classifier
+        load ready together, so "some ready, the policy's not" means the policy is wrong.
+        """
+        s = self.settings
+        try:
+            live = sorted(backend.live_versions(s.candidate_versions()))
+        except ClassifierError:  # the server itself is still starting
+            return []
+        if live:
+            s.policy.require_live(live, s.model_name, s.classifier_name)
+        return live
+
     def run(
         self, parsed: Sequence[ParsedRequest | Exception], backend: ClassifierBackend
     ) -> list[Outputs | Exception]:
@@ -197,6 +267,8 @@ class DigitsPipeline:
         try:
             probabilities = backend.classify(version, pixels)
         except ClassifierError as exc:
+            if exc.overloaded:
+                return [(index, UnavailableError(str(exc))) for index, _ in members]
             if not exc.unavailable:
                 return [(index, exc) for index, _ in members]
             return self._version_unavailable(version, members, backend, exc, tried | {version})
@@ -221,21 +293,28 @@ class DigitsPipeline:
         error: ClassifierError,
         tried: frozenset[int],
     ) -> list[tuple[int, Outputs | Exception]]:
-        """Pinned requests get a 4xx naming the live versions; routed ones fall back to a live one."""
-        live = sorted(backend.live_versions(self.settings.candidate_versions()))
+        """Pinned requests get a 503 naming a configured version that is not ready, else a 400
+        naming the live versions; routed ones fall back to a live version, else 503."""
+        s = self.settings
+        try:
+            live = sorted(backend.live_versions(s.candidate_versions()))
+        except ClassifierError:
+            live = []
         outcomes: list[tuple[int, Outputs | Exception]] = []
         pinned = [(i, r) for i, r in members if r.route.reason == "pinned"]
-        for index, _ in pinned:
-            outcomes.append(
-                (
-                    index,
-                    InvalidInputError(
-                        "model_version",
-                        f"a live version of {self.settings.classifier_name}: {live}",
-                        f"{version}, which is not loaded",
-                    ),
-                )
+        pinned_error: Exception
+        if version in s.configured_versions:
+            pinned_error = UnavailableError(
+                f"model_version {version}: {s.classifier_name} version {version} is configured "
+                f"but not ready (it failed to load, or is loading); live versions: {live}"
             )
+        else:
+            pinned_error = InvalidInputError(
+                "model_version",
+                f"a live version of {s.classifier_name}: {live}",
+                f"{version}, which is not loaded",
+            )
+        outcomes.extend((index, pinned_error) for index, _ in pinned)
         routed = [(i, r) for i, r in members if r.route.reason != "pinned"]
         by_weight = [
             v for v, _ in sorted(self.settings.policy.weights, key=lambda vw: (-vw[1], -vw[0]))
@@ -247,7 +326,8 @@ class DigitsPipeline:
             ]
             outcomes.extend(self._serve_group(alternatives[0], rerouted, backend, tried))
         else:
-            outcomes.extend((i, error) for i, _ in routed)
+            unavailable = UnavailableError(f"{error}; no live version to fall back to: {live}")
+            outcomes.extend((i, unavailable) for i, _ in routed)
         return outcomes
 
     def _shadow(

@@ -20,5 +20,13 @@ class InvalidInputError(MlapiBackendError):
         super().__init__(f"input '{field}': expected {expected}, got {got}")
 
 
+class UnavailableError(MlapiBackendError):
+    """A valid request that cannot be served now (maps to UNAVAILABLE / HTTP 503).
+
+    E.g. the classifier version it needs failed to load, or a model it calls shed it from a full
+    queue; the message names what is unavailable. Worth retrying later, unlike InvalidInputError.
+    """
+
+
 class ModelConfigError(MlapiBackendError):
     """A model configuration the code cannot serve; raised at load time, never per request."""

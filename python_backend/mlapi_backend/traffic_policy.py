@@ -4,9 +4,13 @@ The policy is the JSON value of the model-config parameter ``traffic_policy``::
 
     {"weights": {"1": 90, "2": 10}, "shadow": 2}
 
-- ``weights``: share of unpinned traffic per version (any positive numbers; normalised).
+- ``weights``: percent of unpinned traffic per version, numbers >= 0 that sum to 100
+  (within ``WEIGHT_SUM_TOLERANCE``); a version at 0 is dropped.
 - ``shadow`` (optional): a version that receives a copy of every request not already served by
   it; its answers are discarded and only compared with the served ones.
+
+At load time the model also refuses a policy naming a version (weighted or shadow) that is not
+live (``require_live``), so a bad policy never replaces a working one.
 
 Routing of one request, first rule that applies:
 
@@ -23,7 +27,7 @@ import bisect
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +35,8 @@ from mlapi_backend.errors import InvalidInputError, ModelConfigError
 
 MAX_ROUTING_KEY_CHARS = 256
 MAX_VERSION = 2**63 - 1  # Triton model versions are int64
+# Weights are percentages; the tolerance admits a policy echoed back by ``to_dict`` (6 decimals).
+WEIGHT_SUM_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,11 @@ class TrafficPolicy:
             if value > 0:
                 weights[version] = float(value)
         total = sum(weights.values())
-        if total <= 0:
-            raise ModelConfigError(f"model '{model}': traffic_policy weights must not all be zero")
+        if abs(total - 100.0) > WEIGHT_SUM_TOLERANCE:
+            raise ModelConfigError(
+                f"model '{model}': traffic_policy weights are percentages and must sum to 100, "
+                f"got {total:g}"
+            )
         shadow = raw.get("shadow")
         shadow_version = (
             None if shadow is None else _version(shadow, f"model '{model}': traffic_policy shadow")
@@ -103,6 +112,22 @@ class TrafficPolicy:
     @property
     def versions(self) -> tuple[int, ...]:
         return tuple(v for v, _ in self.weights)
+
+    @property
+    def named_versions(self) -> frozenset[int]:
+        """Every version the policy sends traffic to: weighted ones and the shadow."""
+        shadow = {self.shadow} if self.shadow is not None else set()
+        return frozenset(self.versions) | shadow
+
+    def require_live(self, live: Iterable[int], model: str, classifier: str) -> None:
+        """Refuse the policy unless every version it names is live (ready) on the server."""
+        live_set = set(live)
+        missing = sorted(self.named_versions - live_set)
+        if missing:
+            raise ModelConfigError(
+                f"model '{model}': traffic_policy names {classifier} version(s) {missing}, "
+                f"which are not live; live versions: {sorted(live_set)}"
+            )
 
     def pick(self, unit: float) -> int:
         """The version whose cumulative-share bucket contains ``unit`` in [0, 1)."""

@@ -11,7 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from mlapi_backend.errors import InvalidInputError
+from mlapi_backend.errors import InvalidInputError, UnavailableError
+
+
+def error_code(error: Exception, pb_utils: Any) -> Any:
+    """The TritonError code for a per-request failure: 400, 503 or (a bug, a crash) 500."""
+    if isinstance(error, InvalidInputError):
+        return pb_utils.TritonError.INVALID_ARG
+    if isinstance(error, UnavailableError):
+        return pb_utils.TritonError.UNAVAILABLE
+    return pb_utils.TritonError.INTERNAL
 
 
 def to_responses(
@@ -19,16 +28,13 @@ def to_responses(
 ) -> list[Any]:
     """One InferenceResponse per result; a failed request gets its own error, never its batch's.
 
-    InvalidInputError -> INVALID_ARG (HTTP 400 / gRPC INVALID_ARGUMENT); anything else -> INTERNAL.
+    InvalidInputError -> INVALID_ARG (HTTP 400 / gRPC INVALID_ARGUMENT), UnavailableError ->
+    UNAVAILABLE (HTTP 503), anything else -> INTERNAL.
     """
     responses = []
     for result in results:
         if isinstance(result, Exception):
-            code = (
-                pb_utils.TritonError.INVALID_ARG
-                if isinstance(result, InvalidInputError)
-                else pb_utils.TritonError.INTERNAL
-            )
+            code = error_code(result, pb_utils)
             responses.append(
                 pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code))
             )

@@ -173,10 +173,49 @@ def test_policy_change_takes_effect_when_set_returns(server, traffic, report_fig
     assert {m["classifier"]["version"] for m in metas} == {"1"}
 
 
-def test_refused_policy_keeps_the_old_one(server, traffic):
+def _load_digits_with_policy(server: TritonServer, policy: dict) -> None:
+    """Reload digits with ``policy`` through the repository API, bypassing the client's checks."""
+    http = access.with_key(httpclient.InferenceServerClient(server.http_url))
+    try:
+        config = http.get_model_config("digits")
+        config["parameters"]["traffic_policy"] = {"string_value": json.dumps(policy)}
+        http.load_model("digits", config=json.dumps(config))
+    finally:
+        http.close()
+
+
+@pytest.mark.parametrize(
+    ("policy", "fragment"),
+    [
+        ({"weights": {"3": 100}}, "version(s) [3], which are not live; live versions: [1, 2]"),
+        ({"weights": {"2": 100}, "shadow": 4}, "version(s) [4], which are not live"),
+        ({"weights": {"1": 60, "2": 30}}, "must sum to 100, got 90"),
+        ({"weights": {"1": 0}}, "must sum to 100, got 0"),
+    ],
+)
+def test_the_model_refuses_a_bad_policy_and_the_old_one_keeps_serving(
+    server, traffic, policy, fragment
+):
+    traffic.set({"1": 100})
+    with pytest.raises(InferenceServerException) as info:
+        _load_digits_with_policy(server, policy)
+    assert info.value.status() == "400"
+    assert fragment in info.value.message()
+    assert traffic.show().weights == {"1": 100.0}
+    metas = _many(server, 50)
+    assert {(m["classifier"]["version"], m["routing"]) for m in metas} == {("1", "default")}
+
+
+def test_the_client_refuses_before_reloading(server, traffic):
     traffic.set({"1": 60, "2": 40})
-    with pytest.raises(InvalidInputError, match="traffic_policy"):
-        traffic.set({"1": 0})  # all-zero weights: the model refuses to load it
+    with pytest.raises(
+        InvalidInputError, match=r"version\(s\) 3, which are not live; live versions: 1, 2"
+    ):
+        traffic.set({"3": 100})
+    with pytest.raises(InvalidInputError, match="not live"):
+        traffic.set({"1": 100}, shadow=7)
+    with pytest.raises(InvalidInputError, match="must sum to 100, got 110"):
+        traffic.set({"1": 60, "2": 50})
     assert traffic.show().weights == {"1": 60.0, "2": 40.0}
     assert _many(server, 10)  # still serving
 
@@ -278,3 +317,17 @@ def test_cli_show_and_set(server, traffic):
     bad = _mlapi("traffic", "set", "digits", "1=lots", "--url", url)
     assert bad.returncode == 2 and "1=lots" in bad.stderr
     assert traffic.show().weights == {"1": 60.0, "2": 40.0}
+
+
+def test_cli_refuses_a_version_that_is_not_live_and_bad_sums(server, traffic):
+    """`mlapi traffic set digits 3=100` with v3 not loaded: refused, nothing reloaded."""
+    traffic.set({"1": 60, "2": 40})
+    url = f"http://{server.http_url}"
+    dead = _mlapi("traffic", "set", "digits", "3=100", "--url", url)
+    assert dead.returncode == 2, dead.stderr
+    assert "version(s) 3, which are not live; live versions: 1, 2" in dead.stderr
+    short = _mlapi("traffic", "set", "digits", "1=50", "2=40", "--url", f"grpc://{server.grpc_url}")
+    assert short.returncode == 2 and "must sum to 100, got 90" in short.stderr
+    assert traffic.show().weights == {"1": 60.0, "2": 40.0}
+    metas = _many(server, 200)
+    assert {m["classifier"]["version"] for m in metas} == {"1", "2"}

@@ -25,11 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("model", help="public model, e.g. digits")
         sub.add_argument(
             "--url",
-            help="Triton HTTP address, http://host:port (default: localhost on $TRITON_HTTP_PORT or 8000)",
+            help="Triton address, http://host:port or grpc://host:port "
+            "(default: localhost on $TRITON_HTTP_PORT or 8000)",
         )
         sub.add_argument("--json", action="store_true", help="print JSON instead of text")
     change.add_argument(
-        "weights", nargs="+", metavar="VERSION=SHARE", help="share of unpinned traffic per version"
+        "weights",
+        nargs="+",
+        metavar="VERSION=SHARE",
+        help="percent of unpinned traffic per live version; the shares sum to 100",
     )
     change.add_argument(
         "--shadow", type=int, default=None, help="version that gets a copy of all traffic"
@@ -39,19 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     url = args.url or f"localhost:{os.environ.get('TRITON_HTTP_PORT', '8000')}"
-    url = url.removeprefix("http://")
-    if "://" in url:
-        print(
-            "mlapi: UsageError: traffic changes go through Triton's HTTP API: use http://host:port",
-            file=sys.stderr,
-        )
-        return EXIT_USER_ERROR
     try:
         with TrafficController(url, args.model) as controller:
             if args.traffic_command == "show":
                 status = controller.show()
             else:
                 status = controller.set(parse_weights(args.weights), args.shadow)
+    except ValueError as exc:  # an address the client cannot use
+        print(f"mlapi: UsageError: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except MlapiError as exc:
         print(f"mlapi: {type(exc).__name__}: {exc}", file=sys.stderr)
         return exit_code(exc)

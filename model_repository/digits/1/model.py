@@ -25,9 +25,16 @@ class TritonPythonModel:
         settings = DigitsSettings.from_config(config, Path(args["model_repository"]))
         self.pipeline = DigitsPipeline(settings)
         self.backend = BlsClassifier(pb_utils, settings.model_name, settings.classifier_name)
-        pb_utils.Logger.log_info(
-            f"{settings.model_name}: traffic policy {json.dumps(settings.policy.to_dict())}"
-        )
+        live = self.pipeline.check_policy(self.backend)  # refuses a policy naming a dead version
+        policy = json.dumps(settings.policy.to_dict())
+        if live:
+            pb_utils.Logger.log_info(f"{settings.model_name}: traffic policy {policy}, live {live}")
+        else:
+            pb_utils.Logger.log_warn(
+                f"{settings.model_name}: traffic policy {policy}; no ready version of "
+                f"{settings.classifier_name} yet (server starting?): a version that never "
+                "becomes ready is answered 503 per request"
+            )
 
     def execute(self, requests: list) -> list:
         parsed: list = []

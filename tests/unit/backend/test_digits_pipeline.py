@@ -14,8 +14,9 @@ from mlapi_backend.digits_pipeline import (
     DigitsPipeline,
     DigitsSettings,
     ParsedRequest,
+    served_versions,
 )
-from mlapi_backend.errors import InvalidInputError, ModelConfigError
+from mlapi_backend.errors import InvalidInputError, ModelConfigError, UnavailableError
 from mlapi_backend.model_config import ModelConfig, read_pbtxt
 
 REPO = Path(__file__).resolve().parents[3] / "model_repository"
@@ -161,7 +162,7 @@ def test_invalid_request_does_not_affect_batch_mates(pipeline):
 
 
 def test_classifier_failure_fails_only_its_requests():
-    pipeline = _pipeline(traffic_policy='{"weights": {"1": 1, "2": 1}}')
+    pipeline = _pipeline(traffic_policy='{"weights": {"1": 50, "2": 50}}')
 
     class Failing(FakeBackend):
         def classify(self, version, pixels):
@@ -203,10 +204,96 @@ def test_routed_request_falls_back_when_its_version_is_retired():
     assert {m["routing"] for m in metas} == {"sticky", "fallback"}
 
 
-def test_no_live_alternative_fails_the_routed_requests():
+def test_no_live_alternative_makes_the_routed_requests_unavailable():
     pipeline = _pipeline(traffic_policy='{"weights": {"3": 100}}')
     results = pipeline.run([pipeline.parse(_image(), None)], FakeBackend(live=()))
-    assert isinstance(results[0], ClassifierError) and results[0].unavailable
+    assert isinstance(results[0], UnavailableError)
+    assert "version 3" in str(results[0]) and "no live version" in str(results[0])
+
+
+def test_pinned_configured_version_that_is_not_ready_is_unavailable_naming_it():
+    """Version 1 is in the classifier's version_policy but failed to load: 503, not 400."""
+    pipeline = _pipeline()
+    assert pipeline.settings.classifier_versions == {1, 2}
+    backend = FakeBackend(live=(2,))
+    pinned = [pipeline.parse(_image(), None, {"model_version": v}) for v in ("1", "9", "2")]
+    configured, unknown, served = pipeline.run(pinned, backend)
+    assert isinstance(configured, UnavailableError)
+    assert "version 1 is configured but not ready" in str(configured)
+    assert "live versions: [2]" in str(configured)
+    assert isinstance(unknown, InvalidInputError) and unknown.field == "model_version"
+    assert "[2]" in str(unknown) and "9" in str(unknown)
+    assert served["labels"][0, 0] == b"7"
+
+
+def test_overloaded_classifier_makes_its_requests_unavailable(pipeline):
+    class Shedding(FakeBackend):
+        def classify(self, version, pixels):
+            raise ClassifierError(
+                "digits_classifier version 2 failed: [request id: <id_unknown>] "
+                "Exceeds maximum queue size",
+                overloaded=True,
+            )
+
+    results = pipeline.run([pipeline.parse(_image(), None)], Shedding())
+    assert isinstance(results[0], UnavailableError)
+    assert str(results[0]).endswith("] Exceeds maximum queue size")  # what clients key on
+
+
+def test_check_policy_refuses_a_policy_naming_a_dead_version():
+    pipeline = _pipeline(traffic_policy='{"weights": {"3": 100}}')
+    with pytest.raises(ModelConfigError, match=r"version\(s\) \[3\].*live versions: \[1, 2\]"):
+        pipeline.check_policy(FakeBackend(live=(1, 2)))
+    shadowed = _pipeline(traffic_policy='{"weights": {"2": 100}, "shadow": 5}')
+    with pytest.raises(ModelConfigError, match=r"\[5\]"):
+        shadowed.check_policy(FakeBackend(live=(1, 2)))
+    assert _pipeline().check_policy(FakeBackend(live=(1, 2))) == [1, 2]
+
+
+def test_check_policy_is_deferred_while_the_classifier_has_no_ready_version():
+    """At server start-up the classifier may still be loading: no refusal, checked per request."""
+    pipeline = _pipeline(traffic_policy='{"weights": {"3": 100}}')
+    assert pipeline.check_policy(FakeBackend(live=())) == []
+    assert pipeline.check_policy(_StartingServer()) == []
+
+
+class _StartingServer(FakeBackend):
+    """Triton refuses readiness checks while it is still loading its models."""
+
+    def live_versions(self, candidates):
+        raise ClassifierError("Server not ready", unavailable=True)
+
+
+def test_a_failing_readiness_check_never_fails_the_batch():
+    pipeline = _pipeline()
+    pinned = [pipeline.parse(_image(), None, {"model_version": v}) for v in ("1", "9")]
+    configured, unknown = pipeline.run(pinned, _StartingServer(live=()))
+    assert isinstance(configured, UnavailableError) and "live versions: []" in str(configured)
+    assert isinstance(unknown, InvalidInputError)
+
+
+@pytest.mark.parametrize(
+    ("policy", "folders", "expected"),
+    [
+        ({"specific": {"versions": ["1", "3"]}}, [1, 2, 3], {1, 3}),
+        ({"all": {}}, [1, 2, 5], {1, 2, 5}),
+        ({"latest": {"num_versions": 2}}, [1, 2, 5], {2, 5}),
+        ({}, [1, 2, 5], {5}),
+        ({}, [], set()),
+    ],
+)
+def test_served_versions_follow_the_version_policy(policy, folders, expected):
+    assert served_versions(policy, folders) == expected
+
+
+def test_no_classifier_config_beside_the_model_means_no_configured_versions(tmp_path):
+    (tmp_path / "digits").mkdir()
+    labels = REPO / "digits_classifier" / "labels.txt"
+    settings = DigitsSettings.from_config(
+        _config(classifier_labels=str(labels)), tmp_path / "digits"
+    )
+    assert settings.classifier_versions == frozenset()
+    assert settings.configured_versions == {2}
 
 
 def test_weighted_split_and_sticky_keys():

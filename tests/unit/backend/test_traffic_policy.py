@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mlapi_backend.errors import InvalidInputError, ModelConfigError
@@ -7,14 +9,40 @@ from mlapi_backend.traffic_policy import TrafficPolicy, key_unit, routing_parame
 
 
 def test_parse_normalises_and_sorts_weights():
-    policy = TrafficPolicy.parse('{"weights": {"2": 10, "1": 30}, "shadow": "3"}', "m")
+    policy = TrafficPolicy.parse('{"weights": {"2": 25, "1": 75}, "shadow": "3"}', "m")
     assert policy.weights == ((1, 0.75), (2, 0.25))
     assert policy.shadow == 3
     assert policy.to_dict() == {"weights": {"1": 75.0, "2": 25.0}, "shadow": 3}
 
 
 def test_zero_weight_versions_are_dropped():
-    assert TrafficPolicy.parse('{"weights": {"1": 0, "2": 5}}', "m").versions == (2,)
+    assert TrafficPolicy.parse('{"weights": {"1": 0, "2": 100}}', "m").versions == (2,)
+
+
+@pytest.mark.parametrize("weights", ['{"1": 30, "2": 10}', '{"1": 90, "2": 20}', '{"1": 99.9}'])
+def test_weights_must_sum_to_100(weights):
+    with pytest.raises(ModelConfigError, match="must sum to 100, got"):
+        TrafficPolicy.parse(f'{{"weights": {weights}}}', "digits")
+
+
+def test_a_policy_echoed_by_to_dict_parses_again():
+    text = '{"weights": {"1": 33.3333333, "2": 33.3333333, "3": 33.3333334}}'
+    thirds = TrafficPolicy.parse(text, "m")
+    echoed = TrafficPolicy.parse(json.dumps(thirds.to_dict()), "m")  # rounded to 6 decimals
+    assert echoed.versions == (1, 2, 3)
+    assert [share for _, share in echoed.weights] == pytest.approx([1 / 3] * 3)
+
+
+def test_require_live_refuses_dead_weighted_or_shadow_versions():
+    policy = TrafficPolicy.parse('{"weights": {"1": 50, "3": 50}, "shadow": 4}', "m")
+    assert policy.named_versions == {1, 3, 4}
+    with pytest.raises(ModelConfigError) as info:
+        policy.require_live([1, 2], "digits", "digits_classifier")
+    message = str(info.value)
+    assert (
+        "model 'digits'" in message and "[3, 4]" in message and "live versions: [1, 2]" in message
+    )
+    policy.require_live([1, 3, 4], "digits", "digits_classifier")  # all live: accepted
 
 
 @pytest.mark.parametrize(
@@ -24,6 +52,7 @@ def test_zero_weight_versions_are_dropped():
         "[]",
         '{"weights": {}}',
         '{"weights": {"1": 0}}',
+        '{"weights": {"1": 10}}',
         '{"weights": {"0": 1}}',
         '{"weights": {"x": 1}}',
         '{"weights": {"1": -1}}',
@@ -85,7 +114,7 @@ def test_sticky_keys_spread_by_weight_and_move_monotonically():
 
 
 def test_non_finite_weights_are_refused():
-    for text in ('{"weights": {"1": Infinity}}', '{"weights": {"1": NaN, "2": 1}}'):
+    for text in ('{"weights": {"1": Infinity}}', '{"weights": {"1": NaN, "2": 100}}'):
         with pytest.raises(ModelConfigError):
             TrafficPolicy.parse(text, "m")
 

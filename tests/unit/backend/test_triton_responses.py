@@ -4,12 +4,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from mlapi_backend.errors import InvalidInputError
+from mlapi_backend.errors import InvalidInputError, UnavailableError
 from mlapi_backend.triton_responses import to_responses
 
 
 class _Error:
-    INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+    INVALID_ARG, INTERNAL, UNAVAILABLE = "INVALID_ARG", "INTERNAL", "UNAVAILABLE"
 
     def __init__(self, message: str, code: str) -> None:
         self.message, self.code = message, code
@@ -29,11 +29,13 @@ def test_each_result_gets_its_own_response_and_error_code():
         {"y": np.ones(2)},
         InvalidInputError("image", "UINT8", "FP32"),
         RuntimeError("classifier down"),
+        UnavailableError("digits_classifier version 1 is configured but not ready"),
     ]
-    ok, invalid, internal = to_responses(results, FAKE_PB_UTILS)
+    ok, invalid, internal, unavailable = to_responses(results, FAKE_PB_UTILS)
     assert ok.error is None and ok.tensors[0][0] == "y"
     assert (invalid.error.code, invalid.error.message) == (
         "INVALID_ARG",
         "input 'image': expected UINT8, got FP32",
     )
     assert internal.error.code == "INTERNAL" and "classifier down" in internal.error.message
+    assert unavailable.error.code == "UNAVAILABLE" and "version 1" in unavailable.error.message
