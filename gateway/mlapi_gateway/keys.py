@@ -81,10 +81,16 @@ def new_key(scopes: list[str], plan: str = "default", name: str = "") -> tuple[s
     return key, KeyRecord(ident, digest(key), frozenset(scopes), plan, name)
 
 
+def _open_private(path: Path, flags: int) -> int:
+    """``os.open`` with mode 0600 at creation, so the file is never readable by others."""
+    return os.open(path, flags | os.O_CLOEXEC, 0o600)
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(path.suffix + ".lock"), "a") as lock:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock_path = path.with_suffix(path.suffix + ".lock")
+    with os.fdopen(_open_private(lock_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -100,13 +106,19 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def add_key(path: Path, record: KeyRecord) -> None:
-    """Append ``record`` to the keys file atomically (a running gateway picks it up)."""
+    """Append ``record`` to the keys file atomically (a running gateway picks it up).
+
+    The file and its lock are created 0600: they hold only hashes, but which keys exist, their
+    scopes and plans are nobody else's business.
+    """
     with _locked(path):
         rows = read_records(path)
         rows.append(record.to_dict())
         tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"keys": rows}, indent=2) + "\n")
-        os.chmod(tmp, 0o600)
+        flags = os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+        with os.fdopen(_open_private(tmp, flags), "w") as out:
+            out.write(json.dumps({"keys": rows}, indent=2) + "\n")
+        os.chmod(tmp, 0o600)  # a stale tmp file from a crash may have had another mode
         os.replace(tmp, path)
 
 

@@ -78,13 +78,28 @@ class GatewaySettings(BaseSettings):
     jobs_lease_s: float = Field(default=15.0, gt=0)
     jobs_poll_s: float = Field(default=0.2, gt=0)
     jobs_result_ttl_s: float = Field(default=3600.0, gt=0)
+    # An input that finds Triton unavailable (connection refused, 503) is retried with
+    # exponential backoff and jitter for up to jobs_retry_budget_s; then the job goes back to
+    # the queue with its finished inputs kept. Triton restarting with the full repository took
+    # ~16 s (measured on a 2-CPU host), so the default leaves ample margin. After
+    # jobs_max_attempts claims (crashes and re-queues together) the rest of the job fails with
+    # 503 problems.
+    jobs_retry_budget_s: float = Field(default=120.0, gt=0)
+    jobs_retry_backoff_s: float = Field(default=0.5, gt=0)
+    jobs_retry_backoff_max_s: float = Field(default=10.0, gt=0)
+    jobs_max_attempts: int = Field(default=5, ge=1)
 
     # Webhooks.
-    webhook_secret: str = "change-me"
+    # The HMAC key of the signatures. No default: without it, a job asking for a webhook is
+    # refused (400) and jobs without one still run.
+    webhook_secret: str | None = Field(default=None, min_length=16)
+    # Networks (CIDR) allowed besides public addresses, e.g. ["10.2.0.0/16"] for receivers
+    # inside the cluster.
     webhook_allow: list[str] = []
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_max_attempts: int = Field(default=5, ge=1)
     webhook_backoff_s: float = Field(default=1.0, ge=0)
+    webhook_max_redirects: int = Field(default=3, ge=0)
 
     # Server-sent events.
     sse_heartbeat_s: float = Field(default=10.0, gt=0)

@@ -1,8 +1,13 @@
-"""Routes of the async jobs: submit (202 + Location), poll, cancel."""
+"""Routes of the async jobs: submit (202 + Location), poll, cancel.
+
+This is where the job store's failures become HTTP answers: an unreachable store is a 503
+with Retry-After, never a 500.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+from collections.abc import Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -10,13 +15,40 @@ from fastapi.responses import Response
 from mlapi_gateway import errors
 from mlapi_gateway.auth import Principal
 from mlapi_gateway.inference import parse_as, parse_body, tensors_for
-from mlapi_gateway.jobs.store import Job
+from mlapi_gateway.jobs.store import Job, StoreUnavailable
 from mlapi_gateway.routes import json_response
 from mlapi_gateway.schemas import JobCreate, JobView, TensorPredict
 from mlapi_gateway.services import Services, read_body, services
-from mlapi_gateway.webhooks import check_target
+from mlapi_gateway.webhooks import FIELD, check_target
 
 router = APIRouter(tags=["jobs"])
+
+
+@contextlib.contextmanager
+def _store(svc: Services) -> Iterator[None]:
+    try:
+        yield
+    except StoreUnavailable as exc:
+        raise errors.Unavailable(
+            "the job store is unavailable; retry later", svc.settings.retry_after_s
+        ) from exc
+
+
+async def _check_webhook(svc: Services, url: str) -> None:
+    if not svc.settings.webhook_secret:
+        raise errors.RequestInvalid(
+            "webhooks are disabled on this gateway",
+            [
+                errors.FieldError(
+                    FIELD,
+                    "this gateway has no webhook secret (MLAPI_GATEWAY_WEBHOOK_SECRET is not "
+                    "set), so it cannot sign webhooks",
+                    "no webhook_url (poll GET /v1/jobs/{id}), or ask the operator to set the "
+                    "secret",
+                )
+            ],
+        )
+    await check_target(url, svc.runner.allow)
 
 
 @router.post(
@@ -49,6 +81,8 @@ async def create_job(request: Request) -> Response:
                 )
             ],
         )
+    if job.webhook_url is not None:
+        await _check_webhook(svc, job.webhook_url)
     problems: list[errors.FieldError] = []
     for index, item in enumerate(job.inputs):
         try:
@@ -64,17 +98,17 @@ async def create_job(request: Request) -> Response:
             ]
     if problems:
         raise errors.RequestInvalid("some inputs are invalid", problems)
-    if job.webhook_url:
-        await asyncio.to_thread(check_target, job.webhook_url, svc.runner.allow)
-    created = await svc.jobs.create(
-        principal.id, job.model, job.version, job.inputs, job.webhook_url
-    )
+    with _store(svc):
+        created = await svc.jobs.create(
+            principal.id, job.model, job.version, job.inputs, job.webhook_url
+        )
     location = f"/v1/jobs/{created.id}"
     return json_response(created.view(), 202, headers={"Location": location})
 
 
 async def _owned(svc: Services, principal: Principal, job_id: str) -> Job:
-    job = await svc.jobs.get(job_id)
+    with _store(svc):
+        job = await svc.jobs.get(job_id)
     if job is None or (job.owner != principal.id and "admin" not in principal.scopes):
         raise errors.NotFound(f"no job '{job_id}' (it may have expired)")
     return job
@@ -95,7 +129,8 @@ async def cancel_job(request: Request, job_id: str) -> Response:
     svc = services(request)
     principal = await svc.gate.admit(request, "predict")
     job = await _owned(svc, principal, job_id)
-    if not await svc.jobs.cancel(job_id):
-        raise errors.Conflict(f"job '{job_id}' already finished as {job.status}")
-    cancelled = await svc.jobs.get(job_id)
+    with _store(svc):
+        if not await svc.jobs.cancel(job_id):
+            raise errors.Conflict(f"job '{job_id}' already finished as {job.status}")
+        cancelled = await svc.jobs.get(job_id)
     return json_response(cancelled.view() if cancelled else {"id": job_id, "status": "cancelled"})

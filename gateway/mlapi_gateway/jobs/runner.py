@@ -1,5 +1,11 @@
 """The background worker of one gateway process: runs claimed jobs, delivers webhooks, expires
-old results. Several processes may run it against the same store."""
+old results. Several processes may run it against the same store.
+
+An input that finds Triton unavailable waits and retries (exponential backoff with jitter) for
+up to ``jobs_retry_budget_s``, longer than a Triton restart; a job that still cannot go on is
+released back to the queue, never failed for it, until it has been claimed
+``jobs_max_attempts`` times. Client errors (4xx) and model failures are never retried.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +13,40 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 import time
 from typing import Any
 
-import httpx
 import orjson
 
-from mlapi_gateway import errors
+from mlapi_gateway import errors, webhooks
 from mlapi_gateway.inference import Inference, parse_body
 from mlapi_gateway.jobs.redis_store import RedisJobStore
-from mlapi_gateway.jobs.store import Job, JobStore
+from mlapi_gateway.jobs.store import Job, JobStore, StoreUnavailable
 from mlapi_gateway.metrics import JOBS, WEBHOOKS
-from mlapi_gateway.problems import status_of
+from mlapi_gateway.problems import render
 from mlapi_gateway.settings import GatewaySettings
-from mlapi_gateway.webhooks import Network, deliver
 
 log = logging.getLogger(__name__)
-UNAVAILABLE_RETRIES = 3
+STORE_BACKOFF_MAX_S = 5.0
 
 
 def problem_dict(error: errors.GatewayError) -> dict[str, Any]:
-    out: dict[str, Any] = {"title": error.title, "status": status_of(error), "detail": error.detail}
-    if isinstance(error, errors.RequestInvalid):
-        out["errors"] = [e.to_dict() for e in error.errors]
-    return out
+    """The problem document of ``error``, exactly as an HTTP answer would carry it."""
+    return orjson.loads(render(error).body)  # type: ignore[no-any-return]
+
+
+def result_of(error: errors.GatewayError) -> dict[str, Any]:
+    problem = problem_dict(error)
+    return {"status": problem["status"], "problem": problem}
+
+
+class _Stop(Exception):
+    """This worker gives the job up: its lease is lost, or Triton stayed away too long."""
+
+    def __init__(self, requeue: bool) -> None:
+        super().__init__()
+        self.requeue = requeue
 
 
 class JobRunner:
@@ -40,13 +56,19 @@ class JobRunner:
         self.settings = settings
         self.store = store
         self.inference = inference
-        self.allow: list[Network] = [
+        self.allow: list[webhooks.Network] = [
             ipaddress.ip_network(n, strict=False) for n in settings.webhook_allow
         ]
         self._tasks: list[asyncio.Task[None]] = []
-        self._http = httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False)
+        self._http = webhooks.client(self.allow, settings.webhook_timeout_s)
+        self._store_down_since: float | None = None
 
     def start(self) -> None:
+        if not self.settings.webhook_secret:
+            log.warning(
+                "MLAPI_GATEWAY_WEBHOOK_SECRET is not set: jobs asking for a webhook_url are "
+                "refused (400); jobs without one run as usual"
+            )
         for _ in range(self.settings.jobs_concurrency):
             self._tasks.append(asyncio.create_task(self._jobs_loop()))
         self._tasks.append(asyncio.create_task(self._webhooks_loop()))
@@ -60,57 +82,117 @@ class JobRunner:
                 await task
         await self._http.aclose()
 
+    # --- jobs ----------------------------------------------------------------------------
+
     async def _jobs_loop(self) -> None:
         while True:
             try:
                 job = await self.store.claim()
+                self._store_back()
                 if job is None:
                     await asyncio.sleep(self.settings.jobs_poll_s)
                     continue
                 await self.run(job)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as exc:
+                await asyncio.sleep(self._store_down(exc))
             except Exception:  # keep the worker alive; the job's lease lets another take it
                 log.exception("job worker error")
                 await asyncio.sleep(self.settings.jobs_poll_s)
 
+    def _store_down(self, exc: StoreUnavailable) -> float:
+        """Log an outage once; the pause before the next try (grows up to a few seconds)."""
+        now = time.monotonic()
+        if self._store_down_since is None:
+            self._store_down_since = now
+            log.warning("job store unavailable, jobs pause until it is back: %s", exc)
+        return min(STORE_BACKOFF_MAX_S, self.settings.jobs_poll_s + (now - self._store_down_since))
+
+    def _store_back(self) -> None:
+        if self._store_down_since is not None:
+            log.warning("job store back after %.1fs", time.monotonic() - self._store_down_since)
+            self._store_down_since = None
+
     async def run(self, job: Job) -> None:
-        results = list(job.results)  # a resumed job continues after its last finished input
-        heartbeat = asyncio.create_task(self._renew(job.id))
+        """Run ``job`` from its first unfinished input; finish, release or abandon it."""
+        if job.attempts > self.settings.jobs_max_attempts:
+            await self._give_up(job)
+            return
+        lost = asyncio.Event()
+        heartbeat = asyncio.create_task(self._renew(job, lost))
         try:
+            results = list(job.results)  # a resumed job continues after its last finished input
             for body in job.inputs[len(results) :]:
-                results.append(await self._one(job, body))
-                if not await self.store.progress(job.id, results):
-                    log.info("job %s was cancelled or taken over; stopping", job.id)
-                    return
+                results.append(await self._one(job, body, lost))
+                if not await self.store.progress(job, results):
+                    raise _Stop(requeue=False)
+        except _Stop as stop:
+            if stop.requeue and await self.store.release(job):
+                log.warning("job %s: Triton unavailable too long; back in the queue", job.id)
+            else:
+                log.info("job %s was cancelled or taken over; stopping", job.id)
+            return
+        except asyncio.CancelledError:  # the gateway stops: hand the job back at once
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release(job))
+            raise
         finally:
             heartbeat.cancel()
         failed = any(r["status"] >= 400 for r in results)
         status = "failed" if failed else "succeeded"
-        if await self.store.finish(job.id, status, results):
+        if await self.store.finish(job, status, results):
             JOBS.labels(status).inc()
 
-    async def _one(self, job: Job, raw: dict[str, Any]) -> dict[str, Any]:
-        timeout_s = min(self.settings.jobs_item_timeout_s, self.settings.deadline_max_s)
-        for attempt in range(UNAVAILABLE_RETRIES + 1):
+    async def _give_up(self, job: Job) -> None:
+        attempts = self.settings.jobs_max_attempts
+        error = errors.Unavailable(
+            f"the job was started {attempts} times without finishing (Triton unavailable, or "
+            "the gateway stopped); its remaining inputs were not run",
+            self.settings.retry_after_s,
+        )
+        results = list(job.results) + [result_of(error)] * (job.total - len(job.results))
+        if await self.store.finish(job, "failed", results):
+            JOBS.labels("failed").inc()
+            log.warning("job %s failed after %d attempts", job.id, attempts)
+
+    async def _one(self, job: Job, raw: dict[str, Any], lost: asyncio.Event) -> dict[str, Any]:
+        """One input's result; retries while Triton is unavailable, within the budget."""
+        settings = self.settings
+        timeout_s = min(settings.jobs_item_timeout_s, settings.deadline_max_s)
+        budget_ends = time.monotonic() + settings.jobs_retry_budget_s
+        delay = settings.jobs_retry_backoff_s
+        while True:
+            if lost.is_set():
+                raise _Stop(requeue=False)
             try:
                 body = parse_body(job.model, raw)
-                return {
-                    "status": 200,
-                    "body": await self.inference.predict(job.model, body, job.version, timeout_s),
-                }
+                prediction = await self.inference.predict(job.model, body, job.version, timeout_s)
+                return {"status": 200, "body": prediction}
             except errors.Unavailable as exc:
-                if attempt == UNAVAILABLE_RETRIES:
-                    return {"status": status_of(exc), "problem": problem_dict(exc)}
-                await asyncio.sleep(exc.retry_after_s)
+                remaining = budget_ends - time.monotonic()
+                if remaining <= 0:
+                    raise _Stop(requeue=True) from exc
+                pause = min(random.uniform(delay / 2, delay), remaining)
+                log.info("job %s: %s; retrying in %.1fs", job.id, exc.detail, pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), pause)
+                delay = min(delay * 2, settings.jobs_retry_backoff_max_s)
             except errors.GatewayError as exc:
-                return {"status": status_of(exc), "problem": problem_dict(exc)}
-        raise AssertionError("unreachable")
+                return result_of(exc)
 
-    async def _renew(self, job_id: str) -> None:
+    async def _renew(self, job: Job, lost: asyncio.Event) -> None:
+        """Keep the lease while the job runs; set ``lost`` once another owns it or it ended."""
         while True:
             await asyncio.sleep(self.settings.jobs_lease_s / 3)
-            await self.store.renew(job_id)
+            try:
+                if not await self.store.renew(job):
+                    lost.set()
+                    return
+            except StoreUnavailable as exc:
+                log.warning("job %s: cannot renew its lease: %s", job.id, exc)
+
+    # --- webhooks and expiry -------------------------------------------------------------
 
     async def _webhooks_loop(self) -> None:
         while True:
@@ -119,19 +201,29 @@ class JobRunner:
                 if job is None:
                     await asyncio.sleep(self.settings.jobs_poll_s)
                     continue
-                assert job.webhook_url is not None
-                body = orjson.dumps(job.view())
-                delivered, attempts, outcome = await deliver(
-                    self._http, job.webhook_url, body, self.settings.webhook_secret, self.allow,
-                    int(time.time()), self.settings.webhook_max_attempts, self.settings.webhook_backoff_s,
-                )  # fmt: skip
-                WEBHOOKS.labels("delivered" if delivered else "failed").inc()
-                await self.store.webhook_done(job.id, delivered, attempts, outcome)
+                await self._deliver(job)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable:
+                await asyncio.sleep(STORE_BACKOFF_MAX_S)
             except Exception:
                 log.exception("webhook worker error")
                 await asyncio.sleep(self.settings.jobs_poll_s)
+
+    async def _deliver(self, job: Job) -> None:
+        assert job.webhook_url is not None
+        secret = self.settings.webhook_secret
+        if not secret:  # submitted while a secret was set; nothing to sign with now
+            await self.store.webhook_done(job.id, False, 0, "no webhook secret is configured")
+            WEBHOOKS.labels("failed").inc()
+            return
+        delivered, attempts, outcome = await webhooks.deliver(
+            self._http, job.webhook_url, orjson.dumps(job.view()), secret, int(time.time()),
+            self.settings.webhook_max_attempts, self.settings.webhook_backoff_s,
+            self.settings.webhook_max_redirects,
+        )  # fmt: skip
+        WEBHOOKS.labels("delivered" if delivered else "failed").inc()
+        await self.store.webhook_done(job.id, delivered, attempts, outcome)
 
     async def _expiry_loop(self) -> None:
         while True:

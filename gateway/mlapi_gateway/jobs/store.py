@@ -1,15 +1,22 @@
 """Jobs persisted in SQLite, shared safely by every worker and replica that opens the same file.
 
 Workers claim jobs with an atomic UPDATE inside ``BEGIN IMMEDIATE`` and hold a lease they renew
-while working. A job whose worker died (its lease expired) is claimed again and resumes after
-its last finished input. Finishing is conditional on still holding the lease and the job still
-running, so each job finishes exactly once (``finish_count`` records it).
+while working; each claim gets its own lease token, so two workers of one process never both
+hold a job. A job whose worker died (its lease expired) is claimed again and resumes after its
+last finished input; a worker that cannot go on (Triton away too long, the gateway stopping)
+releases the job back to the queue. Finishing is conditional on still holding the lease and the
+job still running, so each job finishes exactly once (``finish_count`` records it).
+
+The database and its -wal/-shm files are private to the gateway's user (0600): SQLite gives the
+side files the mode of the database file, which is created 0600 before SQLite opens it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -21,6 +28,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 FINAL = ("succeeded", "failed", "cancelled")
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(Exception):
+    """The job store cannot be reached now (Redis down, SQLite locked or failing); transient."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -68,6 +81,9 @@ class Job:
     webhook_attempts: int
     webhook_outcome: str | None
     finish_count: int
+    # Claims so far (this one included), and the token of the claim that returned this Job.
+    attempts: int = 0
+    lease: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row | Mapping[str, Any]) -> Job:
@@ -76,6 +92,7 @@ class Job:
             json.loads(row["inputs"]), json.loads(row["results"]), row["total"],
             row["created_at"], row["finished_at"], row["expires_at"], row["webhook_url"],
             row["webhook_state"], row["webhook_attempts"], row["webhook_outcome"], row["finish_count"],
+            int(row["attempts"] or 0), row["lease_owner"] or None,
         )  # fmt: skip
 
     def view(self) -> dict[str, Any]:
@@ -116,9 +133,20 @@ def _switch_to_wal(db: sqlite3.Connection, patience_s: float = 10.0) -> None:
             time.sleep(0.05)
 
 
+def create_private(path: Path) -> None:
+    """Create ``path`` (and missing parents, 0700) as an empty 0600 file if it does not exist,
+    and make an existing one 0600."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    try:
+        os.chmod(path, 0o600)
+    except PermissionError:  # another user's file: SQLite still opens it if allowed to
+        log.warning("cannot make %s private (0600): it belongs to another user", path)
+
+
 class JobStore:
     def __init__(self, path: Path, result_ttl_s: float, lease_s: float) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        create_private(path)
         self.result_ttl_s = result_ttl_s
         self.lease_s = lease_s
         self.worker_id = uuid.uuid4().hex
@@ -134,7 +162,10 @@ class JobStore:
             with self._lock:
                 return work(self._db)
 
-        return await asyncio.to_thread(locked)
+        try:
+            return await asyncio.to_thread(locked)
+        except sqlite3.OperationalError as exc:  # locked past the timeout, disk I/O errors
+            raise StoreUnavailable(f"the jobs database failed: {exc}") from exc
 
     async def close(self) -> None:
         with self._lock:
@@ -173,9 +204,13 @@ class JobStore:
             return None
         return job
 
+    def _token(self) -> str:
+        return f"{self.worker_id}.{uuid.uuid4().hex[:12]}"
+
     async def claim(self) -> Job | None:
         """Take the oldest queued job, or a running one whose worker's lease expired."""
         now = time.time()
+        token = self._token()
 
         def take(db: sqlite3.Connection) -> Job | None:
             db.execute("BEGIN IMMEDIATE")
@@ -190,7 +225,7 @@ class JobStore:
                 db.execute(
                     "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?,"
                     " attempts = attempts + 1, started_at = coalesce(started_at, ?) WHERE id = ?",
-                    (self.worker_id, now + self.lease_s, now, row["id"]),
+                    (token, now + self.lease_s, now, row["id"]),
                 )
                 job = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
                 return Job.from_row(job)
@@ -199,28 +234,36 @@ class JobStore:
 
         return await self._run(take)
 
-    async def progress(self, job_id: str, results: list[dict[str, Any]]) -> bool:
+    async def progress(self, job: Job, results: list[dict[str, Any]]) -> bool:
         """Record finished inputs and renew the lease; False if the job was cancelled or lost."""
         return await self._update(
             "UPDATE jobs SET results = ?, lease_until = ? WHERE id = ? AND lease_owner = ?"
             " AND status = 'running'",
-            (json.dumps(results), time.time() + self.lease_s, job_id, self.worker_id),
+            (json.dumps(results), time.time() + self.lease_s, job.id, job.lease),
         )
 
-    async def renew(self, job_id: str) -> bool:
+    async def renew(self, job: Job) -> bool:
         return await self._update(
             "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND status = 'running'",
-            (time.time() + self.lease_s, job_id, self.worker_id),
+            (time.time() + self.lease_s, job.id, job.lease),
         )
 
-    async def finish(self, job_id: str, status: str, results: list[dict[str, Any]]) -> bool:
+    async def release(self, job: Job) -> bool:
+        """Put a job this claim holds back in the queue (finished inputs kept)."""
+        return await self._update(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL"
+            " WHERE id = ? AND lease_owner = ? AND status = 'running'",
+            (job.id, job.lease),
+        )
+
+    async def finish(self, job: Job, status: str, results: list[dict[str, Any]]) -> bool:
         now = time.time()
         return await self._update(
             "UPDATE jobs SET status = ?, results = ?, finished_at = ?, expires_at = ?,"
             " finish_count = finish_count + 1, lease_owner = NULL,"
             " webhook_state = CASE WHEN webhook_url IS NULL THEN 'none' ELSE 'pending' END"
             " WHERE id = ? AND lease_owner = ? AND status = 'running'",
-            (status, json.dumps(results), now, now + self.result_ttl_s, job_id, self.worker_id),
+            (status, json.dumps(results), now, now + self.result_ttl_s, job.id, job.lease),
         )
 
     async def cancel(self, job_id: str) -> bool:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,17 @@ def test_keys_from_the_environment(tmp_path: Path) -> None:
     key, record = new_key(["admin"])
     store = KeyStore(tmp_path / "none.json", json.dumps({"keys": [record.to_dict()]}), 0)
     assert store.lookup(key) is not None
+
+
+def test_the_keys_file_and_its_lock_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "keys.json"
+    previous = os.umask(0)
+    try:
+        add_key(path, new_key(["predict"])[1])
+        add_key(path, new_key(["admin"])[1])
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir()}
+    assert modes == {"keys.json": 0o600, "keys.json.lock": 0o600}
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert len(json.loads(path.read_text())["keys"]) == 2
