@@ -65,6 +65,10 @@ _OVERLOADED_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
 # one any model failure gets, so this message is the only signal; a BLS model (digits) passes
 # it on inside its own message, hence a search rather than a prefix match.
 _DEAD_STUB = re.compile(r"Stub process '[^']+' is not healthy")
+# The wait suggested before retrying a dead stub: the supervisor (mlapi_backend.local) detects
+# one within 0.1 s and its reload serves again 1.2-2.1 s later (measured on 2 shared CPUs), so
+# the client's default 5 attempts, 1 s apart, ride over it.
+DEAD_STUB_RETRY_AFTER_S = 1.0
 # Triton's refusal of a restricted API over gRPC is UNAVAILABLE, the status of an unavailable
 # model (grpc_server.cc, 2.51): its message is the only signal. HTTP uses 403 instead.
 _RESTRICTED = ("This protocol is restricted, expecting header", "This API is restricted")
@@ -184,7 +188,7 @@ def _from_status(
     if cls is None and _DEAD_STUB.search(message):
         return ModelCrashedError(
             f"{text} (the model's backend process died; it is being reloaded, retry shortly)",
-            retry_after_s=retry_after_s,
+            retry_after_s=retry_after_s if retry_after_s is not None else DEAD_STUB_RETRY_AFTER_S,
             status=status,
         )
     if cls is InvalidInputError:
@@ -206,7 +210,10 @@ def _statusless_stream_error(message: str, context: CallContext) -> MlapiError:
     if message.startswith(_RESTRICTED):
         return _access_denied(context, message, None)
     if _DEAD_STUB.search(message):
-        return ModelCrashedError(f"{text} (the model's backend process died; retry shortly)")
+        return ModelCrashedError(
+            f"{text} (the model's backend process died; retry shortly)",
+            retry_after_s=DEAD_STUB_RETRY_AFTER_S,
+        )
     if message.startswith(_UNKNOWN_MODEL):
         return ModelNotFoundError(text)
     if any(p.search(message) for p in (_FIELD_EXPECTED_GOT, _CORE_DTYPE, _CORE_SHAPE)):

@@ -10,6 +10,7 @@ from tritonclient.utils import InferenceServerException
 
 from mlapi_client import access
 from mlapi_client.error_mapping import (
+    DEAD_STUB_RETRY_AFTER_S,
     CallContext,
     ChannelUnreachable,
     HttpStatusFailure,
@@ -203,6 +204,7 @@ def test_a_dead_stub_is_a_retryable_unavailable_model(status: str) -> None:
     assert error.retryable
     assert error.status == status.removeprefix("StatusCode.")
     assert "reloaded" in str(error)
+    assert error.retry_after_s == DEAD_STUB_RETRY_AFTER_S  # callers wait out the reload
 
 
 def test_a_dead_stub_named_inside_a_bls_models_message_is_unavailable_too() -> None:

@@ -1,0 +1,92 @@
+"""Synthetic inferences that tell a living Python stub from a dead one, for any model.
+
+The probe is built from the model's config alone: every required input as zeros (empty strings
+for BYTES) in the smallest shape Triton's core accepts (each variable dim 1, batch 1). Triton
+checks only datatypes and shapes before handing a request to the backend, so the request
+reaches the stub; the model may well refuse it (a 1x1 image, an empty prompt) — any answer from
+the model proves its process alive, while a dead stub is reported as "is not healthy" before
+the model is asked. Probes are counted by Triton like any request (a refusal as a failure).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from mlapi_backend.local.healing import Verdict, verdict
+from mlapi_client import AsyncClient
+from mlapi_client.errors import MlapiError
+
+_DTYPES: dict[str, Any] = {
+    "TYPE_BOOL": np.bool_,
+    "TYPE_UINT8": np.uint8,
+    "TYPE_UINT16": np.uint16,
+    "TYPE_UINT32": np.uint32,
+    "TYPE_UINT64": np.uint64,
+    "TYPE_INT8": np.int8,
+    "TYPE_INT16": np.int16,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+    "TYPE_FP16": np.float16,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+    "TYPE_STRING": np.object_,
+}
+
+
+class ProbeUnsupported(Exception):
+    """The model has an input no synthetic value can be made for (e.g. BF16)."""
+
+
+def probe_inputs(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The synthetic request for a model, from its config (Triton's JSON form)."""
+    batched = int(config.get("max_batch_size", 0)) > 0
+    inputs: dict[str, np.ndarray] = {}
+    for tensor in config.get("input", []):
+        if tensor.get("optional"):
+            continue
+        dtype = _DTYPES.get(str(tensor.get("data_type")))
+        if dtype is None:
+            raise ProbeUnsupported(
+                f"model '{config.get('name')}': no probe value for input "
+                f"'{tensor.get('name')}' of type {tensor.get('data_type')}"
+            )
+        shape = [1 if int(d) < 0 else int(d) for d in tensor.get("dims", [])]
+        if batched:
+            shape.insert(0, 1)
+        if dtype is np.object_:
+            inputs[tensor["name"]] = np.full(shape, b"", dtype=object)
+        else:
+            inputs[tensor["name"]] = np.zeros(shape, dtype=dtype)
+    return inputs
+
+
+def is_decoupled(config: Mapping[str, Any]) -> bool:
+    return bool(config.get("model_transaction_policy", {}).get("decoupled", False))
+
+
+async def probe(
+    client: AsyncClient,
+    model: str,
+    version: str,
+    config: Mapping[str, Any],
+    timeout_s: float,
+) -> Verdict:
+    """Send the synthetic request to ``model`` at ``version`` and judge the answer."""
+    inputs = probe_inputs(config)
+    error: MlapiError | None = None
+    try:
+        if is_decoupled(config):
+            # The first response (or error) is the stub's answer; the rest is not needed.
+            stream = client.stream(model, inputs, version, timeout_s=timeout_s, retry=False)
+            try:
+                await anext(stream, None)
+            finally:
+                await stream.aclose()
+        else:
+            await client.infer(model, inputs, version, timeout_s=timeout_s, retry=False)
+    except MlapiError as exc:
+        error = exc
+    return verdict(error)
