@@ -86,6 +86,9 @@ class DigitsSettings:
     # Versions the classifier's own config.pbtxt serves (its version_policy); empty when that
     # file is not beside this model (e.g. a model loaded through the API with its files inline).
     classifier_versions: frozenset[int] = frozenset()
+    # The policy in this model's own config.pbtxt, when it parses (None otherwise): a served
+    # policy that differs from it was installed through the repository API.
+    repository_policy: TrafficPolicy | None = None
 
     @classmethod
     def from_config(cls, config: ModelConfig, model_dir: Path) -> DigitsSettings:
@@ -120,6 +123,7 @@ class DigitsSettings:
             max_top_k=max_top_k,
             labels=labels,
             classifier_versions=_repository_versions(classifier_dir),
+            repository_policy=_repository_policy(model_dir / "config.pbtxt", config.name),
         )
 
     @property
@@ -143,6 +147,16 @@ class DigitsSettings:
 
 def _version_folders(classifier_dir: Path) -> set[int]:
     return {int(p.name) for p in classifier_dir.glob("[0-9]*") if p.name.isdigit()}
+
+
+def _repository_policy(path: Path, model: str) -> TrafficPolicy | None:
+    if not path.is_file():
+        return None
+    try:
+        raw = ModelConfig.from_json(read_pbtxt(path))
+        return TrafficPolicy.parse(raw.string_parameter("traffic_policy", DEFAULT_POLICY), model)
+    except Exception:  # a broken file on disk is not what is being served
+        return None
 
 
 def _repository_versions(classifier_dir: Path) -> frozenset[int]:
@@ -221,20 +235,25 @@ class DigitsPipeline:
         digits = tuple(preprocess_digit(img) for img in image)
         return ParsedRequest(digits, k, s.policy.route(pinned, routing_key, self.rng.random()))
 
-    def check_policy(self, backend: ClassifierBackend) -> list[int]:
+    def check_policy(self, backend: ClassifierBackend) -> list[int] | None:
         """At load: refuse a policy naming a version that is not live; return the live versions.
 
-        Triton 2.51 knows no load order between a BLS model and the models it calls, so at
-        server start-up the classifier may still be loading (no version ready at all, or Triton
-        refusing readiness checks until it is up): then the check is deferred to request time (an empty list is returned and routing answers 503
-        for a version that never became ready). Triton marks all versions of one classifier
-        load ready together, so "some ready, the policy's not" means the policy is wrong.
+        Only a policy installed through the repository API (one that differs from this
+        model's config.pbtxt) is checked here, and then the server is up. The repository's own
+        policy is not (None is returned): it loads at server start-up, when Triton 2.51 knows no
+        load order between a BLS model and the models it calls, answers readiness checks with
+        "Server not ready", and was seen to abort (boost lock_exception) when the classifier
+        failed to load meanwhile. Routing then answers 503 for a version that never became
+        ready. Triton marks all versions of one classifier load ready together, so "some ready,
+        the policy's not" means the policy is wrong.
         """
         s = self.settings
+        if s.policy == s.repository_policy:
+            return None
         try:
             live = sorted(backend.live_versions(s.candidate_versions()))
         except ClassifierError:  # the server itself is still starting
-            return []
+            return None
         if live:
             s.policy.require_live(live, s.model_name, s.classifier_name)
         return live

@@ -27,14 +27,8 @@ class TritonPythonModel:
         self.backend = BlsClassifier(pb_utils, settings.model_name, settings.classifier_name)
         live = self.pipeline.check_policy(self.backend)  # refuses a policy naming a dead version
         policy = json.dumps(settings.policy.to_dict())
-        if live:
-            pb_utils.Logger.log_info(f"{settings.model_name}: traffic policy {policy}, live {live}")
-        else:
-            pb_utils.Logger.log_warn(
-                f"{settings.model_name}: traffic policy {policy}; no ready version of "
-                f"{settings.classifier_name} yet (server starting?): a version that never "
-                "becomes ready is answered 503 per request"
-            )
+        checked = "repository policy, checked per request" if live is None else f"live {live}"
+        pb_utils.Logger.log_info(f"{settings.model_name}: traffic policy {policy} ({checked})")
 
     def execute(self, requests: list) -> list:
         parsed: list = []

@@ -247,14 +247,22 @@ def test_check_policy_refuses_a_policy_naming_a_dead_version():
     shadowed = _pipeline(traffic_policy='{"weights": {"2": 100}, "shadow": 5}')
     with pytest.raises(ModelConfigError, match=r"\[5\]"):
         shadowed.check_policy(FakeBackend(live=(1, 2)))
-    assert _pipeline().check_policy(FakeBackend(live=(1, 2))) == [1, 2]
+    canary = _pipeline(traffic_policy='{"weights": {"1": 90, "2": 10}}')
+    assert canary.check_policy(FakeBackend(live=(1, 2))) == [1, 2]
+
+
+def test_the_repository_policy_is_not_checked_at_load():
+    """It loads at server start-up, when readiness checks are refused: checked per request."""
+    pipeline = _pipeline()
+    assert pipeline.settings.repository_policy == pipeline.settings.policy
+    assert pipeline.check_policy(_StartingServer()) is None
+    assert pipeline.check_policy(FakeBackend(live=(1,))) is None
 
 
 def test_check_policy_is_deferred_while_the_classifier_has_no_ready_version():
-    """At server start-up the classifier may still be loading: no refusal, checked per request."""
     pipeline = _pipeline(traffic_policy='{"weights": {"3": 100}}')
     assert pipeline.check_policy(FakeBackend(live=())) == []
-    assert pipeline.check_policy(_StartingServer()) == []
+    assert pipeline.check_policy(_StartingServer()) is None
 
 
 class _StartingServer(FakeBackend):
