@@ -10,8 +10,8 @@ the model is asked. Probes are counted by Triton like any request (a refusal as 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any, cast
 
 import numpy as np
 
@@ -80,7 +80,11 @@ async def probe(
     try:
         if is_decoupled(config):
             # The first response (or error) is the stub's answer; the rest is not needed.
-            stream = client.stream(model, inputs, version, timeout_s=timeout_s, retry=False)
+            # AsyncClient.stream is an async generator (typed as its iterator).
+            stream = cast(
+                AsyncGenerator[Any, None],
+                client.stream(model, inputs, version, timeout_s=timeout_s, retry=False),
+            )
             try:
                 await anext(stream, None)
             finally:
