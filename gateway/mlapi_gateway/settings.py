@@ -101,6 +101,12 @@ class GatewaySettings(BaseSettings):
     webhook_backoff_s: float = Field(default=1.0, ge=0)
     webhook_max_redirects: int = Field(default=3, ge=0)
 
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        """An empty value (as a chart leaves an unset secret) means no secret."""
+        return None if value == "" else value
+
     # Server-sent events.
     sse_heartbeat_s: float = Field(default=10.0, gt=0)
     sse_buffer_events: int = Field(default=64, ge=1)

@@ -174,7 +174,12 @@ class JobRunner:
                 if remaining <= 0:
                     raise _Stop(requeue=True) from exc
                 pause = min(random.uniform(delay / 2, delay), remaining)
-                log.info("job %s: %s; retrying in %.1fs", job.id, exc.detail, pause)
+                if delay == settings.jobs_retry_backoff_s:  # the first retry of this input
+                    log.warning(
+                        "job %s: %s; retrying for up to %.0fs",
+                        job.id, exc.detail, settings.jobs_retry_budget_s,
+                    )  # fmt: skip
+                log.info("job %s: retrying in %.1fs", job.id, pause)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), pause)
                 delay = min(delay * 2, settings.jobs_retry_backoff_max_s)

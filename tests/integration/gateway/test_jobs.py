@@ -1,15 +1,14 @@
 """Async jobs: 202 + Location, progress, cancel, expiry, signed webhooks with retries, SSRF
-refusals, and a gateway crash with queued jobs (nothing lost, each finishes exactly once)."""
+refusals, malformed webhook URLs, jobs without a webhook secret, private state files.
+Crashes and restarts under running jobs: test_jobs_faults.py."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from redis import Redis
 
 from mlapi_backend.build.digits_data import DigitsSplit
 from mlapi_backend.local.triton_process import TritonServer
@@ -141,63 +140,87 @@ def test_webhook_is_signed_and_retried(jobs_gateway: tuple[Gateway, str]) -> Non
         "http://169.254.169.254/latest/meta-data",
         "http://[::1]:8080/hook",
         "http://0.0.0.0/hook",
+        "http://100.100.100.200/latest/meta-data",  # cloud metadata in 100.64.0.0/10
+        "http://[::ffff:127.0.0.2]:9/hook",
+        "http://[2002:7f00:2::1]/hook",  # 6to4 of 127.0.0.2
+        "http://[fec0::1]/hook",
+        "http://224.0.0.1/hook",
         "file:///etc/passwd",
         "http://user:pw@127.0.0.1/hook",
     ],
 )
 def test_ssrf_targets_are_refused(api: httpx.Client, url: str) -> None:
-    reply = api.post(
-        "/v1/jobs",
-        json={"model": "digits", "inputs": [{"pixels": [[1] * 8] * 8}], "webhook_url": url},
-    )
+    reply = api.post("/v1/jobs", json={"model": "slow", "inputs": [_slow(1)], "webhook_url": url})
     assert reply.status_code == 400, reply.text
-    assert reply.json()["errors"][0]["field"] == "body.webhook_url"
+    assert reply.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in reply.json()["errors"]] == ["body.webhook_url"]
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis"])
-def test_restart_with_queued_jobs_loses_nothing(
-    triton: TritonServer, tmp_path: Path, store: str, request: pytest.FixtureRequest
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "not a url",
+        "http://",
+        "http:///hook",
+        "http://exa mple.org/hook",
+        "http://127.0.0.1:99999/hook",
+        "http://127.0.0.1:0/hook",
+        "http://[::1/hook",
+        "http://[zz::1]/hook",
+        "http://[::1%eth0]/hook",
+        "ftp://example.org/hook",
+        "http://0x7f.1/hook",
+        "http://\u00e9\u0000.org/hook",
+    ],
+)
+def test_malformed_webhook_urls_are_400_naming_the_field(api: httpx.Client, url: str) -> None:
+    reply = api.post("/v1/jobs", json={"model": "slow", "inputs": [_slow(1)], "webhook_url": url})
+    assert reply.status_code == 400, reply.text
+    problem = reply.json()
+    assert problem["status"] == 400 and problem["type"].endswith("/validation")
+    assert [e["field"] for e in problem["errors"]] == ["body.webhook_url"]
+    assert api.get("/healthz").status_code == 200
+
+
+def test_the_jobs_database_is_private(api: httpx.Client, gateway_dir: Path) -> None:
+    job_id = api.post("/v1/jobs", json={"model": "slow", "inputs": [_slow(1)]}).json()["id"]
+    _wait_final(api, job_id)
+    files = [gateway_dir / f"jobs.sqlite3{suffix}" for suffix in ("", "-wal", "-shm")]
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
+        f.name: "0o600" for f in files
+    }
+    assert (gateway_dir / "keys.json").stat().st_mode & 0o077 == 0
+
+
+@pytest.fixture(scope="module")
+def secretless_gateway(
+    triton: TritonServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, str]]:
+    workdir = tmp_path_factory.mktemp("secretless-gateway")
+    key = create_key(workdir / "keys.json", "predict")
+    env = gateway_env(triton, workdir)
+    env["MLAPI_GATEWAY_WEBHOOK_SECRET"] = ""  # as a chart leaves it: empty means unset
+    gateway = Gateway(env, workdir / "gateway.log")
+    yield gateway.start(), key
+    gateway.stop()
+
+
+def test_without_a_secret_webhooks_are_refused_and_jobs_still_run(
+    secretless_gateway: tuple[Gateway, str],
 ) -> None:
-    key = create_key(tmp_path / "keys.json", "predict")
-    env = gateway_env(triton, tmp_path, jobs_lease_s=2, jobs_store=store)
-    if store == "redis":
-        env["MLAPI_GATEWAY_REDIS_URL"] = request.getfixturevalue("redis_server").url
-    headers = {"Authorization": f"Bearer {key}"}
-    first = Gateway(env, tmp_path / "first.log").start()
-    with WebhookReceiver() as receiver:
-        try:
-            with httpx.Client(base_url=first.url, headers=headers) as client:
-                ids = [
-                    client.post(
-                        "/v1/jobs",
-                        json={
-                            "model": "slow",
-                            "inputs": [_slow(400)] * 2,
-                            "webhook_url": receiver.url,
-                        },
-                    ).json()["id"]
-                    for _ in range(4)
-                ]
-                wait_for(
-                    lambda: client.get(f"/v1/jobs/{ids[0]}").json()["status"] == "running", 10, 0.02
-                )
-        finally:
-            first.kill()  # a crash: one job running, three queued
-        second = Gateway(env, tmp_path / "second.log").start()
-        try:
-            with httpx.Client(base_url=second.url, headers=headers) as client:
-                jobs = [_wait_final(client, job_id) for job_id in ids]
-                wait_for(lambda: len(receiver.deliveries) >= 4, timeout_s=20)
-        finally:
-            second.stop()
-    assert [j["status"] for j in jobs] == ["succeeded"] * 4
-    assert all(len(j["results"]) == 2 for j in jobs)
-    if store == "sqlite":
-        with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
-            finishes = dict(db.execute("SELECT id, finish_count FROM jobs").fetchall())
-    else:
-        redis = Redis.from_url(env["MLAPI_GATEWAY_REDIS_URL"], decode_responses=True)
-        finishes = {i: int(redis.hget(f"mlapi:job:{i}", "finish_count")) for i in ids}
-        redis.close()
-    assert finishes == dict.fromkeys(ids, 1)
-    assert sorted(d.body["id"] for d in receiver.deliveries) == sorted(ids)
+    gateway, key = secretless_gateway
+    assert "MLAPI_GATEWAY_WEBHOOK_SECRET is not set" in gateway.log()
+    with (
+        WebhookReceiver() as receiver,
+        httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}) as client,
+    ):
+        body = {"model": "slow", "inputs": [_slow(1)], "webhook_url": receiver.url}
+        refused = client.post("/v1/jobs", json=body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["errors"][0]["field"] == "body.webhook_url"
+        assert "MLAPI_GATEWAY_WEBHOOK_SECRET" in refused.json()["errors"][0]["message"]
+        plain = client.post("/v1/jobs", json={"model": "slow", "inputs": [_slow(1)]})
+        assert plain.status_code == 202, plain.text
+        assert _wait_final(client, plain.json()["id"])["status"] == "succeeded"
+    assert receiver.deliveries == []

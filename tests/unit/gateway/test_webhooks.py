@@ -170,3 +170,5 @@ def test_there_is_no_default_webhook_secret(monkeypatch: pytest.MonkeyPatch) -> 
         GatewaySettings()
     monkeypatch.setenv("MLAPI_GATEWAY_WEBHOOK_SECRET", "a-long-enough-secret")
     assert GatewaySettings().webhook_secret == "a-long-enough-secret"
+    monkeypatch.setenv("MLAPI_GATEWAY_WEBHOOK_SECRET", "")
+    assert GatewaySettings().webhook_secret is None
