@@ -21,6 +21,7 @@ import logging
 import random
 import re
 import socket
+import ssl
 from dataclasses import dataclass
 
 import httpx
@@ -181,9 +182,9 @@ class PinnedTransport(httpx.AsyncBaseTransport):
     IP a connection goes to is pinned. Raises RequestInvalid for a refused target.
     """
 
-    def __init__(self, allow: list[Network]) -> None:
+    def __init__(self, allow: list[Network], verify: ssl.SSLContext | bool = True) -> None:
         self.allow = allow
-        self._inner = httpx.AsyncHTTPTransport(retries=0, trust_env=False)
+        self._inner = httpx.AsyncHTTPTransport(verify=verify, retries=0, trust_env=False)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -209,10 +210,13 @@ class PinnedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def client(allow: list[Network], timeout_s: float) -> httpx.AsyncClient:
-    """The HTTP client of webhook delivery: pinned, no redirects, no proxies from the env."""
+def client(
+    allow: list[Network], timeout_s: float, verify: ssl.SSLContext | bool = True
+) -> httpx.AsyncClient:
+    """The HTTP client of webhook delivery: pinned, no redirects, no proxies from the env.
+    ``verify``: the trusted certificates (default: the system's)."""
     return httpx.AsyncClient(
-        transport=PinnedTransport(allow),
+        transport=PinnedTransport(allow, verify),
         timeout=timeout_s,
         follow_redirects=False,
         trust_env=False,

@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import http.server
 import ipaddress
+import shutil
+import ssl
+import subprocess
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -150,9 +154,7 @@ def test_the_connection_goes_to_the_checked_address_with_the_name_kept(
         assert [h.host_header for h in receiver.hits] == [f"hooks.example.test:{port}"]
         # A name that now resolves to a refused address is not connected to at all.
         names["hooks.example.test"] = ["127.0.0.1", "10.0.0.1"]
-        delivered, _, outcome = _post(
-            f"http://hooks.example.test:{port}/hook", ["127.0.0.1/32"]
-        )
+        delivered, _, outcome = _post(f"http://hooks.example.test:{port}/hook", ["127.0.0.1/32"])
         assert not delivered and "10.0.0.1" in outcome
         assert len(receiver.hits) == 1
 
@@ -169,3 +171,45 @@ def test_the_transport_refuses_before_connecting(names: dict[str, list[str]]) ->
 
         asyncio.run(run())
         assert receiver.hits == []
+
+
+@pytest.fixture
+def tls_receiver(tmp_path: Path) -> Any:
+    """A Recorder behind TLS with a self-signed certificate for hooks.example.test only."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (needed to make a test certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=hooks.example.test", "-addext", "subjectAltName=DNS:hooks.example.test",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    recorder = Recorder()
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    recorder.server.socket = server_side.wrap_socket(recorder.server.socket, server_side=True)
+    with recorder:
+        yield recorder, ssl.create_default_context(cafile=str(cert))
+
+
+def test_tls_checks_the_certificate_against_the_name_not_the_pinned_ip(
+    names: dict[str, list[str]], tls_receiver: Any
+) -> None:
+    receiver, trusted = tls_receiver
+    port = receiver.server.server_address[1]
+    names["hooks.example.test"] = ["127.0.0.1"]
+    names["other.example.test"] = ["127.0.0.1"]
+    allow = [ipaddress.ip_network("127.0.0.1/32")]
+
+    async def post(host: str) -> tuple[bool, int, str]:
+        async with webhooks.client(allow, 5.0, verify=trusted) as http:
+            return await webhooks.deliver(
+                http, f"https://{host}:{port}/hook", b"{}", "a-test-secret-16", 1, 1, 0.0
+            )
+
+    assert asyncio.run(post("hooks.example.test"))[0]
+    assert [h.host_header for h in receiver.hits] == [f"hooks.example.test:{port}"]
+    delivered, _, outcome = asyncio.run(post("other.example.test"))
+    assert not delivered and "certificate" in outcome.lower(), outcome
+    assert len(receiver.hits) == 1
