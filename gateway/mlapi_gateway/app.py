@@ -12,6 +12,7 @@ from mlapi_gateway import routes
 from mlapi_gateway.jobs import routes as job_routes
 from mlapi_gateway.metrics import MetricsMiddleware
 from mlapi_gateway.problems import register_error_handlers
+from mlapi_gateway.ratelimit import RequestGuard
 from mlapi_gateway.schemas import (
     DigitsAnswer,
     DigitsPredict,
@@ -48,13 +49,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     routes.add_routes(app)
     app.include_router(job_routes.router)
     register_error_handlers(app)
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(MetricsMiddleware, models=settings.models)  # outermost: counts sheds too
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema plus the bodies the routes validate themselves and the Bearer scheme."""
+    """FastAPI's schema plus the bodies the routes validate themselves, the Bearer scheme, and
+    the error answers every route can give (problem+json)."""
     if app.openapi_schema:
         return app.openapi_schema
     from fastapi.openapi.utils import get_openapi
@@ -68,7 +71,89 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         body = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(body.pop("$defs", {}))
         schemas[model.__name__] = body
+    schemas["Problem"] = PROBLEM_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422, never sent here
+        schemas.pop(name, None)
     components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     schema["security"] = [{"bearer": []}]
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            _document_errors(path, operation)
     app.openapi_schema = schema
     return schema
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem document",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {
+                    "field": {"type": "string"},
+                    "message": {"type": "string"},
+                    "expected": {"type": "string"},
+                },
+            },
+        },
+        "available": {"type": "array", "items": {"type": "string"}},
+        "retry_after_s": {"type": "integer"},
+    },
+}
+RETRY_AFTER = {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1}}}
+# Routes anyone may call; they never pass the guard or the limiter.
+OPERATIONS_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+def _problem(description: str, retry: bool = False) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+    if retry:
+        answer["headers"] = RETRY_AFTER
+    return answer
+
+
+def _document_errors(path: str, operation: dict[str, Any]) -> None:
+    """Add the answers the gateway's core gives on every route (auth, limits, body, overload)."""
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    responses.pop("422", None)
+    if path in OPERATIONS_PATHS:
+        operation["security"] = []
+        if path == "/readyz":
+            responses["503"] = _problem("Triton not ready or Redis down (names which)", retry=True)
+        if path == "/metrics":
+            responses["200"] = {
+                "description": "Prometheus text exposition",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        return
+    errors_here = {
+        "401": _problem("missing or invalid API key (WWW-Authenticate)"),
+        "403": _problem("the key lacks the route's scope"),
+        "429": _problem("rate limit or open-stream limit of the key (Retry-After)", retry=True),
+        "503": _problem("Triton, the model or Redis unavailable, or the worker overloaded", True),
+    }
+    if "{" in path:
+        errors_here["404"] = _problem("unknown model, version or job (names what exists)")
+    if "requestBody" in operation or operation.get("parameters"):
+        errors_here["400"] = _problem("invalid request: per-field errors")
+    if "requestBody" in operation:
+        errors_here["408"] = _problem("the body arrived slower than body_timeout_s")
+        errors_here["413"] = _problem("the body is over max_body_bytes")
+    for status, answer in errors_here.items():
+        current = responses.get(status)
+        if current is None or "content" not in current:
+            responses[status] = {**answer, "description": (current or answer)["description"]}

@@ -41,6 +41,20 @@ class RequestInvalid(GatewayError):
         self.errors = errors
 
 
+class BodyTooLarge(RequestInvalid):
+    """A body over ``max_body_bytes``: refused by its Content-Length or once that much arrived."""
+
+    title = "Request body too large"
+    error_type = "body_too_large"
+
+
+class BodyTimeout(GatewayError):
+    """The body was still arriving ``body_timeout_s`` after the gateway started reading it."""
+
+    title = "Request body timeout"
+    error_type = "body_timeout"
+
+
 class AuthenticationRequired(GatewayError):
     title = "Authentication required"
     error_type = "auth"
@@ -76,6 +90,13 @@ class RateLimited(GatewayError):
         self.retry_after_s = retry_after_s
 
 
+class TooManyStreams(RateLimited):
+    """The caller already holds ``max_streams_per_key`` open streams on this worker."""
+
+    title = "Too many open streams"
+    error_type = "stream_limit"
+
+
 class Unavailable(GatewayError):
     """Triton is unreachable or the model is not ready; worth retrying after ``retry_after_s``."""
 
@@ -85,6 +106,13 @@ class Unavailable(GatewayError):
     def __init__(self, detail: str, retry_after_s: int) -> None:
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+
+
+class Overloaded(Unavailable):
+    """This worker already serves ``max_in_flight`` requests: shed before any work is done."""
+
+    title = "Gateway overloaded"
+    error_type = "overloaded"
 
 
 class DeadlineExceeded(GatewayError):

@@ -6,6 +6,7 @@ With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` makes /metrics add up
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -31,6 +32,7 @@ LATENCY = Histogram(
 ERRORS = Counter("mlapi_gateway_errors_total", "Error responses by type", ("type",))
 JOBS = Counter("mlapi_gateway_jobs_total", "Async jobs that reached a final state", ("status",))
 WEBHOOKS = Counter("mlapi_gateway_webhooks_total", "Webhook deliveries", ("outcome",))
+CLIENT_CLOSED = 499  # the caller went away before its answer (nginx's code)
 
 
 def count_error(error_type: str) -> None:
@@ -48,12 +50,15 @@ def exposition() -> tuple[bytes, str]:
 class MetricsMiddleware:
     """Counts and times every HTTP request by route template, model, served version and status.
 
-    Handlers put ``model`` and ``model_version`` into ``request.state``; the route template
-    comes from the matched route, so label cardinality stays bounded.
+    Every label is bounded whatever callers send: the route is the matched template (else
+    ``unmatched``), the model one of ``models`` (else empty: handlers name it only once the
+    caller is authenticated and the model exposed), the version one Triton served. A caller
+    that disconnects before its answer counts as 499 (``cancelled``), not as a 500.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, models: list[str] | tuple[str, ...] = ()) -> None:
         self.app = app
+        self.models = frozenset(models)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,10 +75,11 @@ class MetricsMiddleware:
                 return
             recorded = True
             route = scope.get("route")
+            model = state.get("model", "")
             labels = (
                 getattr(route, "path", "unmatched"),
-                state.get("model", ""),
-                state.get("model_version", ""),
+                model if model in self.models else "",
+                state.get("model_version", "") if model in self.models else "",
                 f"{status // 100}xx",
             )
             REQUESTS.labels(*labels).inc()
@@ -88,5 +94,8 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_recorded)
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
         finally:
             record()

@@ -10,9 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from mlapi_gateway import errors
-from mlapi_gateway.metrics import count_error
+from mlapi_gateway.metrics import CLIENT_CLOSED, count_error
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -55,7 +56,9 @@ def field_errors_from_pydantic(errors_: list[Any], prefix: str = "body") -> list
 
 # (exception class, status). Order matters only for subclasses, listed before their parents.
 STATUS_BY_ERROR: tuple[tuple[type[errors.GatewayError], int], ...] = (
+    (errors.BodyTooLarge, 413),
     (errors.RequestInvalid, 400),
+    (errors.BodyTimeout, 408),
     (errors.AuthenticationRequired, 401),
     (errors.ScopeMissing, 403),
     (errors.NotFound, 404),
@@ -74,21 +77,35 @@ def status_of(error: errors.GatewayError) -> int:
     return 500
 
 
+def problem_body(error: errors.GatewayError, instance: str | None = None) -> dict[str, Any]:
+    """The problem document of a gateway error as a dict (HTTP answers and SSE error events)."""
+    status = status_of(error)
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + error.error_type.replace("_", "-"),
+        "title": error.title,
+        "status": status,
+        "detail": error.detail,
+    }
+    if instance:
+        body["instance"] = instance
+    if isinstance(error, errors.RequestInvalid):
+        body["errors"] = [e.to_dict() for e in error.errors]
+    if isinstance(error, errors.NotFound) and error.available is not None:
+        body["available"] = error.available
+    if isinstance(error, (errors.RateLimited, errors.Unavailable)):
+        body["retry_after_s"] = error.retry_after_s
+    return body
+
+
 def render(error: errors.GatewayError, instance: str | None = None) -> Response:
     """The problem response for a gateway error (also used by the job runner for results)."""
-    status = status_of(error)
     headers: dict[str, str] = {}
-    extra: dict[str, Any] = {}
-    if isinstance(error, errors.RequestInvalid):
-        extra["errors"] = [e.to_dict() for e in error.errors]
-    if isinstance(error, errors.NotFound):
-        extra["available"] = error.available
     if isinstance(error, (errors.RateLimited, errors.Unavailable)):
         headers["Retry-After"] = str(error.retry_after_s)
-        extra["retry_after_s"] = error.retry_after_s
     if isinstance(error, errors.AuthenticationRequired):
         headers["WWW-Authenticate"] = 'Bearer realm="mlapi"'
-    return problem(status, error.title, error.detail, error.error_type, instance, headers, **extra)
+    body = problem_body(error, instance)
+    return Response(orjson.dumps(body), body["status"], headers=headers, media_type=PROBLEM_JSON)
 
 
 def register_error_handlers(app: FastAPI) -> None:
@@ -109,11 +126,20 @@ def register_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        path = request.url.path
         if exc.status_code == 404:
             count_error("not_found")
-            return problem(404, "Not found", f"no route {request.url.path}", "not_found")
+            return problem(404, "Not found", f"no route {path}", "not_found", path)
         count_error("http")
-        return problem(exc.status_code, "HTTP error", str(exc.detail), "http", request.url.path)
+        # Starlette's headers carry what the status needs, e.g. Allow on a 405.
+        headers = dict(exc.headers) if exc.headers else None
+        return problem(exc.status_code, "HTTP error", str(exc.detail), "http", path, headers)
+
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        # Not a failure of the gateway: counted apart, answered with nginx's 499 (nobody reads it).
+        count_error("cancelled")
+        log.debug("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         # The traceback goes to the log, never to the client.
@@ -124,4 +150,5 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(errors.GatewayError, gateway_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected)

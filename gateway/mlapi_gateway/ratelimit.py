@@ -1,4 +1,5 @@
-"""Token-bucket rate limiting per caller: in memory (one process) or in Redis (shared).
+"""Admission control: token-bucket rate limits per caller (in memory, or shared in Redis),
+open streams per caller, and the per-worker in-flight cap with the request-body guard.
 
 ``take`` returns 0 when a token was taken, else the seconds until one will be available.
 """
@@ -10,14 +11,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mlapi_gateway import errors
 from mlapi_gateway.errors import Unavailable
-from mlapi_gateway.settings import Plan
+from mlapi_gateway.metrics import count_error
+from mlapi_gateway.problems import render
+from mlapi_gateway.settings import GatewaySettings, Plan
 
 log = logging.getLogger(__name__)
+CLOSE = (b"connection", b"close")
 
 
 class RateLimiter(Protocol):
     async def take(self, caller: str, plan: str) -> float: ...
+
+    async def ready(self) -> bool: ...
 
     async def close(self) -> None: ...
 
@@ -46,6 +55,9 @@ class MemoryRateLimiter:
         tokens, wait_s = bucket_take(tokens, updated, now, limits)
         self._buckets[(caller, plan)] = (tokens, now)
         return wait_s
+
+    async def ready(self) -> bool:
+        return True
 
     async def close(self) -> None:
         self._buckets.clear()
@@ -96,5 +108,126 @@ class RedisRateLimiter:
             raise Unavailable("the rate limiter is unavailable; retry later", 1) from None
         return int(wait_us) / 1e6
 
+    async def ready(self) -> bool:
+        """Whether Redis answers a PING (readiness: without it every limited call is a 503)."""
+        from redis.exceptions import RedisError
+
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError) as exc:
+            log.warning("rate limiter: Redis does not answer: %s", exc)
+            return False
+
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class StreamSlots:
+    """Open streams per caller on this worker: at most ``limit`` each (429 beyond)."""
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self._open: dict[str, int] = {}
+
+    def acquire(self, caller: str) -> None:
+        held = self._open.get(caller, 0)
+        if held >= self.limit:
+            raise errors.TooManyStreams(
+                f"this key already has {held} open {'stream' if held == 1 else 'streams'} "
+                f"(at most {self.limit}); close one or retry later",
+                self.retry_after_s,
+            )
+        self._open[caller] = held + 1
+
+    def release(self, caller: str) -> None:
+        held = self._open.get(caller, 0) - 1
+        if held > 0:
+            self._open[caller] = held
+        else:
+            self._open.pop(caller, None)
+
+    def held(self, caller: str) -> int:
+        return self._open.get(caller, 0)
+
+
+class RequestGuard:
+    """Pure ASGI middleware in front of the /v1 routes of one worker.
+
+    It sheds a request while ``max_in_flight`` others are being served (503 + Retry-After,
+    before any work), refuses a declared body over ``max_body_bytes`` before anything reads
+    it (413), and closes the connection after an answer sent while part of the request body
+    was still unread (401, 408, 413, 503...), so a trickled body holds nothing afterwards.
+    /healthz, /readyz and /metrics pass untouched: probes work under overload.
+    """
+
+    def __init__(self, app: ASGIApp, settings: GatewaySettings) -> None:
+        self.app = app
+        self.max_in_flight = settings.max_in_flight
+        self.max_body_bytes = settings.max_body_bytes
+        self.retry_after_s = settings.retry_after_s
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        declared = _declared_body(scope)
+        refusal: errors.GatewayError | None = None
+        if self.in_flight >= self.max_in_flight:
+            refusal = errors.Overloaded(
+                f"the gateway is serving {self.in_flight} requests (at most "
+                f"{self.max_in_flight} per worker); retry later",
+                self.retry_after_s,
+            )
+        elif declared is not None and declared > self.max_body_bytes:
+            refusal = errors.BodyTooLarge(
+                "the request body is too large",
+                [
+                    errors.FieldError(
+                        "body", f"{declared} bytes", f"at most {self.max_body_bytes} bytes"
+                    )
+                ],
+            )
+        if refusal is not None:
+            count_error(refusal.error_type)
+            response = render(refusal, scope["path"])
+            if declared != 0:
+                response.headers["connection"] = "close"
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            if declared == 0:
+                await self.app(scope, receive, send)
+            else:
+                await self._closing_if_unread(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _closing_if_unread(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body_done = False
+
+        async def tracked_receive() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not body_done:
+                message = {**message, "headers": [*message.get("headers", ()), CLOSE]}
+            await send(message)
+
+        await self.app(scope, tracked_receive, closing_send)
+
+
+def _declared_body(scope: Scope) -> int | None:
+    """The Content-Length (0 without one), or None for a body of unknown length (chunked)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+        if name == b"transfer-encoding":
+            return None
+    return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -15,7 +17,7 @@ from mlapi_gateway.inference import parse_as, parse_body
 from mlapi_gateway.metrics import exposition
 from mlapi_gateway.schemas import DigitsAnswer, ModelList, TensorAnswer, TensorPredict
 from mlapi_gateway.services import read_body, services
-from mlapi_gateway.streaming import relay
+from mlapi_gateway.streaming import END, next_within, relay
 
 # The predict handlers read the query and path themselves (FastAPI's parameter solving cost
 # ~0.3 ms a request in a profile of the 1-connection benchmark); the docs still list them.
@@ -93,16 +95,29 @@ async def healthz() -> dict[str, str]:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: Triton answers and is ready (503 with Retry-After otherwise)."""
+    """Readiness: Triton is ready and Redis (when configured) answers; 503 with Retry-After
+    naming what is not."""
     svc = services(request)
-    retry = svc.settings.retry_after_s
-    try:
-        with svc.inference.translated("*"):
-            ready = await svc.inference.client.is_ready(timeout_s=2, retry=False)
-    except errors.Unavailable:
-        ready = False
-    if not ready:
-        raise errors.Unavailable("Triton is not ready", retry)
+    timeout_s = svc.settings.ready_timeout_s
+
+    async def triton_ready() -> bool:
+        try:
+            with svc.inference.translated("*"):
+                return await svc.inference.client.is_ready(timeout_s=timeout_s, retry=False)
+        except errors.GatewayError:
+            return False
+
+    async def redis_ready() -> bool:
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await svc.limiter.ready()
+        except TimeoutError:
+            return False
+
+    triton, redis = await asyncio.gather(triton_ready(), redis_ready())
+    failing = [name for name, ok in (("Triton", triton), ("Redis", redis)) if not ok]
+    if failing:
+        raise errors.Unavailable(f"not ready: {' and '.join(failing)}", svc.settings.retry_after_s)
     return json_response({"status": "ready"})
 
 
@@ -135,11 +150,11 @@ def _timeout_s(request: Request) -> float | None:
 async def _predict(request: Request, version: str | None) -> Response:
     svc = services(request)
     model = request.path_params["model"]
-    request.state.model = model
     await svc.gate.admit(request, "predict")
     svc.inference.check_exposed(model)
+    request.state.model = model  # a metrics label: only once the caller and the model are known
     deadline_s = svc.inference.deadline(_timeout_s(request))
-    body = parse_body(model, await read_body(request, svc.settings.max_body_bytes))
+    body = parse_body(model, await read_body(request))
     answer = await svc.inference.predict(model, body, version, deadline_s)
     served = str(answer["model_version"])
     request.state.model_version = served
@@ -174,30 +189,54 @@ class DirectRoute(APIRoute):
         await response(scope, receive, send)
 
 
+class HeldStream(StreamingResponse):
+    """A StreamingResponse that gives its caller's stream slot back however it ends."""
+
+    def __init__(self, content: Any, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 async def stream(request: Request, model: str) -> StreamingResponse:
     """Relay a streaming model's responses as server-sent events as they are generated."""
     svc = services(request)
-    request.state.model = model
-    await svc.gate.admit(request, "predict")
+    caller = (await svc.gate.admit(request, "predict")).id
     svc.inference.check_exposed(model)
-    body = parse_as(TensorPredict, await read_body(request, svc.settings.max_body_bytes))
-    assert isinstance(body, TensorPredict)
-    await svc.inference.contract(model)  # 404/503 before the stream starts
-    source = svc.inference.stream(model, body, None, svc.settings.sse_max_duration_s)
-    # Pull the first item eagerly so a refused request (400/404/503) is an HTTP error, not an event.
-    first = await anext(source, None)
+    request.state.model = model
+    svc.streams.acquire(caller)
+    try:
+        body = parse_as(TensorPredict, await read_body(request))
+        assert isinstance(body, TensorPredict)
+        await svc.inference.contract(model)  # 404/503 before the stream starts
+        source = svc.inference.stream(model, body, None, svc.settings.sse_max_duration_s)
+        # Pull the first item eagerly so a refused request (400/404/503) is an HTTP error, not an event.
+        try:
+            first = await next_within(source, svc.settings)
+        except BaseException:
+            await source.aclose()
+            raise
+    except BaseException:
+        svc.streams.release(caller)
+        raise
 
     async def chained() -> Any:
         try:
-            if first is not None:
+            if first is not END:
                 yield first
                 async for item in source:
                     yield item
         finally:
             await source.aclose()  # cancels the gRPC call when the client left early
 
-    return StreamingResponse(
+    return HeldStream(
         relay(chained(), svc.settings),
+        lambda: svc.streams.release(caller),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from mlapi_gateway.jobs.redis_store import RedisJobStore
 from mlapi_gateway.jobs.runner import JobRunner
 from mlapi_gateway.jobs.store import JobStore
 from mlapi_gateway.keys import KeyStore
-from mlapi_gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from mlapi_gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter, StreamSlots
 from mlapi_gateway.settings import GatewaySettings
 
 JobBackend = JobStore | RedisJobStore
@@ -30,6 +31,7 @@ class Services:
     inference: Inference
     jobs: JobBackend
     runner: JobRunner
+    streams: StreamSlots
 
     @classmethod
     def build(cls, settings: GatewaySettings) -> Services:
@@ -56,7 +58,9 @@ class Services:
         else:
             jobs = JobStore(settings.jobs_db, settings.jobs_result_ttl_s, settings.jobs_lease_s)
         runner = JobRunner(settings, jobs, inference)
-        return cls(settings, Gatekeeper(settings, keys, limiter), limiter, inference, jobs, runner)
+        streams = StreamSlots(settings.max_streams_per_key, settings.retry_after_s)
+        gate = Gatekeeper(settings, keys, limiter)
+        return cls(settings, gate, limiter, inference, jobs, runner, streams)
 
     async def close(self) -> None:
         await self.runner.stop()
@@ -69,11 +73,15 @@ def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-async def read_body(request: Request, limit_bytes: int) -> bytes:
-    """The request body, refused (400, not read further) once it passes ``limit_bytes``."""
+async def read_body(request: Request, limit_bytes: int | None = None) -> bytes:
+    """The request body: 413 once it passes ``limit_bytes`` (default ``max_body_bytes``; declared
+    or counted, never read further), 408 while still arriving ``body_timeout_s`` after reading
+    began (the guard middleware then closes the connection: the rest is never read)."""
+    settings = services(request).settings
+    limit_bytes = limit_bytes or settings.max_body_bytes
 
-    def too_large(size: str) -> errors.RequestInvalid:
-        return errors.RequestInvalid(
+    def too_large(size: str) -> errors.BodyTooLarge:
+        return errors.BodyTooLarge(
             "the request body is too large",
             [errors.FieldError("body", f"{size} bytes", f"at most {limit_bytes} bytes")],
         )
@@ -83,9 +91,16 @@ async def read_body(request: Request, limit_bytes: int) -> bytes:
         raise too_large(declared)
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            raise too_large(f"more than {limit_bytes}")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit_bytes:
+                    raise too_large(f"more than {limit_bytes}")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise errors.BodyTimeout(
+            f"the request body did not arrive within {settings.body_timeout_s:g} s "
+            f"({size} bytes came); send it at once"
+        ) from None
     return b"".join(chunks)

@@ -59,8 +59,22 @@ class GatewaySettings(BaseSettings):
     open_mode_plan: str = "default"
     redis_url: str | None = None
 
-    # Requests.
+    # Requests. A body over max_body_bytes is refused (413) when its Content-Length says so or
+    # once that many bytes have arrived; one still arriving after body_timeout_s is 408.
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    # Overload: requests to /v1 routes one worker serves at once (more: 503 + Retry-After),
+    # and open streams per caller (more: 429 + Retry-After). /healthz, /readyz, /metrics are
+    # never shed.
+    max_in_flight: int = Field(default=128, ge=1)
+    max_streams_per_key: int = Field(default=8, ge=1)
+    # digits images: sides and pixels are checked from the header before anything is decoded
+    # (the digits model's own limits: 8..1024 per side); decoding runs in this many threads.
+    image_max_side_px: int = Field(default=1024, ge=8)
+    image_max_pixels: int = Field(default=1024 * 1024, ge=64)
+    image_decode_threads: int = Field(default=2, ge=1)
+    # Readiness (/readyz): how long Triton and Redis each get to answer.
+    ready_timeout_s: float = Field(default=2.0, gt=0)
     deadline_s: float = Field(default=10.0, ge=5.0, le=30.0)
     # Bounds of the per-request override (``?timeout_s=``).
     deadline_min_s: float = Field(default=0.1, gt=0)
@@ -112,6 +126,9 @@ class GatewaySettings(BaseSettings):
     sse_buffer_events: int = Field(default=64, ge=1)
     sse_slow_client_s: float = Field(default=30.0, gt=0)
     sse_max_duration_s: float = Field(default=300.0, gt=0)
+    # A stream whose model sends nothing for this long (e.g. its Python stub died) ends with an
+    # error event (status 503) instead of heartbeats until sse_max_duration_s.
+    sse_idle_timeout_s: float = Field(default=15.0, gt=0)
 
     @field_validator("webhook_allow")
     @classmethod

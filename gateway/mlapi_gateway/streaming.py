@@ -18,17 +18,34 @@ from typing import Any
 import orjson
 
 from mlapi_gateway import errors
-from mlapi_gateway.jobs.runner import problem_dict
 from mlapi_gateway.metrics import count_error
+from mlapi_gateway.problems import problem_body
 from mlapi_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 HEARTBEAT = b": heartbeat\n\n"
+END = object()  # what next_within returns once a source is exhausted
 
 
 def event(name: str, data: Any, event_id: int | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {name}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+async def next_within(source: AsyncIterator[Any], settings: GatewaySettings) -> Any:
+    """The next item of ``source`` (``END`` at its end), or Unavailable once the model has
+    been silent for ``sse_idle_timeout_s``."""
+    try:
+        async with asyncio.timeout(settings.sse_idle_timeout_s):
+            return await anext(source)
+    except StopAsyncIteration:
+        return END
+    except TimeoutError:
+        raise errors.Unavailable(
+            f"the model sent nothing for {settings.sse_idle_timeout_s:g} s; the stream is "
+            "closed, retry later",
+            settings.retry_after_s,
+        ) from None
 
 
 async def relay(
@@ -39,7 +56,7 @@ async def relay(
 
     async def produce() -> None:
         try:
-            async for item in source:
+            while (item := await next_within(source, settings)) is not END:
                 try:
                     await asyncio.wait_for(queue.put(("message", item)), settings.sse_slow_client_s)
                 except TimeoutError:
@@ -48,7 +65,7 @@ async def relay(
             await queue.put(("done", {}))
         except errors.GatewayError as exc:
             count_error(exc.error_type)
-            await queue.put(("error", problem_dict(exc)))
+            await queue.put(("error", problem_body(exc)))
         finally:
             with contextlib.suppress(Exception):
                 await source.aclose()  # type: ignore[attr-defined]

@@ -36,6 +36,9 @@ def gateway_env(triton: TritonServer, workdir: Path, **overrides: object) -> dic
         "MLAPI_GATEWAY_JOBS_POLL_S": "0.05",
         "MLAPI_GATEWAY_JOBS_CONCURRENCY": "1",
         "MLAPI_GATEWAY_RETRY_AFTER_S": "1",
+        # Short enough that the tests of these bounds wait little, long enough for a busy machine.
+        "MLAPI_GATEWAY_BODY_TIMEOUT_S": "2",
+        "MLAPI_GATEWAY_SSE_IDLE_TIMEOUT_S": "5",
     }
     env.update({f"MLAPI_GATEWAY_{k.upper()}": str(v) for k, v in overrides.items()})
     return env

@@ -92,6 +92,50 @@ class Gateway:
         return self.process.returncode
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def stub_pids(server_pid: int, model: str) -> list[int]:
+    """The Python stubs of ``model``'s instances that tritonserver ``server_pid`` started.
+
+    A stub's command line names the instance (``<model>_<group>_<index>``); other servers'
+    stubs (other tests, other sessions) have another parent and are never touched.
+    """
+    found = []
+    for pid in _children(server_pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or not argv[0].endswith(b"triton_python_backend_stub"):
+            continue
+        names = [a.decode(errors="replace") for a in argv]
+        if any(n.startswith(f"{model}_") and n[len(model) + 1 :].replace("_", "").isdigit()
+               for n in names):  # fmt: skip
+            found.append(pid)
+    return found
+
+
+def raw_request(port: int, head: bytes, body: bytes = b"", timeout_s: float = 30) -> socket.socket:
+    """A socket that has sent ``head`` (request line and headers, CRLF-terminated) and ``body``."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+    sock.sendall(head + b"\r\n" + body)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (socket timeout: raises)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

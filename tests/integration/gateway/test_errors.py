@@ -52,7 +52,7 @@ def test_undecodable_image_is_400_naming_the_field(api: httpx.Client) -> None:
 
 def test_oversized_body_is_refused(api: httpx.Client) -> None:
     huge = b'{"pixels": [[' + b"1," * 700_000 + b"1]]}"
-    body = _problem(api.post(PREDICT, content=huge), 400)
+    body = _problem(api.post(PREDICT, content=huge), 413)
     assert body["errors"][0]["field"] == "body"
     assert "1048576" in body["errors"][0]["expected"]
 
