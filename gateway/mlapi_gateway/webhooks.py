@@ -171,7 +171,7 @@ async def checked_addresses(host: str, port: int, allow: list[Network]) -> list[
 async def check_target(url: str, allow: list[Network]) -> Target:
     """Parse ``url`` and check where it points now (the submission-time check)."""
     target = parse_target(url)
-    await checked_addresses(target.host, target.port, allow)
+    await checked_addresses(httpx.URL(url).raw_host.decode("ascii"), target.port, allow)
     return target
 
 
@@ -188,8 +188,9 @@ class PinnedTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
+        host = url.raw_host.decode("ascii")  # IDNA-encoded, as DNS and TLS see it
         port = url.port or (443 if url.scheme == "https" else 80)
-        addresses = await checked_addresses(url.host, port, self.allow)
+        addresses = await checked_addresses(host, port, self.allow)
         failure: httpx.ConnectError | None = None
         for address in addresses:
             pinned = httpx.Request(
@@ -197,7 +198,7 @@ class PinnedTransport(httpx.AsyncBaseTransport):
                 url.copy_with(host=str(address)),
                 headers=request.headers,  # holds Host: the original name
                 stream=request.stream,
-                extensions={**request.extensions, "sni_hostname": url.host},
+                extensions={**request.extensions, "sni_hostname": host},
             )
             try:
                 return await self._inner.handle_async_request(pinned)

@@ -176,7 +176,7 @@ class JobRunner:
                 pause = min(random.uniform(delay / 2, delay), remaining)
                 if delay == settings.jobs_retry_backoff_s:  # the first retry of this input
                     log.warning(
-                        "job %s: %s; retrying for up to %.0fs",
+                        "job %s: %s; retrying for up to %gs",
                         job.id, exc.detail, settings.jobs_retry_budget_s,
                     )  # fmt: skip
                 log.info("job %s: retrying in %.1fs", job.id, pause)
