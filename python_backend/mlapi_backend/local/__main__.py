@@ -1,13 +1,18 @@
-"""`python -m mlapi_backend.local {serve,backends}`: run the local stack in the foreground.
+"""`python -m mlapi_backend.local {serve,supervise,backends}`: run the local stack in the foreground.
 
 ``serve`` starts tritonserver on TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT
-(8000/8001/8002 by default), then the API gateway on GATEWAY_PORT (8080) in front of it, and
-stops both (the gateway first), with every Python stub, on Ctrl-C or SIGTERM.
+(8000/8001/8002 by default), then the API gateway on GATEWAY_PORT (8080) in front of it and the
+supervisor beside it, and stops all (the gateway first), with every Python stub, on Ctrl-C or
+SIGTERM. A model version that fails to load is logged and left out; the rest serve. A
+tritonserver that dies is restarted on the same ports with the same key (``--max-restarts``
+within 10 minutes, then serve exits 1). ``supervise`` runs the supervisor alone (the sidecar
+form): it reloads models whose Python stub died.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import logging
 import os
@@ -15,17 +20,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from mlapi_backend.local.backend_dir import assemble
+from mlapi_backend.local.healing import ReloadLimiter
+from mlapi_backend.local.startup import recover_failed_loads
+from mlapi_backend.local.supervisor import Supervisor, SupervisorThread
+from mlapi_backend.local.supervisor_settings import SupervisorSettings
 from mlapi_backend.local.triton_process import (
     LOOPBACK,
     Ports,
     TritonServer,
     terminate_with_parent,
 )
-from mlapi_client import access
+from mlapi_client import Client, access
 
 log = logging.getLogger("mlapi.serve")
 
@@ -73,7 +83,13 @@ def stop_gateway(gateway: subprocess.Popen[bytes] | None) -> None:
     log.info("gateway stopped (exit status %s)", gateway.returncode)
 
 
-def serve(repositories: list[Path], backend_dir: Path, with_gateway: bool = True) -> int:
+def serve(
+    repositories: list[Path],
+    backend_dir: Path,
+    with_gateway: bool = True,
+    with_supervisor: bool = True,
+    max_restarts: int = 3,
+) -> int:
     server = TritonServer(
         repositories,
         backend_dir,
@@ -84,6 +100,9 @@ def serve(repositories: list[Path], backend_dir: Path, with_gateway: bool = True
         bind_address=os.environ.get("TRITON_BIND_ADDRESS", LOOPBACK),
     )
     gateway: subprocess.Popen[bytes] | None = None
+    supervisor: SupervisorThread | None = None
+    # Restarts of a dead tritonserver: 3 per 10 minutes, 1 s then 2 s apart.
+    restarts = ReloadLimiter(max_restarts, window_s=600.0, initial_backoff_s=1.0)
     stopping = False
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -94,31 +113,42 @@ def serve(repositories: list[Path], backend_dir: Path, with_gateway: bool = True
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    server.start()
     failed = False
     try:
-        if not server.wait_ready(models=("digits",), cancelled=lambda: stopping):
-            raise _Interrupted
-        log.info(
-            "ready: HTTP http://%s  gRPC %s  metrics %s  (Ctrl-C to stop); every API but health "
-            "needs the header %s with the key in %s",
-            server.http_url,
-            server.grpc_url,
-            server.metrics_url,
-            access.KEY_HEADER,
-            access.default_key_file(),
-        )
+        _start_triton(server, repositories, lambda: stopping)
+        if with_supervisor and not stopping:
+            settings = SupervisorSettings.from_env(triton_url=f"http://{server.http_url}")
+            supervisor = SupervisorThread(settings, server_pid=lambda: server.pid).start()
         if with_gateway and not stopping:
             gateway = start_gateway(server)
-        while not stopping and server.process is not None and server.process.poll() is None:
+        while not stopping:
             if gateway is not None and gateway.poll() is not None:
                 log.error("the gateway exited (status %s): stopping", gateway.returncode)
                 failed = True
                 break
-            time.sleep(0.2)
-        if not stopping and not failed:
-            log.error("tritonserver exited on its own")
-            failed = True
+            if server.process is not None and server.process.poll() is None:
+                time.sleep(0.2)
+                continue
+            code = server.stop()  # also ends what is left of its process group (stubs)
+            delay_s = restarts.delay_s("tritonserver", time.monotonic())
+            if delay_s is None:
+                log.error(
+                    "tritonserver exited (status %s) after %d restarts in 10 minutes: stopping",
+                    code,
+                    max_restarts,
+                )
+                failed = True
+                break
+            log.error(
+                "tritonserver exited on its own (status %s): restarting it in %.0f s on the "
+                "same ports with the same key",
+                code,
+                delay_s,
+            )
+            time.sleep(delay_s)
+            restarts.record("tritonserver", time.monotonic())
+            if not stopping:
+                _start_triton(server, repositories, lambda: stopping)
     except _Interrupted:
         pass
     except (RuntimeError, TimeoutError) as exc:
@@ -126,9 +156,58 @@ def serve(repositories: list[Path], backend_dir: Path, with_gateway: bool = True
         failed = True
     finally:  # whatever happened above, nothing is left running
         stop_gateway(gateway)
+        if supervisor is not None:
+            supervisor.stop()
         code = server.stop()
         log.info("tritonserver stopped (exit status %s)", code)
     return 1 if failed else 0
+
+
+def _start_triton(
+    server: TritonServer, repositories: list[Path], cancelled: Callable[[], bool]
+) -> None:
+    """Start the server, wait until it is up, and serve every model version that can serve."""
+    server.start()
+    if not server.wait_ready(cancelled=cancelled):
+        raise _Interrupted
+    with Client(server.http_url, triton_key=server.access_key) as client:
+        failed = recover_failed_loads(client, repositories)
+        ready = [e for e in client.list_models() if e.state == "READY"]
+    if not ready:
+        raise RuntimeError("tritonserver loaded no model at all: nothing to serve")
+    if failed:
+        log.error(
+            "serving without %d model version(s) that failed to load (see above)", len(failed)
+        )
+    log.info(
+        "ready: HTTP http://%s  gRPC %s  metrics %s  (Ctrl-C to stop); every API but health "
+        "needs the header %s with the key in %s",
+        server.http_url,
+        server.grpc_url,
+        server.metrics_url,
+        access.KEY_HEADER,
+        access.default_key_file(),
+    )
+
+
+def supervise(settings: SupervisorSettings) -> int:
+    """The supervisor alone, in the foreground, until SIGINT or SIGTERM (the sidecar form)."""
+    supervisor = Supervisor(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await supervisor.run(stop)
+
+    supervisor.metrics.serve(settings)
+    try:
+        asyncio.run(run())
+    finally:
+        supervisor.metrics.close()
+    log.info("supervisor stopped")
+    return 0
 
 
 class _Interrupted(Exception):
@@ -137,7 +216,7 @@ class _Interrupted(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["serve", "backends"])
+    parser.add_argument("command", choices=["serve", "supervise", "backends"])
     parser.add_argument(
         "--repository",
         type=Path,
@@ -149,6 +228,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-gateway", action="store_true", help="serve: run Triton without the API gateway"
     )
+    parser.add_argument(
+        "--no-supervisor",
+        action="store_true",
+        help="serve: do not reload models whose Python stub died",
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="serve: restarts of a dead tritonserver within 10 minutes before giving up",
+    )
+    parser.add_argument(
+        "--triton-url",
+        default=None,
+        help="supervise: Triton's HTTP endpoint (default: MLAPI_SUPERVISOR_TRITON_URL, else "
+        "http://127.0.0.1:$TRITON_HTTP_PORT)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="supervise: serve mlapi_supervisor_* metrics on this port (0: any free port)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
@@ -156,8 +258,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "backends":
         print(assemble(args.backend_dir))
         return 0
+    if args.command == "supervise":
+        url = args.triton_url
+        if url is not None and "://" not in url:
+            url = f"http://{url}"
+        return supervise(
+            SupervisorSettings.from_env(triton_url=url, metrics_port=args.metrics_port)
+        )
     repositories = args.repository or [Path("model_repository")]
-    return serve(repositories, args.backend_dir, with_gateway=not args.no_gateway)
+    return serve(
+        repositories,
+        args.backend_dir,
+        with_gateway=not args.no_gateway,
+        with_supervisor=not args.no_supervisor,
+        max_restarts=args.max_restarts,
+    )
 
 
 if __name__ == "__main__":

@@ -77,6 +77,9 @@ class Supervisor:
         self._pending_loads: set[asyncio.Task[None]] = set()
         self._given_up: dict[str, float] = {}
         self._client: AsyncClient | None = None
+        # Set once the stubs of a running server have been seen (or when there is no process
+        # watch): a stub that dies before it was ever seen is left to the probes.
+        self.watching = threading.Event()
         self._configs: triton_http.InferenceServerClient | None = None
 
     # --- the loop ---------------------------------------------------------------------------
@@ -93,6 +96,8 @@ class Supervisor:
         if settings.watch_processes:
             detectors.insert(0, "process")
             tasks.append(asyncio.create_task(self._process_loop()))
+        else:
+            self.watching.set()
         log.info(
             "supervising %s (detectors: %s; at most %d reloads per model per %.0f s)",
             settings.triton_url,
@@ -114,7 +119,6 @@ class Supervisor:
     async def _process_loop(self) -> None:
         announced: bool | None = None
         while True:
-            await asyncio.sleep(self.settings.stub_poll_interval_s)
             pid = self._server_pid()
             if pid is None or not stubs.server_alive(pid):
                 if announced is not False and self._server_pid is self._find_server:
@@ -125,14 +129,17 @@ class Supervisor:
                     )
                 announced = False
                 self._found_pid = None
+                await asyncio.sleep(self.settings.stub_poll_interval_s)
                 continue
             announced = True
             if pid != self._watched_pid:
                 self._tracker.forget()  # a new server: its first stubs are not deaths
                 self._watched_pid = pid
             lost = self._tracker.update(stubs.list_stubs(pid))
+            self.watching.set()
             if lost:
                 await self._confirm_and_heal(lost)
+            await asyncio.sleep(self.settings.stub_poll_interval_s)
 
     async def _confirm_and_heal(self, lost: list[tuple[str, str]]) -> None:
         try:
@@ -296,6 +303,7 @@ class SupervisorThread:
         self.supervisor.metrics.serve(self.supervisor.settings)
         self._thread.start()
         self._started.wait(timeout=10)
+        self.supervisor.watching.wait(timeout=10)
         return self
 
     def _main(self) -> None:

@@ -72,6 +72,11 @@ class TritonServer:
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
+    def pid(self) -> int | None:
+        """The server process's pid while it runs (None before start and after stop)."""
+        return self.process.pid if self.process is not None else None
+
+    @property
     def _host(self) -> str:
         return LOOPBACK if self.bind_address in ("0.0.0.0", "::", "") else self.bind_address
 
@@ -104,9 +109,12 @@ class TritonServer:
             # Explicit control lets versions be loaded/unloaded and configs overridden at run time.
             "--model-control-mode=explicit",
             "--load-model=*",
-            # Ready = up and initial models loaded (a failed startup load exits the server).
-            # Non-strict, so that a later failed load of a *new* model or version through the
-            # repository API does not take the whole server out of rotation.
+            # 2.51 aborts start-up when any model fails to load (status -6, "failed to load all
+            # models"); false keeps the others serving (the launcher reports and recovers the
+            # failed ones: mlapi_backend.local.startup).
+            "--exit-on-error=false",
+            # Ready = up (HTTP answers only after the start-up loads). Non-strict, so that a
+            # model that failed to load does not take the whole server out of rotation.
             "--strict-readiness=false",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             *self.extra_args,
