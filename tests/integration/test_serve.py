@@ -1,5 +1,6 @@
-"""`make serve`'s launcher: foreground tritonserver and the API gateway on the env-configured
-ports, stopped cleanly by Ctrl-C (SIGINT) or SIGTERM with no process left behind."""
+"""`make serve`'s launcher: foreground tritonserver, the API gateway and the supervisor on the
+env-configured ports, stopped cleanly by Ctrl-C (SIGINT) or SIGTERM with no process left behind.
+Faults (a corrupt version, a killed server) are in tests/integration/faults."""
 
 from __future__ import annotations
 
@@ -121,7 +122,9 @@ def test_serve_runs_on_env_ports_and_stops_cleanly(tmp_path, stop_signal):
         log.close()
 
 
-def test_serve_exits_non_zero_when_a_model_fails_to_load(tmp_path):
+def test_serve_exits_non_zero_when_no_model_loads(tmp_path):
+    """A failed model no longer stops the others (tests/integration/faults), but a server
+    with nothing to serve is an error."""
     model = tmp_path / "repository" / "broken"
     (model / "1").mkdir(parents=True)
     (model / "config.pbtxt").write_text(
@@ -132,7 +135,10 @@ def test_serve_exits_non_zero_when_a_model_fails_to_load(tmp_path):
     command, env = _serve(tmp_path, Ports.free(), tmp_path / "repository", "--no-gateway")
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert "exited with status" in done.stderr + done.stdout
+    output = done.stderr + done.stdout
+    assert "NOT SERVED: model 'broken' version 1 failed to load" in output
+    assert "loaded no model at all" in output
+    assert _server_pid(int(env["TRITON_HTTP_PORT"])) is None
 
 
 def test_a_killed_launcher_leaves_nothing_behind(tmp_path):
