@@ -1,11 +1,12 @@
 """Synthetic inferences that tell a living Python stub from a dead one, for any model.
 
 The probe is built from the model's config alone: every required input as zeros (empty strings
-for BYTES) in the smallest shape Triton's core accepts (each variable dim 1, batch 1). Triton
-checks only datatypes and shapes before handing a request to the backend, so the request
-reaches the stub; the model may well refuse it (a 1x1 image, an empty prompt) — any answer from
-the model proves its process alive, while a dead stub is reported as "is not healthy" before
-the model is asked. Probes are counted by Triton like any request (a refusal as a failure).
+for BYTES), batch 1, each variable dim 8 (the smallest image side digits accepts, so its probe
+is a valid request; any size passes Triton's core). Triton checks only datatypes and shapes
+before handing a request to the backend, so the request reaches the stub; the model may still
+refuse it (text_generator refuses an empty prompt, the cheapest answer it has) — any answer
+from the model proves its process alive, while a dead stub is reported as "is not healthy"
+before the model is asked. Triton counts probes like any request (a refusal as a failure).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ _DTYPES: dict[str, Any] = {
 }
 
 
+_VARIABLE_DIM = 8
+
+
 class ProbeUnsupported(Exception):
     """The model has an input no synthetic value can be made for (e.g. BF16)."""
 
@@ -53,7 +57,7 @@ def probe_inputs(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
                 f"model '{config.get('name')}': no probe value for input "
                 f"'{tensor.get('name')}' of type {tensor.get('data_type')}"
             )
-        shape = [1 if int(d) < 0 else int(d) for d in tensor.get("dims", [])]
+        shape = [_VARIABLE_DIM if int(d) < 0 else int(d) for d in tensor.get("dims", [])]
         if batched:
             shape.insert(0, 1)
         if dtype is np.object_:

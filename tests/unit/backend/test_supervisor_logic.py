@@ -159,7 +159,7 @@ def test_probe_inputs_follow_the_config() -> None:
     }
     inputs = probe_inputs(config)
     assert list(inputs) == ["image"]
-    assert inputs["image"].shape == (1, 1, 1)
+    assert inputs["image"].shape == (1, 8, 8)
     assert inputs["image"].dtype == np.uint8
     generator = {
         "name": "text_generator",
