@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from mlapi_gateway import routes
+from mlapi_gateway.inference import DIGITS
 from mlapi_gateway.jobs import routes as job_routes
 from mlapi_gateway.metrics import MetricsMiddleware
 from mlapi_gateway.problems import register_error_handlers
@@ -51,11 +53,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     register_error_handlers(app)
     app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(MetricsMiddleware, models=settings.models)  # outermost: counts sheds too
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
+def _openapi(app: FastAPI, settings: GatewaySettings) -> dict[str, Any]:
     """FastAPI's schema plus the bodies the routes validate themselves, the Bearer scheme, and
     the error answers every route can give (problem+json)."""
     if app.openapi_schema:
@@ -76,9 +78,19 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schemas.pop(name, None)
     components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     schema["security"] = [{"bearer": []}]
-    for path, operations in schema["paths"].items():
+    paths = schema["paths"]
+    if DIGITS in settings.models:
+        _typed_paths(paths, DIGITS, "DigitsPredict", "DigitsAnswer")
+    for path, operations in paths.items():
         for operation in operations.values():
             _document_errors(path, operation)
+            for parameter in operation.get("parameters", ()):
+                if parameter["name"] == "timeout_s":
+                    bounds = {
+                        "minimum": settings.deadline_min_s,
+                        "maximum": settings.deadline_max_s,
+                    }
+                    parameter["schema"] = {"type": "number", **bounds}
     app.openapi_schema = schema
     return schema
 
@@ -109,9 +121,39 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "retry_after_s": {"type": "integer"},
     },
 }
+# One server-sent event: message (a TensorAnswer), then done ({"events": n}) or error (a problem).
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["message", "done", "error"]},
+        "id": {"type": "string"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
 RETRY_AFTER = {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1}}}
 # Routes anyone may call; they never pass the guard or the limiter.
 OPERATIONS_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+def _typed_paths(paths: dict[str, Any], model: str, body: str, answer: str) -> None:
+    """Concrete predict paths for a model with a typed adapter: its own body and answer.
+
+    OpenAPI matches concrete paths before templated ones, so the generic tensor form stays
+    documented for the other models.
+    """
+    for template in ("/v1/models/{model}/predict", "/v1/models/{model}/versions/{version}/predict"):
+        operation = copy.deepcopy(paths[template]["post"])
+        operation["operationId"] = f"{operation['operationId']}_{model}"
+        operation["summary"] = f"{operation.get('summary', 'Predict')} ({model})"
+        operation["parameters"] = [p for p in operation["parameters"] if p["name"] != "model"]
+        operation["requestBody"]["content"]["application/json"]["schema"] = {
+            "$ref": f"#/components/schemas/{body}"
+        }
+        operation["responses"]["200"]["content"]["application/json"]["schema"] = {
+            "$ref": f"#/components/schemas/{answer}"
+        }
+        paths[template.replace("{model}", model)] = {"post": operation}
 
 
 def _problem(description: str, retry: bool = False) -> dict[str, Any]:
@@ -140,14 +182,15 @@ def _document_errors(path: str, operation: dict[str, Any]) -> None:
                 "content": {"text/plain": {"schema": {"type": "string"}}},
             }
         return
+    if path.endswith("/stream"):
+        responses["200"]["content"] = {"text/event-stream": {"schema": SSE_EVENT}}
     errors_here = {
         "401": _problem("missing or invalid API key (WWW-Authenticate)"),
         "403": _problem("the key lacks the route's scope"),
         "429": _problem("rate limit or open-stream limit of the key (Retry-After)", retry=True),
         "503": _problem("Triton, the model or Redis unavailable, or the worker overloaded", True),
     }
-    if "{" in path:
-        errors_here["404"] = _problem("unknown model, version or job (names what exists)")
+    errors_here["404"] = _problem("unknown model, version or job (names what exists)")
     if "requestBody" in operation or operation.get("parameters"):
         errors_here["400"] = _problem("invalid request: per-field errors")
     if "requestBody" in operation:

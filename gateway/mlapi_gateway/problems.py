@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from mlapi_gateway import errors
 from mlapi_gateway.metrics import CLIENT_CLOSED, count_error
@@ -108,6 +109,16 @@ def render(error: errors.GatewayError, instance: str | None = None) -> Response:
     return Response(orjson.dumps(body), body["status"], headers=headers, media_type=PROBLEM_JSON)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def register_error_handlers(app: FastAPI) -> None:
     """Every exception-to-status pair of the gateway, registered in this one function."""
 
@@ -131,8 +142,9 @@ def register_error_handlers(app: FastAPI) -> None:
             count_error("not_found")
             return problem(404, "Not found", f"no route {path}", "not_found", path)
         count_error("http")
-        # Starlette's headers carry what the status needs, e.g. Allow on a 405.
-        headers = dict(exc.headers) if exc.headers else None
+        headers = dict(exc.headers) if exc.headers else {}
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return problem(exc.status_code, "HTTP error", str(exc.detail), "http", path, headers)
 
     async def client_gone(request: Request, exc: Exception) -> Response:

@@ -33,18 +33,10 @@ PREDICT_BODY = {
         {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}},
         TIMEOUT_PARAMETER,
     ],
+    # Tensors by name; typed adapters (digits) get paths of their own in the document.
     "requestBody": {
         "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "oneOf": [
-                        {"$ref": "#/components/schemas/DigitsPredict"},
-                        {"$ref": "#/components/schemas/TensorPredict"},
-                    ]
-                }
-            }
-        },
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TensorPredict"}}},
     },
 }
 VERSION_PREDICT_BODY = {
@@ -62,17 +54,8 @@ STREAM_BODY = {
 }
 PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "ranked labels (digits) or output tensors; X-Model-Version names the served version",
-        "content": {
-            "application/json": {
-                "schema": {
-                    "oneOf": [
-                        {"$ref": "#/components/schemas/DigitsAnswer"},
-                        {"$ref": "#/components/schemas/TensorAnswer"},
-                    ]
-                }
-            }
-        },
+        "description": "the output tensors; X-Model-Version names the served version",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TensorAnswer"}}},
     },
     400: {"description": "invalid request (problem+json with field errors)"},
     401: {"description": "missing or invalid API key"},

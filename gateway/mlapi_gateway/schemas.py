@@ -11,18 +11,63 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_SIDE_PX = 1024
 
 
+# A held-out digit (a 9) of the bundled data, as rows and as PNG: the documented examples.
+EXAMPLE_DIGIT = [
+    [0, 0, 112, 207, 159, 16, 0, 0], [0, 16, 239, 48, 143, 159, 0, 0],
+    [0, 48, 255, 64, 207, 175, 0, 0], [0, 0, 96, 191, 191, 255, 0, 0],
+    [0, 0, 0, 0, 0, 191, 80, 0], [0, 0, 0, 0, 0, 80, 175, 0],
+    [0, 16, 175, 32, 0, 112, 175, 0], [0, 0, 112, 207, 255, 239, 64, 0],
+]  # fmt: skip
+EXAMPLE_DIGIT_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAAAAADhZOFXAAAAQUlEQVR4nC3GwRQAIRQAwHkRfIQQFiGEEBYhk0UIIYQQ"
+    "QgmhvTSnQVs9IPbzdZIcUQK8cx7XrDd1SGJkGbR1dvED7bwON7phfIsAAAAASUVORK5CYII="
+)
+MIN_SIDE_PX = 8  # the digits model refuses smaller images (400 naming body.image)
+
+
+def _digits_schema(schema: dict[str, Any]) -> None:
+    """The documented body: what the gateway and the model together accept, exactly one of
+    ``image`` and ``pixels``, sides 8..1024 (the model checks the lower bound)."""
+    side = {"minItems": MIN_SIDE_PX, "maxItems": MAX_SIDE_PX}
+    grey = {"type": "integer", "minimum": 0, "maximum": 255}
+    properties = schema["properties"]
+    properties["image"] = {
+        "anyOf": [{"type": "string", "contentEncoding": "base64"}, {"type": "null"}],
+        "description": "base64 PNG or JPEG",
+    }
+    properties["pixels"] = {
+        "anyOf": [
+            {"type": "array", **side, "items": {"type": "array", **side, "items": grey}},
+            {"type": "null"},
+        ],
+        "description": "grayscale rows of equal length, each value 0-255",
+    }
+    schema["oneOf"] = [
+        {"required": ["image"], "properties": {"image": {"type": "string"}}},
+        {"required": ["pixels"], "properties": {"pixels": {"type": "array"}}},
+    ]
+    schema["examples"] = [{"pixels": EXAMPLE_DIGIT, "top_k": 3}, {"image": EXAMPLE_DIGIT_PNG}]
+
+
 class DigitsPredict(BaseModel):
     """``digits``: one image, as base64 PNG/JPEG (``image``) or rows of 0-255 values (``pixels``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: "3" is not a top_k, nor "7" a pixel (the schema says integers).
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_digits_schema)
 
     image: str | None = Field(default=None, description="base64 PNG or JPEG")
     pixels: list[list[int]] | None = Field(
-        default=None,
-        description="grayscale rows, each value 0-255",
-        examples=[[[0, 255], [255, 0]]],
+        default=None, description="grayscale rows, each value 0-255"
     )
     top_k: int | None = Field(default=None, ge=1, le=10, description="how many ranked labels")
+
+    @field_validator("top_k", mode="before")
+    @classmethod
+    def _integral(cls, value: Any) -> Any:
+        # JSON (and its schema) count 3.0 as the integer 3; strict mode alone would refuse it.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
     @field_validator("image")
     @classmethod
@@ -63,7 +108,9 @@ class TensorPredict(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: dict[str, Any] = Field(min_length=1, examples=[{"delay_ms": [[100]]}])
+    inputs: dict[str, Any] = Field(
+        min_length=1, examples=[{"text_input": ["Once upon"], "max_tokens": [8]}]
+    )
     parameters: dict[str, int | float | str | bool] | None = None
 
 
