@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -110,13 +111,25 @@ def render(error: errors.GatewayError, instance: str | None = None) -> Response:
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
+    """Every method some route serves at this path (Starlette's 405 names only the first route's;
+    an included router's routes count too)."""
+    probe = {**request.scope, "method": "GET"}
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE:
+    for route in _leaf_routes(request.app.router.routes):
+        if route.matches(probe)[0] != Match.NONE:
             methods.update(getattr(route, "methods", None) or ())
     return sorted(methods)
+
+
+def _leaf_routes(routes: Any) -> Iterator[Any]:
+    for route in routes:
+        nested = getattr(route, "routes", None) or getattr(
+            getattr(route, "original_router", None), "routes", None
+        )
+        if nested:
+            yield from _leaf_routes(nested)
+        else:
+            yield route
 
 
 def register_error_handlers(app: FastAPI) -> None:

@@ -117,3 +117,24 @@ def test_predict_routes_are_documented_and_keep_the_usual_answers(tmp_path: Path
         assert 'route="/v1/models/{model}/versions/{version}/predict"' in metrics
 
     _run(tmp_path, check)
+
+
+def test_405_allows_every_method_of_the_path_and_the_spec_names_the_errors(
+    tmp_path: Path,
+) -> None:
+    async def check(client: httpx.AsyncClient, key: str) -> None:
+        reply = await client.request("OPTIONS", "/v1/jobs/some-id")
+        assert reply.status_code == 405
+        assert reply.headers["Allow"] == "DELETE, GET"  # two routes share the path
+        spec = (await client.get("/openapi.json")).json()
+        digits = spec["paths"]["/v1/models/digits/predict"]["post"]
+        assert digits["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "/DigitsPredict"
+        )
+        assert {"400", "401", "404", "408", "413", "429", "503"} <= set(digits["responses"])
+        assert "Retry-After" in digits["responses"]["503"]["headers"]
+        assert spec["paths"]["/healthz"]["get"]["security"] == []
+        metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+        assert list(metrics) == ["text/plain"]
+
+    _run(tmp_path, check)
