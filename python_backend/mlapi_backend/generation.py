@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mlapi_backend import tokenizer
-from mlapi_backend.errors import MlapiBackendError, ModelConfigError
+from mlapi_backend.errors import MlapiBackendError, ModelConfigError, UnavailableError
 from mlapi_backend.generation_request import INPUTS, OUTPUTS, GenerationLimits, GenerationRequest
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.sampling import Sampler, StopMatcher
@@ -40,6 +40,10 @@ class FinishReason(str, enum.Enum):
 
 class DecoderError(MlapiBackendError):
     """The decode step failed (the decoder model is unavailable or returned an error)."""
+
+
+class DecoderUnavailableError(DecoderError, UnavailableError):
+    """The decoder shed the step (its queue is full or timed out) or is not loaded: 503."""
 
 
 @dataclass(frozen=True)

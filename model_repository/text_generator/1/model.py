@@ -22,6 +22,7 @@ from mlapi_backend.generation import (
     STATE_OUTPUT,
     TOKEN_INPUT,
     DecoderError,
+    DecoderUnavailableError,
     FinishReason,
     GeneratorSettings,
     responses,
@@ -29,6 +30,7 @@ from mlapi_backend.generation import (
 from mlapi_backend.generation_batching import stream_step
 from mlapi_backend.generation_request import INPUTS, parse_request
 from mlapi_backend.model_config import ModelConfig
+from mlapi_backend.triton_responses import error_code
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -72,10 +74,8 @@ class TritonPythonModel:
                     self.finished[chunk.finish_reason].increment(1)
                     self.token_counts["prompt"].increment(chunk.prompt_tokens)
                     self.token_counts["completion"].increment(chunk.completion_tokens)
-        except InvalidInputError as exc:
-            _send_error(sender, str(exc), pb_utils.TritonError.INVALID_ARG)
-        except DecoderError as exc:
-            _send_error(sender, str(exc), pb_utils.TritonError.INTERNAL)
+        except (InvalidInputError, DecoderError) as exc:
+            _send_error(sender, str(exc), error_code(exc, pb_utils))
         except Exception as exc:  # a bug must end this stream, not the instance's other streams
             pb_utils.Logger.log_error(f"text_generator: stream failed: {exc!r}")
             _send_error(sender, f"text_generator failed: {exc}", pb_utils.TritonError.INTERNAL)
@@ -90,8 +90,13 @@ class TritonPythonModel:
             inputs=[pb_utils.Tensor(TOKEN_INPUT, tokens), pb_utils.Tensor(STATE_INPUT, states)],
         ).async_exec()
         if response.has_error():
-            message = response.error().message()
-            raise DecoderError(f"{self.settings.decoder_model} failed: {message}")
+            error = response.error()
+            failure = (
+                DecoderUnavailableError
+                if error.code() == pb_utils.TritonError.UNAVAILABLE
+                else DecoderError
+            )
+            raise failure(f"{self.settings.decoder_model} failed: {error.message()}")
         logits = pb_utils.get_output_tensor_by_name(response, LOGITS_OUTPUT).as_numpy()
         return logits, pb_utils.get_output_tensor_by_name(response, STATE_OUTPUT).as_numpy()
 

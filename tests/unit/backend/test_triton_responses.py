@@ -39,3 +39,15 @@ def test_each_result_gets_its_own_response_and_error_code():
     )
     assert internal.error.code == "INTERNAL" and "classifier down" in internal.error.message
     assert unavailable.error.code == "UNAVAILABLE" and "version 1" in unavailable.error.message
+
+
+def test_a_shed_decode_step_is_unavailable_and_a_failed_one_internal():
+    from mlapi_backend.generation import DecoderError, DecoderUnavailableError
+    from mlapi_backend.triton_responses import error_code
+
+    shed = DecoderUnavailableError("text_decoder failed: Request timeout expired")
+    assert error_code(shed, FAKE_PB_UTILS) == "UNAVAILABLE"
+    assert error_code(DecoderError("text_decoder failed: boom"), FAKE_PB_UTILS) == "INTERNAL"
+    assert error_code(InvalidInputError("seed", "an integer >= 0", "-1"), FAKE_PB_UTILS) == (
+        "INVALID_ARG"
+    )
