@@ -198,6 +198,13 @@ class Inference:
             raise errors.Unavailable(
                 f"model '{model}' cannot serve now ({type(exc).__name__}); retry later", retry
             ) from None
+        except client_errors.AccessDeniedError as exc:
+            # The gateway's own configuration, not the caller's request nor the model.
+            log.error("Triton refused the gateway's access key: %s", exc.message)
+            raise errors.Unavailable(
+                "the gateway cannot call Triton now (its access key was refused); retry later",
+                self.settings.retry_after_s,
+            ) from None
         except client_errors.InferenceTimeoutError:
             raise errors.DeadlineExceeded(
                 f"model '{model}' did not answer within the deadline: send a smaller input, "

@@ -84,9 +84,14 @@ async def readyz(request: Request) -> Response:
     timeout_s = svc.settings.ready_timeout_s
 
     async def triton_ready() -> bool:
+        # Health is open; the repository index needs the access key, so a refused key shows here.
+        client = svc.inference.client
         try:
             with svc.inference.translated("*"):
-                return await svc.inference.client.is_ready(timeout_s=timeout_s, retry=False)
+                if not await client.is_ready(timeout_s=timeout_s, retry=False):
+                    return False
+                await client.list_models(timeout_s=timeout_s, retry=False)
+                return True
         except errors.GatewayError:
             return False
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import tritonclient.http as httpclient
 
+from mlapi_backend.build.digits_data import DigitsSplit
 from mlapi_backend.local.triton_process import Ports, TritonServer
 from mlapi_client import access
 
@@ -69,5 +70,28 @@ def test_unloaded_model_then_stopped_triton_are_503(
             assert api.get("/healthz").status_code == 200
             metrics = api.get("/metrics").text
             assert 'mlapi_gateway_errors_total{type="unavailable"}' in metrics
+    finally:
+        gateway.stop()
+
+
+def test_a_refused_access_key_is_503_and_not_ready(
+    triton: TritonServer, tmp_path: Path, split: DigitsSplit
+) -> None:
+    """A gateway holding the wrong Triton key: callers get 503, readiness says Triton, the log
+    says why; nothing is blamed on the model (502)."""
+    key = create_key(tmp_path / "keys.json", "predict")
+    env = {**gateway_env(triton, tmp_path), access.KEY_ENV: "not-the-key"}
+    gateway = Gateway(env, tmp_path / "gateway.log").start()
+    try:
+        with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}) as api:
+            _assert_503(
+                api.post(
+                    "/v1/models/digits/predict", json={"pixels": split.test_images[0].tolist()}
+                )
+            )
+            reply = api.get("/readyz")
+            _assert_503(reply)
+            assert "Triton" in reply.json()["detail"]
+        assert "access key" in gateway.log()
     finally:
         gateway.stop()
