@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +105,11 @@ def serve(
     # Restarts of a dead tritonserver: 3 per 10 minutes, 1 s then 2 s apart.
     restarts = ReloadLimiter(max_restarts, window_s=600.0, initial_backoff_s=1.0)
     stopping = False
+    restart_requested = threading.Event()
+
+    def restart_for(model: str) -> None:
+        log.error("restarting tritonserver: %s cannot be healed by a reload", model)
+        restart_requested.set()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -118,7 +124,9 @@ def serve(
         _start_triton(server, repositories, lambda: stopping)
         if with_supervisor and not stopping:
             settings = SupervisorSettings.from_env(triton_url=f"http://{server.http_url}")
-            supervisor = SupervisorThread(settings, server_pid=lambda: server.pid).start()
+            supervisor = SupervisorThread(
+                settings, server_pid=lambda: server.pid, restart_server=restart_for
+            ).start()
         if with_gateway and not stopping:
             gateway = start_gateway(server)
         while not stopping:
@@ -126,9 +134,11 @@ def serve(
                 log.error("the gateway exited (status %s): stopping", gateway.returncode)
                 failed = True
                 break
-            if server.process is not None and server.process.poll() is None:
+            alive = server.process is not None and server.process.poll() is None
+            if alive and not restart_requested.is_set():
                 time.sleep(0.2)
                 continue
+            restart_requested.clear()
             code = server.stop()  # also ends what is left of its process group (stubs)
             delay_s = restarts.delay_s("tritonserver", time.monotonic())
             if delay_s is None:
@@ -140,8 +150,9 @@ def serve(
                 failed = True
                 break
             log.error(
-                "tritonserver exited on its own (status %s): restarting it in %.0f s on the "
-                "same ports with the same key",
+                "tritonserver %s (status %s): restarting it in %.0f s on the same ports with "
+                "the same key",
+                "was stopped" if alive else "exited on its own",
                 code,
                 delay_s,
             )

@@ -154,3 +154,9 @@ def reload_config(config: Mapping[str, Any]) -> dict[str, Any]:
         else:
             group[_TOGGLE_FIELD] = {"priority": 0}
     return changed
+
+
+def instance_count(config: Mapping[str, Any]) -> int:
+    """How many instances (stubs) serve each version of the model (Triton's default is 1)."""
+    groups = config.get("instance_group") or [{}]
+    return sum(int(group.get("count", 1)) for group in groups)

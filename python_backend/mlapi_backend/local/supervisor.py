@@ -35,6 +35,7 @@ from mlapi_backend.local.healing import (
     StubTracker,
     Verdict,
     confirmed_dead,
+    instance_count,
     reload_config,
 )
 from mlapi_backend.local.probes import ProbeUnsupported, probe
@@ -46,6 +47,9 @@ from mlapi_client.errors import MlapiError
 
 log = logging.getLogger("mlapi.supervisor")
 _HEAL_POLL_S = 0.05  # how often a reload is checked for a serving model again
+# A reload's load call returns 2-4 s after its new instances serve (digits, 2 instances, 2
+# shared CPUs) while Triton finalizes the dead ones; one still pending after this is stuck.
+_PREVIOUS_LOAD_WAIT_S = 15.0
 
 
 class Supervisor:
@@ -60,6 +64,7 @@ class Supervisor:
         settings: SupervisorSettings,
         server_pid: Callable[[], int | None] | None = None,
         metrics: SupervisorMetrics | None = None,
+        restart_server: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or SupervisorMetrics()
@@ -74,7 +79,9 @@ class Supervisor:
         self._tracker = StubTracker()
         self._watched_pid: int | None = None
         self._healing: dict[str, asyncio.Task[None]] = {}
-        self._pending_loads: set[asyncio.Task[None]] = set()
+        # The last reload of each model: Triton runs one load of a model at a time.
+        self._loads: dict[str, asyncio.Task[None]] = {}
+        self._restart_server = restart_server
         self._given_up: dict[str, float] = {}
         self._client: AsyncClient | None = None
         # Set once the stubs of a running server have been seen (or when there is no process
@@ -108,11 +115,10 @@ class Supervisor:
         try:
             await stop.wait()
         finally:
-            for task in [*tasks, *self._healing.values(), *self._pending_loads]:
+            pending = [*tasks, *self._healing.values(), *self._loads.values()]
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(
-                *tasks, *self._healing.values(), *self._pending_loads, return_exceptions=True
-            )
+            await asyncio.gather(*pending, return_exceptions=True)
             await self._client.close()
             await self._configs.close()
 
@@ -134,6 +140,7 @@ class Supervisor:
             announced = True
             if pid != self._watched_pid:
                 self._tracker.forget()  # a new server: its first stubs are not deaths
+                self._loads.clear()  # and no load of the old one blocks its models
                 self._watched_pid = pid
             lost = self._tracker.update(stubs.list_stubs(pid))
             self.watching.set()
@@ -218,41 +225,91 @@ class Supervisor:
         if delay > 0:
             log.info("reloading %s in %.1f s (backoff)", model, delay)
             await asyncio.sleep(delay)
+        previous = self._loads.get(model)
+        if previous is not None and not previous.done():
+            await asyncio.wait({previous}, timeout=_PREVIOUS_LOAD_WAIT_S)
+            if not previous.done():
+                return self._blocked(model)
         started = time.monotonic()
         self.limiter.record(model, started)
         config = await self._config(model)
         if config is None:
             return "failed"
+        before = self._living_stubs(model, version)
         load = asyncio.create_task(self._load(model, reload_config(config)))
-        self._pending_loads.add(load)
-        load.add_done_callback(self._pending_loads.discard)
+        self._loads[model] = load
         deadline = started + self.settings.heal_timeout_s
+        instances = instance_count(config)
         while time.monotonic() < deadline:
-            if load.done() and load.exception() is not None:
-                log.error("reloading %s failed: %s", model, load.exception())
-                return "failed"
-            try:
-                answer = await probe(
-                    self._client_or_fail(), model, version, config, self.settings.probe_timeout_s
-                )
-            except ProbeUnsupported:
-                answer = Verdict.ALIVE if load.done() else Verdict.DEAD
-            if answer is Verdict.ALIVE:
-                log.info("%s version %s serves again, %.2f s after the reload began",
-                         model, version, time.monotonic() - started)  # fmt: skip
+            if load.done():
+                if load.exception() is not None:
+                    log.error("reloading %s failed: %s", model, load.exception())
+                    return "failed"
+                log.info("%s reloaded in %.2f s", model, time.monotonic() - started)
                 return "reloaded"
-            if answer is Verdict.ABSENT and load.done():
-                log.warning("%s was unloaded while it was being healed", model)
-                return "failed"
+            if self._replaced(model, version, before, instances):
+                try:
+                    answer = await probe(
+                        self._client_or_fail(),
+                        model,
+                        version,
+                        config,
+                        self.settings.probe_timeout_s,
+                    )
+                except ProbeUnsupported:
+                    answer = Verdict.UNKNOWN  # only the load's answer can tell
+                if answer is Verdict.ALIVE:
+                    log.info("%s version %s serves again, %.2f s after the reload began",
+                             model, version, time.monotonic() - started)  # fmt: skip
+                    return "reloaded"
+                if answer is Verdict.ABSENT:
+                    log.warning("%s was unloaded while it was being healed", model)
+                    return "failed"
             await asyncio.sleep(_HEAL_POLL_S)
         log.error("%s version %s still does not answer %.0f s after its reload began",
                   model, version, self.settings.heal_timeout_s)  # fmt: skip
         return "timeout"
 
+    def _replaced(self, model: str, version: str, before: set[int] | None, instances: int) -> bool:
+        """Whether a probe's answer can only come from the new instances.
+
+        With one instance per version, any answer can. With several, a probe may reach a
+        sibling that survived the crash, so the new stubs must all be up first; without a
+        view of the processes, only the load's own answer tells.
+        """
+        if instances <= 1:
+            return True
+        if before is None:
+            return False
+        now = self._living_stubs(model, version)
+        return now is not None and len(now - before) >= instances
+
+    def _living_stubs(self, model: str, version: str) -> set[int] | None:
+        pid = self._watched_pid if self.settings.watch_processes else None
+        if pid is None:
+            return None
+        return {s.pid for s in stubs.list_stubs(pid) if (s.model, s.version) == (model, version)}
+
+    def _blocked(self, model: str) -> str:
+        # Seen on 2.51: requests that were inside a stub when it died are never answered, so
+        # the reload that replaced it never returns (the new instances serve meanwhile), and
+        # Triton runs the next load of the same model only after it: a second crash of the
+        # model cannot be healed by a reload. Only a server restart clears them.
+        log.error(
+            "%s died again, but its previous reload still waits for requests that were inside "
+            "the dead stub (Triton never answers them): only a tritonserver restart heals it%s",
+            model,
+            "; asking the launcher for one" if self._restart_server else "",
+        )
+        if self._restart_server is not None:
+            self._restart_server(model)
+        return "blocked"
+
     async def _load(self, model: str, config: dict[str, Any]) -> None:
         # Triton answers a load only once the replaced instances are gone, and an instance
-        # with requests stuck on its dead stub (an open stream) goes only when they end: the
-        # new instance serves long before that, so healing watches the model, not this call.
+        # with requests stuck in its dead stub goes only when they end (never, for requests
+        # that were inside it when it died): the new instances serve long before, so healing
+        # watches the model, not this call.
         await self._client_or_fail().load_model(
             model, config, timeout_s=self.settings.load_timeout_s
         )
@@ -291,9 +348,12 @@ class SupervisorThread:
     """A supervisor on its own thread and event loop, for the synchronous launcher."""
 
     def __init__(
-        self, settings: SupervisorSettings, server_pid: Callable[[], int | None] | None = None
+        self,
+        settings: SupervisorSettings,
+        server_pid: Callable[[], int | None] | None = None,
+        restart_server: Callable[[str], None] | None = None,
     ) -> None:
-        self.supervisor = Supervisor(settings, server_pid)
+        self.supervisor = Supervisor(settings, server_pid, restart_server=restart_server)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()

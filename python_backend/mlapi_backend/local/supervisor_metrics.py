@@ -25,7 +25,7 @@ class SupervisorMetrics:
         self.reloads = Counter(
             "mlapi_supervisor_reloads",
             "Reloads of a model whose Python stub died, by outcome "
-            "(reloaded, failed, timeout, rate_limited).",
+            "(reloaded, failed, timeout, rate_limited, blocked: only a server restart can heal it).",
             ["model", "outcome"],
             registry=self.registry,
         )

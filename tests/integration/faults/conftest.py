@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 
 from mlapi_backend.local import stubs
 from mlapi_backend.local.supervisor import SupervisorThread
 from mlapi_backend.local.supervisor_settings import SupervisorSettings
 from mlapi_backend.local.triton_process import Ports, TritonServer
-from mlapi_client import access
+from mlapi_client import Client, access
+from mlapi_client.errors import ModelCrashedError
 
 from ..conftest import MODEL_REPOSITORY
 
@@ -46,6 +50,44 @@ def own_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServe
         server.stop()
 
 
+RELOADS = "mlapi_supervisor_reloads_total"
+# Recovery takes ~1.2-3 s on a shared 2-CPU machine; the bound leaves room for a busier one.
+RECOVERY_BOUND_S = 30.0
+IMAGE = np.zeros((8, 8), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def raw_client(own_triton: TritonServer) -> Iterator[Client]:
+    with Client(own_triton.http_url) as client:
+        yield client
+
+
+def serves(client: Client) -> bool:
+    """Whether digits answers (False while its stub is dead)."""
+    try:
+        client.digits(IMAGE, retry=False)
+    except ModelCrashedError:
+        return False
+    return True
+
+
+def live_config(server: TritonServer, model: str) -> dict:
+    request = urllib.request.Request(
+        f"http://{server.http_url}/v2/models/{model}/config",
+        headers=access.http_headers(access.read_key()),
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return dict(json.loads(reply.read()))
+
+
+def metrics_text(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            return str(reply.read().decode())
+    except OSError:
+        return ""
+
+
 @pytest.fixture
 def start_supervisor(own_triton: TritonServer) -> Iterator[Callable[..., SupervisorThread]]:
     """Start a supervisor of ``own_triton`` with settings overrides; stopped after the test."""
@@ -65,11 +107,12 @@ def start_supervisor(own_triton: TritonServer) -> Iterator[Callable[..., Supervi
 
 
 def kill_stub(server: TritonServer, model: str, version: str = "1") -> float:
-    """SIGKILL the stub running ``model`` at ``version``; the monotonic time of the kill."""
+    """SIGKILL every stub (instance) running ``model`` at ``version``; the time of the kill."""
     assert server.pid is not None
     victims = [s for s in stubs.list_stubs(server.pid) if (s.model, s.version) == (model, version)]
     assert victims, f"no living stub for {model} version {version}"
-    os.kill(victims[0].pid, signal.SIGKILL)
+    for victim in victims:
+        os.kill(victim.pid, signal.SIGKILL)
     return time.monotonic()
 
 
@@ -137,5 +180,5 @@ class SteadyLoad:
         if not failures:
             return 0.0, []
         last = max(a.start for a in failures)
-        recovered = min(a.end for a in attempts if a.error is None and a.start > last)
-        return recovered - since, failures
+        recovered = [a.end for a in attempts if a.error is None and a.start > last]
+        return (min(recovered) - since if recovered else float("inf")), failures

@@ -14,6 +14,7 @@ from mlapi_backend.local.healing import (
     StubTracker,
     Verdict,
     confirmed_dead,
+    instance_count,
     reload_config,
     verdict,
 )
@@ -143,6 +144,12 @@ def test_reload_config_toggles_an_inert_rate_limiter_and_leaves_the_rest() -> No
     second = reload_config(first)
     assert "rate_limiter" not in second["instance_group"][0]
     assert second == config
+
+
+def test_instance_count_tells_whether_a_probe_can_judge_a_reload() -> None:
+    assert instance_count({}) == 1
+    assert instance_count({"instance_group": [{"count": 1}]}) == 1
+    assert instance_count({"instance_group": [{"count": 2}, {"kind": "KIND_CPU"}]}) == 3
 
 
 # --- probe inputs ----------------------------------------------------------------------------
