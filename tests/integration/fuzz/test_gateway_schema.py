@@ -120,7 +120,7 @@ def test_gateway_matches_its_openapi_and_never_answers_5xx(
     env = {**os.environ, CALLS_ENV: str(calls_file), "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
     start = time.monotonic()
     run = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
     )
     elapsed_s = time.monotonic() - start
     calls = [line.split() for line in calls_file.read_text().splitlines()]
