@@ -19,6 +19,7 @@ from mlapi_client.errors import (
     ModelCrashedError,
     ModelNotFoundError,
     ModelUnavailableError,
+    ServerOverloadedError,
 )
 
 StubKey = tuple[str, str, str]  # model, version, instance
@@ -76,11 +77,9 @@ def verdict(error: BaseException | None) -> Verdict:
         return Verdict.ALIVE
     if isinstance(error, ModelCrashedError):
         return Verdict.DEAD
-    if isinstance(error, (ConnectionFailedError, InferenceTimeoutError)):
-        return Verdict.UNKNOWN
-    if isinstance(error, ModelNotFoundError) or (
-        type(error) is ModelUnavailableError  # not loaded; overloaded means alive
-    ):
+    if isinstance(error, (ConnectionFailedError, InferenceTimeoutError, ServerOverloadedError)):
+        return Verdict.UNKNOWN  # Triton's queue refuses before any stub is asked
+    if isinstance(error, (ModelNotFoundError, ModelUnavailableError)):  # not loaded
         return Verdict.ABSENT
     if isinstance(error, MlapiError):
         return Verdict.ALIVE  # the model itself refused or failed: its process answered

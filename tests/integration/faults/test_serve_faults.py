@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlapi_backend.local import stubs
 from mlapi_backend.local.triton_process import Ports
 from mlapi_client import Client
 from mlapi_client.errors import MlapiError
@@ -34,6 +35,15 @@ def _launch(tmp_path: Path, repository: Path, *flags: str) -> tuple[subprocess.P
         )
     launcher.gateway_port = int(env["GATEWAY_PORT"])  # type: ignore[attr-defined]
     return launcher, ports, log_path
+
+
+def _kill_stubs(http_port: int, model: str) -> None:
+    server = _server_pid(http_port)
+    assert server is not None
+    victims = [s.pid for s in stubs.list_stubs(server) if s.model == model]
+    assert victims, f"no living stub for {model}"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
 
 
 def _kill_server(http_port: int) -> int:

@@ -113,7 +113,7 @@ def test_past_the_limit_a_model_is_not_reloaded_until_the_window_passes() -> Non
         (None, Verdict.ALIVE),
         (InvalidInputError("1x1 image"), Verdict.ALIVE),
         (ServerError("the model raised"), Verdict.ALIVE),
-        (ServerOverloadedError("queue full"), Verdict.ALIVE),
+        (ServerOverloadedError("queue full"), Verdict.UNKNOWN),
         (ModelCrashedError("Stub process 'm_0_0' is not healthy."), Verdict.DEAD),
         (ModelNotFoundError("unknown"), Verdict.ABSENT),
         (ModelUnavailableError("not ready"), Verdict.ABSENT),
