@@ -52,6 +52,15 @@ class GrpcTransport:
         channel = self._client._channel  # tritonclient 2.51 exposes no accessor
         return bool(channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY)
 
+    async def _why_refused(self, model: str, version: str) -> None:
+        """Raise the server's own reason for refusing a stream at once, if a unary call has one.
+
+        A server that refuses a stream before reading it (e.g. Triton without the access key)
+        can close it while grpc's core still writes the request: the caller then sees only
+        INTERNAL "Internal error from Core", not the status the server sent.
+        """
+        await self._call(self._client.get_model_metadata(model, version))
+
     async def is_live(self) -> bool:
         return bool(await self._call(self._client.is_server_live()))
 
@@ -134,12 +143,19 @@ class GrpcTransport:
             requests(), stream_timeout=timeout_s, headers=_STREAM_HEADERS
         )
         finished = False
+        answered = False
         try:
             while not finished:
                 try:
                     result, error = await self._call(responses.__anext__())
                 except StopAsyncIteration:
                     return
+                except grpc.RpcError as exc:
+                    if answered or exc.code() != grpc.StatusCode.INTERNAL:
+                        raise
+                    await self._why_refused(model, version)
+                    raise
+                answered = True
                 if error is not None:
                     raise StreamFailure(error.message())
                 proto = result.get_response()
