@@ -2,10 +2,12 @@
 
 from mlapi_client.async_client import AsyncClient
 from mlapi_client.errors import (
+    AccessDeniedError,
     ConnectionFailedError,
     InferenceTimeoutError,
     InvalidInputError,
     MlapiError,
+    ModelCrashedError,
     ModelNotFoundError,
     ModelUnavailableError,
     ServerError,
@@ -25,6 +27,7 @@ from mlapi_client.sync_client import Client
 
 __all__ = [
     "NO_RETRY",
+    "AccessDeniedError",
     "AsyncClient",
     "Client",
     "ClientSettings",
@@ -36,6 +39,7 @@ __all__ = [
     "InvalidInputError",
     "MlapiError",
     "ModelContract",
+    "ModelCrashedError",
     "ModelEntry",
     "ModelNotFoundError",
     "ModelUnavailableError",

@@ -129,6 +129,19 @@ class AsyncClient:
         ready = [e.version for e in entries if e.name == model and e.state == "READY" and e.version]
         return sorted(ready, key=lambda v: (len(v), v))
 
+    async def model_config(
+        self,
+        model: str,
+        version: int | str | None = None,
+        *,
+        timeout_s: float | None = None,
+        retry: Retry = None,
+    ) -> dict[str, Any]:
+        """The served config of ``model`` as Triton's JSON (parameters, batching, instances)."""
+        ver = _version(version)
+        context = CallContext("model_config", model, ver)
+        return await self._call(context, lambda t: t.model_config(model, ver), timeout_s, retry)
+
     async def load_model(
         self,
         model: str,

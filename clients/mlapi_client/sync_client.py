@@ -126,6 +126,7 @@ class Client:
     list_models = _blocking(AsyncClient.list_models)
     live_versions = _blocking(AsyncClient.live_versions)
     contract = _blocking(AsyncClient.contract)
+    model_config = _blocking(AsyncClient.model_config)
     load_model = _blocking(AsyncClient.load_model)
     unload_model = _blocking(AsyncClient.unload_model)
     infer = _blocking(AsyncClient.infer)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mlapi_client.async_client import AsyncClient
-from mlapi_client.error_mapping import CallContext
 from mlapi_client.errors import ConnectionFailedError, InvalidInputError, MlapiError
 
 POLICY_PARAMETER = "traffic_policy"
@@ -170,13 +169,7 @@ class AsyncTrafficController:
         return await self.show()
 
     async def _config(self) -> dict[str, Any]:
-        # AsyncClient has no public call returning the raw model config (its ``contract`` drops
-        # the parameters); this is the one place that reads it through the client's plumbing.
-        context = CallContext("read the config", self.model)
-        config = await self._client._call(
-            context, lambda transport: transport.model_config(self.model, ""), None, None
-        )
-        return dict(config)
+        return await self._client.model_config(self.model)
 
 
 class TrafficController:

@@ -27,8 +27,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import tritonclient.http.aio as triton_http
-
 from mlapi_backend.local import stubs
 from mlapi_backend.local.healing import (
     ReloadLimiter,
@@ -41,8 +39,7 @@ from mlapi_backend.local.healing import (
 from mlapi_backend.local.probes import ProbeUnsupported, probe
 from mlapi_backend.local.supervisor_metrics import SupervisorMetrics
 from mlapi_backend.local.supervisor_settings import SupervisorSettings
-from mlapi_client import AsyncClient, access
-from mlapi_client.error_mapping import CallContext, translated
+from mlapi_client import AsyncClient
 from mlapi_client.errors import MlapiError
 
 log = logging.getLogger("mlapi.supervisor")
@@ -87,15 +84,12 @@ class Supervisor:
         # Set once the stubs of a running server have been seen (or when there is no process
         # watch): a stub that dies before it was ever seen is left to the probes.
         self.watching = threading.Event()
-        self._configs: triton_http.InferenceServerClient | None = None
 
     # --- the loop ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         self._client = AsyncClient(settings.triton_url, timeout_s=settings.probe_timeout_s)
-        address = urlsplit(settings.triton_url).netloc or settings.triton_url
-        self._configs = access.with_key(triton_http.InferenceServerClient(address))
         detectors = ["probe"] if settings.probe_interval_s > 0 else []
         tasks = []
         if settings.probe_interval_s > 0:
@@ -120,7 +114,6 @@ class Supervisor:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             await self._client.close()
-            await self._configs.close()
 
     async def _process_loop(self) -> None:
         announced: bool | None = None
@@ -319,12 +312,8 @@ class Supervisor:
 
         Read each time: a reload or a traffic change may have replaced it.
         """
-        configs = self._configs
-        if configs is None:
-            raise RuntimeError("the supervisor is not running")
         try:
-            async with translated(CallContext("model_config", model)):
-                return dict(await configs.get_model_config(model))
+            return await self._client_or_fail().model_config(model, retry=False)
         except MlapiError as exc:
             log.warning("cannot read the config of %s: %s", model, exc)
             return None

@@ -16,6 +16,7 @@ PUBLIC = [
     "list_models",
     "live_versions",
     "contract",
+    "model_config",
     "load_model",
     "unload_model",
     "infer",
