@@ -95,8 +95,8 @@ def commands(
                 "99",
                 "-f",
                 str(out_csv.with_name(f"{out_csv.stem}_c{level}.csv")),
-                *MODELS.get(model, ("--streaming",) if model in STREAMING_MODELS else ()),
                 *key_header(protocol),
+                *MODELS.get(model, ("--streaming",) if model in STREAMING_MODELS else ()),
             ]
         )
     return runs
