@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from mlapi_client.async_client import AsyncClient
+from mlapi_client.async_client import AsyncClient, Retry
 from mlapi_client.errors import ConnectionFailedError, InvalidInputError, MlapiError
 
 POLICY_PARAMETER = "traffic_policy"
@@ -100,20 +100,16 @@ def check_live(
 
 
 class AsyncTrafficController:
-    """Traffic policy of one public model, through the project's client (sends the access key)."""
+    """Traffic policy of one public model, through a project client (which sends the access key).
 
-    def __init__(
-        self,
-        url: str,
-        model: str = "digits",
-        timeout_s: float = 60.0,
-        triton_key: str | None = None,
-    ) -> None:
+    The caller owns ``client`` (the gateway shares its own; the CLI's wrapper opens one).
+    ``retry`` applies to the reads (the reload itself is never retried).
+    """
+
+    def __init__(self, client: AsyncClient, model: str = "digits", *, retry: Retry = None) -> None:
         self.model = model
-        self._client = AsyncClient(url, timeout_s=timeout_s, triton_key=triton_key)
-
-    async def close(self) -> None:
-        await self._client.close()
+        self._client = client
+        self._retry = retry
 
     async def show(self) -> TrafficStatus:
         """The policy in force, its default version and the classifier's live versions."""
@@ -124,7 +120,7 @@ class AsyncTrafficController:
         )
         classifier = params.get(CLASSIFIER_PARAMETER, {}).get("string_value", "")
         weights = {str(k): float(v) for k, v in policy.get("weights", {}).items()}
-        live = await self._client.live_versions(classifier) if classifier else []
+        live = await self._client.live_versions(classifier, retry=self._retry) if classifier else []
         default = max(weights.items(), key=lambda kv: (kv[1], int(kv[0])))[0] if weights else ""
         shadow = policy.get("shadow")
         return TrafficStatus(
@@ -144,7 +140,8 @@ class AsyncTrafficController:
         params = config.setdefault("parameters", {})
         classifier = params.get(CLASSIFIER_PARAMETER, {}).get("string_value", "")
         if classifier:
-            check_live(weights, shadow, await self._client.live_versions(classifier), classifier)
+            live = await self._client.live_versions(classifier, retry=self._retry)
+            check_live(weights, shadow, live, classifier)
         policy: dict[str, Any] = {"weights": dict(weights)}
         if shadow is not None:
             policy["shadow"] = int(shadow)
@@ -169,7 +166,7 @@ class AsyncTrafficController:
         return await self.show()
 
     async def _config(self) -> dict[str, Any]:
-        return await self._client.model_config(self.model)
+        return await self._client.model_config(self.model, retry=self._retry)
 
 
 class TrafficController:
@@ -184,7 +181,8 @@ class TrafficController:
     ) -> None:
         self.model = model
         self._loop = asyncio.new_event_loop()
-        self._async = AsyncTrafficController(url, model, timeout_s, triton_key)
+        self._client = AsyncClient(url, timeout_s=timeout_s, triton_key=triton_key)
+        self._async = AsyncTrafficController(self._client, model)
 
     def _run(self, call: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(call)
@@ -200,7 +198,7 @@ class TrafficController:
     def close(self) -> None:
         if not self._loop.is_closed():
             try:
-                self._run(self._async.close())
+                self._run(self._client.close())
             finally:
                 self._loop.close()
 

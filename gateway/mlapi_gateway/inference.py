@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from mlapi_client import errors as client_errors
 from mlapi_client.async_client import AsyncClient
 from mlapi_client.results import DigitsResult, InferResponse, ModelContract
-from mlapi_client.traffic import TrafficController, TrafficStatus
+from mlapi_client.traffic import AsyncTrafficController, TrafficStatus
 from mlapi_gateway import errors
 from mlapi_gateway.problems import field_errors_from_pydantic
 from mlapi_gateway.schemas import DigitsPredict, TensorPredict
@@ -158,6 +158,8 @@ class Inference:
             )
         self._contracts = Cached(settings.metadata_cache_s)
         self._traffic = Cached(settings.metadata_cache_s)
+        # Reads only, not retried: a Triton that is down must reach the caller as a prompt 503.
+        self._traffic_controller = AsyncTrafficController(self.client, DIGITS, retry=False)
         self.images = ImageDecoder(
             settings.image_max_side_px, settings.image_max_pixels, settings.image_decode_threads
         )
@@ -243,15 +245,11 @@ class Inference:
         return await self._contracts.get((model, version), load)
 
     async def traffic(self) -> TrafficStatus:
-        """digits' default and live classifier versions (TrafficController speaks sync HTTP)."""
-
-        def show() -> TrafficStatus:
-            with TrafficController(self.settings.triton_http_url, DIGITS, timeout_s=5) as ctl:
-                return ctl.show()
+        """digits' default and live classifier versions, over the gateway's own client."""
 
         async def load() -> TrafficStatus:
             with self.translated(DIGITS):
-                return await asyncio.to_thread(show)
+                return await self._traffic_controller.show()
 
         return await self._traffic.get(DIGITS, load)
 
