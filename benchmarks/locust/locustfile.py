@@ -17,10 +17,11 @@ import os
 
 from locust import HttpUser, between, task
 
-from mlapi_bench.scenarios import Mix, default_mix
+from mlapi_bench.scenarios import Mix, default_mix, held_out_pool
 from mlapi_client import access
 
 _SEEDS = itertools.count()
+held_out_pool()  # at import, before locust's -t timer starts: no user loads data in its run
 
 
 def _send(user: HttpUser, mix: Mix, headers: dict[str, str], base_url: str = "") -> None:

@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from mlapi_bench.measure import Phases
+from mlapi_bench.measure import MeasurementError, Phases
 from mlapi_bench.report import results_dir
 from mlapi_bench.stack import ROOT, StackError, stack
 from mlapi_bench.study import FULL_VARIANTS, QUICK_VARIANTS, StudyError
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 summary = runs.run_study(server, settings_s, out)
             elif args.command == "locust":
-                from mlapi_bench.locust_run import LocustSettings, run_locust
+                from mlapi_bench.locust_run import LocustSettings, problems, run_locust
 
                 summary, totals, status = run_locust(
                     server.http_url,
@@ -171,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                     out,
                 )
-                exit_status = 1 if totals.failures or totals.exceptions or status else 0
+                failed = problems(totals, status)
+                for problem in failed:
+                    log.error("locust run failed: %s", problem)
+                exit_status = 1 if failed else 0
             else:
                 from mlapi_bench.capacity import CapacitySettings, run_capacity
 
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                     CapacitySettings(args.concurrency, args.max_processes, phases, args.wrk),
                     out,
                 )
-    except (StackError, StudyError) as exc:
+    except (StackError, StudyError, MeasurementError) as exc:
         log.error("%s", exc)
         return 2
     print(summary)

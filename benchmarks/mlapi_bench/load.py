@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, replace
 
 from mlapi_bench.clients import AsyncTriton, Endpoint, error_kind
-from mlapi_bench.payloads import payloads
+from mlapi_bench.payloads import PAYLOAD_MODELS, payloads
 from mlapi_bench.stats import OK, Records
 
 MODES = ("concurrency", "request_rate")
@@ -147,5 +147,25 @@ def drive_in_process(spec: LoadSpec, begin_s: float, end_s: float, offset_s: flo
 
 
 def warm_process() -> None:
-    """Import the client stack in a fresh worker process before any timed schedule starts."""
-    payloads("bench_identity", count=1)
+    """Import the client stack and build every model's payloads before any schedule starts.
+
+    The digits payloads import scikit-learn and load its dataset: seconds on a busy machine,
+    which must not be spent inside a warm-up or a measurement window.
+    """
+    for model in PAYLOAD_MODELS:
+        payloads(model)
+
+
+async def prime(spec: LoadSpec) -> None:
+    """Build ``spec``'s payloads here and send one request, waiting for its answer.
+
+    Called before a schedule is fixed, so that imports, payload building, the first connection
+    and a cold model instance all fall before the warm-up instead of eating it. The answer may
+    be an error (a load of bad requests is measured too): only its arrival matters.
+    """
+    client = AsyncTriton(spec.endpoint)
+    try:
+        inputs = client.inputs(payloads(spec.model, image_side=spec.image_side)[0])
+        await _one(client, spec, inputs, 0, time.monotonic(), Records())
+    finally:
+        await client.close()

@@ -65,6 +65,11 @@ def command(host: str, s: LocustSettings, csv_prefix: Path) -> list[str]:
     ]
 
 
+def _ms(cell: str) -> float:
+    """A percentile cell: locust writes "N/A" (or nothing) for a name with no requests."""
+    return float(cell) if cell and cell != "N/A" else float("nan")
+
+
 def summarise(stats_csv: Path) -> LocustSummary:
     """Totals from locust's ``*_stats.csv`` (one row per request name, plus "Aggregated")."""
     rows: list[dict[str, Any]] = []
@@ -78,8 +83,8 @@ def summarise(stats_csv: Path) -> LocustSummary:
                     "requests": int(line["Request Count"]),
                     "failures": int(line["Failure Count"]),
                     "rps": float(line["Requests/s"]),
-                    "p50_ms": float(line["50%"] or "nan"),
-                    "p99_ms": float(line["99%"] or "nan"),
+                    "p50_ms": _ms(line["50%"]),
+                    "p99_ms": _ms(line["99%"]),
                 }
             )
     return LocustSummary(
@@ -92,9 +97,25 @@ def summarise(stats_csv: Path) -> LocustSummary:
     )
 
 
+def problems(summary: LocustSummary, exit_status: int) -> list[str]:
+    """Why a run failed (empty when it passed): a load run that made no request is a failure."""
+    found = []
+    if summary.requests == 0:
+        found.append("locust made no request (users never started, or the run was too short)")
+    if summary.failures:
+        found.append(f"{summary.failures} failures (unexpected answers)")
+    if summary.exceptions:
+        found.append(f"{summary.exceptions} exceptions in the scenario code")
+    if exit_status:
+        found.append(f"locust exited with status {exit_status}")
+    return found
+
+
 def run_locust(http_url: str, s: LocustSettings, out: Path) -> tuple[str, LocustSummary, int]:
     """Run locust against ``http_url``; return the Markdown summary, the totals, its exit status."""
     prefix = out / "locust"
+    for stale in out.glob(f"{prefix.name}_*.csv"):  # report only what this run wrote
+        stale.unlink()
     env = dict(os.environ)
     env.pop("MLAPI_GATEWAY_URL", None)
     if s.gateway_url:
@@ -137,5 +158,7 @@ def run_locust(http_url: str, s: LocustSettings, out: Path) -> tuple[str, Locust
         f"failures (unexpected answers) {summary.failures}; scenario exceptions {summary.exceptions}; "
         f"locust exit status {done.returncode}\n"
     )
+    for problem in problems(summary, done.returncode):
+        markdown += f"\nFAILED: {problem}\n"
     (out / "summary.md").write_text(markdown)
     return markdown, summary, done.returncode

@@ -15,12 +15,23 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mlapi_bench.clients import AsyncTriton
-from mlapi_bench.load import LoadSpec, drive, drive_in_process, sleep_until, warm_process
+from mlapi_bench.load import (
+    LoadSpec,
+    drive,
+    drive_in_process,
+    prime,
+    sleep_until,
+    warm_process,
+)
 from mlapi_bench.server_stats import ServerCounters, ServerWindow
 from mlapi_bench.stats import Records, WindowStats, window_stats
 
 # Time between scheduling a measurement and its first request: lets workers connect first.
 START_DELAY_S = 0.3
+
+
+class MeasurementError(RuntimeError):
+    """A window that cannot describe a steady load (e.g. no answer came during the warm-up)."""
 
 
 @dataclass(frozen=True)
@@ -83,11 +94,14 @@ class Runner:
         return asyncio.run(self.measure_async(spec, label))
 
     async def measure_async(self, spec: LoadSpec, label: str = "") -> Measurement:
-        begin_s = time.monotonic() + START_DELAY_S * (2 if self._pool else 1)
-        t0_s = begin_s + self.phases.warmup_s
-        t1_s = t0_s + self.phases.window_s
+        """Prime, then warm up and measure one window on a schedule fixed after the priming."""
+        await prime(spec)
         observer = AsyncTriton(spec.endpoint)
         try:
+            await observer.statistics(spec.model)  # connected before the edges are timed
+            begin_s = time.monotonic() + START_DELAY_S * (2 if self._pool else 1)
+            t0_s = begin_s + self.phases.warmup_s
+            t1_s = t0_s + self.phases.window_s
             load = asyncio.ensure_future(self._load(spec, begin_s, t1_s))
             await sleep_until(t0_s)
             before = ServerCounters.parse(await observer.statistics(spec.model), spec.model)
@@ -96,6 +110,14 @@ class Runner:
             records = await load
         finally:
             await observer.close()
+        warmed = [end for end in records.end_s if end < t0_s]
+        if self.phases.warmup_s > 0 and not warmed:
+            first = f"{min(records.end_s) - begin_s:.2f} s" if records.end_s else "never"
+            raise MeasurementError(
+                f"{spec.model} ({spec.endpoint.protocol}, {spec.mode} {spec.level}): no answer "
+                f"during the {self.phases.warmup_s} s warm-up (first answer after the start: "
+                f"{first}); the window would measure a cold start: lengthen --warmup-s"
+            )
         return Measurement(
             spec=spec,
             label=label,

@@ -12,6 +12,7 @@ import numpy as np
 
 IDENTITY_MODEL = "bench_identity"
 POOL_SIZE = 16
+PAYLOAD_MODELS = ("digits", "digits_classifier", IDENTITY_MODEL)
 
 
 @cache

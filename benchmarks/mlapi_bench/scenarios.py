@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -148,9 +149,20 @@ class GatewayMix(Mix):
         )
 
 
-def default_mix(seed: int = 0, gateway: bool = False) -> Mix:
+@cache
+def held_out_pool() -> tuple[np.ndarray, np.ndarray]:
+    """(images, pixels) of 64 held-out digits, loaded once per process.
+
+    Loading imports scikit-learn (seconds on a busy machine): the locustfile calls this at
+    import, before locust's run timer starts, so that no user spends its run loading data.
+    """
     from mlapi_backend.build.digits_data import load_split
 
     split = load_split()
+    return split.test_images[:64], split.test_x[:64]
+
+
+def default_mix(seed: int = 0, gateway: bool = False) -> Mix:
+    images, pixels = held_out_pool()
     kind = GatewayMix if gateway else Mix
-    return kind(split.test_images[:64], split.test_x[:64], seed)
+    return kind(images, pixels, seed)

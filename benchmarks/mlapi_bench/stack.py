@@ -2,7 +2,8 @@
 
 `make serve` serves only model_repository/. When a server is already running, the identity model
 is loaded into it through the repository API with its config and model file passed inline (the
-server must run in explicit model-control mode, as the project's launcher does). Otherwise a
+server must run in explicit model-control mode, as the project's launcher does), and unloaded
+again when the benchmark ends, however it ends. Otherwise a
 tritonserver is started on free ports with both repositories and stopped afterwards.
 """
 
@@ -59,12 +60,15 @@ def config_json(config_pbtxt: Path) -> str:
     return json.dumps(read_pbtxt(config_pbtxt))
 
 
-def ensure_identity(http_url: str) -> None:
-    """Load the identity model into a running explicit-mode server unless it is already ready."""
+def ensure_identity(http_url: str) -> bool:
+    """Load the identity model into a running explicit-mode server unless it is already ready.
+
+    True when this call loaded it (so the caller unloads it when done), False when it was ready.
+    """
     client = access.with_key(httpclient.InferenceServerClient(http_url))
     try:
         if client.is_model_ready(IDENTITY_MODEL):
-            return
+            return False
         model_py = (BENCH_REPOSITORY / IDENTITY_MODEL / "1" / "model.py").read_bytes()
         log.info("loading %s into the running server through the repository API", IDENTITY_MODEL)
         client.load_model(
@@ -72,6 +76,7 @@ def ensure_identity(http_url: str) -> None:
             config=config_json(BENCH_REPOSITORY / IDENTITY_MODEL / "config.pbtxt"),
             files={"file:1/model.py": model_py},
         )
+        return True
     except InferenceServerException as exc:
         raise StackError(
             f"cannot load {IDENTITY_MODEL} into the server at {http_url} "
@@ -81,12 +86,39 @@ def ensure_identity(http_url: str) -> None:
         client.close()
 
 
+def unload_identity(http_url: str) -> None:
+    """Unload the identity model from a user's server; a failure is logged, never raised."""
+    client = access.with_key(httpclient.InferenceServerClient(http_url))
+    try:
+        client.unload_model(IDENTITY_MODEL)
+        log.info("unloaded %s from the server at %s", IDENTITY_MODEL, http_url)
+    except InferenceServerException as exc:
+        log.warning("could not unload %s from %s: %s", IDENTITY_MODEL, http_url, exc)
+    finally:
+        client.close()
+
+
+@contextmanager
+def identity_loaded(http_url: str) -> Iterator[None]:
+    """Serve the identity model while the block runs.
+
+    When this loaded it, it is unloaded after the block, also on errors and Ctrl-C, so that a
+    benchmark leaves no hidden model in a user's server.
+    """
+    loaded_here = ensure_identity(http_url)
+    try:
+        yield
+    finally:
+        if loaded_here:
+            unload_identity(http_url)
+
+
 @contextmanager
 def stack(http_url: str | None, grpc_url: str | None, backend_dir: Path) -> Iterator[Stack]:
     """Use the server at ``http_url``/``grpc_url`` if it is ready, else start one of our own."""
     if http_url and grpc_url and is_ready(http_url):
-        ensure_identity(http_url)
-        yield Stack(http_url, grpc_url, started_here=False)
+        with identity_loaded(http_url):
+            yield Stack(http_url, grpc_url, started_here=False)
         return
     if http_url and grpc_url:
         log.info("no server ready at %s: starting one", http_url)

@@ -25,7 +25,7 @@ from mlapi_bench.measure import Phases, Runner
 from mlapi_bench.payloads import IDENTITY_MODEL
 from mlapi_bench.scenarios import default_mix
 from mlapi_bench.server_stats import ServerCounters
-from mlapi_bench.stack import MODEL_REPOSITORY, config_json, ensure_identity
+from mlapi_bench.stack import MODEL_REPOSITORY, config_json, ensure_identity, stack, unload_identity
 from mlapi_bench.study import StudyError, Variant, switching
 from mlapi_client import access
 
@@ -74,6 +74,58 @@ def test_closed_loop_window_with_server_times(server: TritonServer) -> None:
     assert m.server.requests > 0
     assert m.server.compute_infer_us > 0
     assert m.server.avg_batch_size >= 1.0
+
+
+def _identity_ready(client: httpclient.InferenceServerClient) -> bool:
+    return bool(client.is_model_ready(IDENTITY_MODEL))
+
+
+def _wait_unloaded(client: httpclient.InferenceServerClient, timeout_s: float = 60.0) -> None:
+    """Wait on the condition (an unload completes asynchronously), not on a sleep."""
+    deadline = time.monotonic() + timeout_s
+    while _identity_ready(client):
+        assert time.monotonic() < deadline, f"{IDENTITY_MODEL} still ready after {timeout_s} s"
+        time.sleep(0.05)
+
+
+def _benchmark_on(server: TritonServer, backend_dir: Path, ending: type[Exception] | None) -> None:
+    """What `make bench` does with a user's running server, ended normally, by Ctrl-C or an error."""
+    with stack(server.http_url, server.grpc_url, backend_dir) as used:
+        assert not used.started_here
+        with access.with_key(httpclient.InferenceServerClient(server.http_url)) as client:
+            assert _identity_ready(client)  # loaded for the benchmark
+        if ending is not None:
+            raise ending("stopped inside the benchmark")
+
+
+@pytest.mark.parametrize("ending", [None, KeyboardInterrupt, RuntimeError])
+def test_a_users_server_is_left_without_the_identity_model(
+    server: TritonServer, tmp_path: Path, ending: type[Exception] | None
+) -> None:
+    client = access.with_key(httpclient.InferenceServerClient(server.http_url))
+    try:
+        unload_identity(server.http_url)
+        _wait_unloaded(client)
+        if ending is None:
+            _benchmark_on(server, tmp_path, ending)
+        else:
+            with pytest.raises(ending):
+                _benchmark_on(server, tmp_path, ending)
+        _wait_unloaded(client)
+        assert client.is_model_ready("digits_classifier")  # the user's own models stay
+    finally:
+        ensure_identity(server.http_url)  # the other tests of this module use it
+        client.close()
+
+
+def test_an_identity_model_the_user_loaded_stays_loaded(
+    server: TritonServer, tmp_path: Path
+) -> None:
+    ensure_identity(server.http_url)
+    with stack(server.http_url, server.grpc_url, tmp_path):
+        pass
+    with access.with_key(httpclient.InferenceServerClient(server.http_url)) as client:
+        assert _identity_ready(client)
 
 
 def test_open_loop_sends_at_the_asked_rate(server: TritonServer) -> None:
@@ -183,12 +235,13 @@ def test_study_switches_config_and_restores_it(server: TritonServer) -> None:
 
 
 def test_locust_headless_run_reports_no_failures(server: TritonServer, tmp_path: Path) -> None:
-    from mlapi_bench.locust_run import LocustSettings, run_locust
+    from mlapi_bench.locust_run import LocustSettings, problems, run_locust
 
     markdown, totals, status = run_locust(
         server.http_url, LocustSettings(users=2, spawn_rate=2, duration_s=3), tmp_path
     )
-    assert totals.requests > 0
+    assert totals.requests > 0, markdown
     assert totals.failures == 0, markdown
     assert status == 0
+    assert problems(totals, status) == [], markdown
     assert (tmp_path / "locust_stats.csv").is_file()
