@@ -37,7 +37,7 @@ models: $(CLASSIFIER_FILES) $(TEXT_LM_FILES) ## Train and export the default mod
 backends: $(INSTALLED) ## Assemble build/backends for the local tritonserver
 	@$(BIN)/python -m mlapi_backend.local backends --backend-dir build/backends
 
-serve: models backends ## Build what is missing, then run Triton in the foreground (Ctrl-C stops)
+serve: models backends ## Build what is missing, then run Triton and the gateway in the foreground (Ctrl-C stops)
 	$(BIN)/python -m mlapi_backend.local serve --repository $(REPO) --backend-dir build/backends
 
 test: models backends ## Run the whole test suite (unit + integration against a real tritonserver)

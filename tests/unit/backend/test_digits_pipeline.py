@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,26 @@ from mlapi_backend.digits_pipeline import (
 from mlapi_backend.errors import InvalidInputError, ModelConfigError, UnavailableError
 from mlapi_backend.model_config import ModelConfig, read_pbtxt
 
-REPO = Path(__file__).resolve().parents[3] / "model_repository"
+SHIPPED = Path(__file__).resolve().parents[3] / "model_repository"
+REPO = SHIPPED  # replaced by the built layout below, for every test of this module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _built_layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The shipped configs in the layout `make models` leaves: version folders 1 and 2.
+
+    A fresh clone has no version folders (they hold only built .onnx files, which git ignores),
+    and this pure logic must not need a build, so the tests read a copy with empty folders.
+    """
+    built = tmp_path_factory.mktemp("model_repository")
+    for model in ("digits", "digits_classifier"):
+        weights = shutil.ignore_patterns("*.onnx", "metrics.json", "__pycache__")
+        shutil.copytree(SHIPPED / model, built / model, ignore=weights)
+    for version in ("1", "2"):
+        (built / "digits_classifier" / version).mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys.modules[__name__], "REPO", built)
+        yield
 
 
 def _config(**parameters: str) -> ModelConfig:
