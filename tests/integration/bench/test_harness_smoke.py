@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 from mlapi_backend.local.triton_process import TritonServer
 from mlapi_bench.cli import main
 from mlapi_bench.clients import AsyncTriton, Endpoint
-from mlapi_bench.load import LoadSpec, drive
+from mlapi_bench.load import LoadSpec, drive, prime
 from mlapi_bench.measure import Phases, Runner
 from mlapi_bench.payloads import IDENTITY_MODEL
 from mlapi_bench.scenarios import default_mix
@@ -44,6 +44,7 @@ async def _counted_run(
 ) -> tuple[int, int, list[str]]:
     observer = AsyncTriton(endpoint)
     try:
+        await prime(spec)  # payloads built, connection and model warm before the schedule
         before = ServerCounters.parse(await observer.statistics(spec.model), spec.model)
         begin = time.monotonic() + 0.1
         records = await drive(spec, begin, begin + duration_s)

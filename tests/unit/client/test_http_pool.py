@@ -25,6 +25,16 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str
     return head[0], headers, body
 
 
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` on the loop until it holds; fail (TimeoutError) after ``timeout_s``."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
 class Server:
     """Counts connections and requests; ``handler`` answers request n (0-based) on a connection
     and returns False to close it."""
@@ -126,7 +136,8 @@ def test_idle_connection_closed_by_the_server_is_replaced_without_failing_the_ca
         async with server as address:
             pool = HttpPool(address)
             assert (await pool.request("GET", "/", {})).status == 200
-            await asyncio.sleep(0.05)  # the server's close reaches the idle connection
+            # Wait on the condition, not a sleep: the server's close has reached the idle one.
+            await _until(lambda: not any(c.open for c in pool._idle))
             assert (await pool.request("GET", "/", {})).status == 200
             await pool.close()
         assert server.connections == 2
