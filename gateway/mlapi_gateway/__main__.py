@@ -11,6 +11,8 @@ import tempfile
 
 import uvicorn
 
+from mlapi_gateway.access import logging_config
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             loop="uvloop",
             http="httptools",
             log_level=args.log_level,
-            access_log=False,
+            access_log=False,  # the gateway writes its own (mlapi_gateway.access)
+            log_config=logging_config(args.log_level),
             timeout_graceful_shutdown=10,
         )
     finally:

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from mlapi_gateway import routes
+from mlapi_gateway.access import AccessLogMiddleware
 from mlapi_gateway.inference import DIGITS
 from mlapi_gateway.jobs import routes as job_routes
 from mlapi_gateway.metrics import MetricsMiddleware
@@ -52,7 +53,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(job_routes.router)
     register_error_handlers(app)
     app.add_middleware(RequestGuard, settings=settings)
-    app.add_middleware(MetricsMiddleware, models=settings.models)  # outermost: counts sheds too
+    app.add_middleware(MetricsMiddleware, models=settings.models)  # counts sheds too
+    # Outermost: every answer (sheds, 500s included) carries the request id and is logged.
+    app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
 

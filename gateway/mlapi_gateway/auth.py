@@ -44,6 +44,7 @@ class Gatekeeper:
     async def admit(self, request: Request, scope: str) -> Principal:
         """Authenticate, check ``scope``, and take one token from the caller's bucket."""
         principal = self.authenticate(request)
+        request.state.key_id = principal.id  # the access log names the key id, never the key
         if scope not in principal.scopes:
             raise ScopeMissing(
                 f"this key lacks the '{scope}' scope (it has: {', '.join(sorted(principal.scopes))})"

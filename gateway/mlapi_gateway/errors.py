@@ -115,6 +115,14 @@ class Overloaded(Unavailable):
     error_type = "overloaded"
 
 
+class SlowClient(GatewayError):
+    """A stream's caller read so slowly that its event buffer stayed full (an SSE error event
+    only: the HTTP status of the stream was 200 long before)."""
+
+    title = "Slow client"
+    error_type = "slow_client"
+
+
 class DeadlineExceeded(GatewayError):
     title = "Inference deadline exceeded"
     error_type = "timeout"

@@ -66,7 +66,7 @@ def parse_as(schema: type[BaseModel], raw: bytes | dict[str, Any]) -> BaseModel:
     except ValidationError as exc:
         raise errors.RequestInvalid(
             "the request body is invalid", field_errors_from_pydantic(list(exc.errors()))
-        ) from None
+        ) from exc
 
 
 class ImageDecoder:
@@ -106,14 +106,14 @@ class ImageDecoder:
         except errors.RequestInvalid:
             raise
         except Image.DecompressionBombError as exc:
-            raise self._refused(f"the image is too large: {exc}", expected) from None
+            raise self._refused(f"the image is too large: {exc}", expected) from exc
         except (
             Exception
         ) as exc:  # Pillow raises many types on malformed data (OSError, SyntaxError...)
             log.debug("undecodable image: %s: %s", type(exc).__name__, exc)
             raise self._refused(
                 f"{len(data)} bytes that do not decode as PNG or JPEG ({exc})", expected
-            ) from None
+            ) from exc
 
     @staticmethod
     def _refused(message: str, expected: str) -> errors.RequestInvalid:
@@ -182,39 +182,39 @@ class Inference:
             raise errors.RequestInvalid(
                 f"model '{model}' refused the input",
                 [errors.FieldError(field, exc.message, exc.expected)],
-            ) from None
-        except client_errors.ModelNotFoundError:
+            ) from exc
+        except client_errors.ModelNotFoundError as exc:
             if version:
-                raise errors.NotFound(f"model '{model}' has no version '{version}'") from None
+                raise errors.NotFound(f"model '{model}' has no version '{version}'") from exc
             raise errors.NotFound(
                 f"model '{model}' is not on the server", self.settings.models
-            ) from None
+            ) from exc
         except client_errors.UnsupportedRequestError as exc:
             raise errors.RequestInvalid(
                 f"model '{model}' does not support this call: {exc.message}",
                 [errors.FieldError("path.model", "use /stream for streaming models")],
-            ) from None
+            ) from exc
         except (client_errors.ModelUnavailableError, client_errors.ConnectionFailedError) as exc:
             hint = getattr(exc, "retry_after_s", None)
             retry = max(self.settings.retry_after_s, int(hint or 0))
             raise errors.Unavailable(
                 f"model '{model}' cannot serve now ({type(exc).__name__}); retry later", retry
-            ) from None
+            ) from exc
         except client_errors.AccessDeniedError as exc:
-            # The gateway's own configuration, not the caller's request nor the model.
-            log.error("Triton refused the gateway's access key: %s", exc.message)
+            # The gateway's own configuration, not the caller's request nor the model; the
+            # error handler logs it (once, with the cause and the request id).
             raise errors.Unavailable(
                 "the gateway cannot call Triton now (its access key was refused); retry later",
                 self.settings.retry_after_s,
-            ) from None
-        except client_errors.InferenceTimeoutError:
+            ) from exc
+        except client_errors.InferenceTimeoutError as exc:
             raise errors.DeadlineExceeded(
                 f"model '{model}' did not answer within the deadline: send a smaller input, "
                 "raise ?timeout_s= (up to the gateway's maximum), or use the async route "
                 "POST /v1/jobs and poll GET /v1/jobs/{id}"
-            ) from None
+            ) from exc
         except client_errors.MlapiError as exc:
-            raise errors.ModelFailed(f"model '{model}' failed: {exc.message}") from None
+            raise errors.ModelFailed(f"model '{model}' failed: {exc.message}") from exc
 
     def deadline(self, timeout_s: float | None) -> float:
         if timeout_s is None:
@@ -287,13 +287,15 @@ class Inference:
         body: DigitsPredict | TensorPredict,
         version: str | None,
         timeout_s: float,
+        request_id: str | None = None,
     ) -> dict[str, Any]:
+        """One prediction; ``request_id`` is sent to Triton as the inference request's id."""
         if isinstance(body, DigitsPredict):
-            return await self._digits(body, version, timeout_s)
-        return await self._tensors(model, body, version, timeout_s)
+            return await self._digits(body, version, timeout_s, request_id)
+        return await self._tensors(model, body, version, timeout_s, request_id)
 
     async def _digits(
-        self, body: DigitsPredict, version: str | None, timeout_s: float
+        self, body: DigitsPredict, version: str | None, timeout_s: float, request_id: str | None
     ) -> dict[str, Any]:
         if version is not None:
             live = (await self.traffic()).live_versions
@@ -308,12 +310,22 @@ class Inference:
             image = np.asarray(body.pixels, dtype=np.uint8)
         with self.translated(DIGITS, version):
             result: DigitsResult = await self.client.digits(
-                image, top_k=body.top_k, version=version, timeout_s=timeout_s, retry=False
+                image,
+                top_k=body.top_k,
+                version=version,
+                timeout_s=timeout_s,
+                retry=False,
+                request_id=request_id,
             )
         return {"model": DIGITS, **result.to_dict()}
 
     async def _tensors(
-        self, model: str, body: TensorPredict, version: str | None, timeout_s: float
+        self,
+        model: str,
+        body: TensorPredict,
+        version: str | None,
+        timeout_s: float,
+        request_id: str | None,
     ) -> dict[str, Any]:
         contract = await self.contract(model, version)
         if contract.decoupled:
@@ -328,12 +340,23 @@ class Inference:
         inputs = tensors_for(contract, body.inputs)
         with self.translated(model, version):
             response = await self.client.infer(
-                model, inputs, version, parameters=body.parameters, timeout_s=timeout_s, retry=False
+                model,
+                inputs,
+                version,
+                parameters=body.parameters,
+                timeout_s=timeout_s,
+                retry=False,
+                request_id=request_id,
             )
         return answer_of(response)
 
     async def stream(
-        self, model: str, body: TensorPredict, version: str | None, timeout_s: float
+        self,
+        model: str,
+        body: TensorPredict,
+        version: str | None,
+        timeout_s: float,
+        request_id: str | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The responses of a decoupled model, as JSON-ready dicts (errors already translated)."""
         contract = await self.contract(model, version)
@@ -349,7 +372,12 @@ class Inference:
         inputs = tensors_for(contract, body.inputs)
         with self.translated(model, version):
             async for response in self.stream_client.stream(
-                model, inputs, version, parameters=body.parameters, timeout_s=timeout_s
+                model,
+                inputs,
+                version,
+                parameters=body.parameters,
+                timeout_s=timeout_s,
+                request_id=request_id,
             ):
                 yield answer_of(response)
 

@@ -16,6 +16,7 @@ from starlette.routing import Match
 
 from mlapi_gateway import errors
 from mlapi_gateway.metrics import CLIENT_CLOSED, count_error
+from mlapi_gateway.request_id import request_id_of
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -29,6 +30,7 @@ def problem(
     error_type: str,
     instance: str | None = None,
     headers: dict[str, str] | None = None,
+    request_id: str | None = None,
     **extra: Any,
 ) -> Response:
     body: dict[str, Any] = {
@@ -39,6 +41,8 @@ def problem(
     }
     if instance:
         body["instance"] = instance
+    if request_id:
+        body["request_id"] = request_id
     body.update({k: v for k, v in extra.items() if v is not None})
     return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM_JSON)
 
@@ -69,6 +73,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.GatewayError], int], ...] = (
     (errors.ModelFailed, 502),
     (errors.Unavailable, 503),
     (errors.DeadlineExceeded, 504),
+    (errors.SlowClient, CLIENT_CLOSED),  # in SSE error events only
 )
 
 
@@ -79,8 +84,11 @@ def status_of(error: errors.GatewayError) -> int:
     return 500
 
 
-def problem_body(error: errors.GatewayError, instance: str | None = None) -> dict[str, Any]:
-    """The problem document of a gateway error as a dict (HTTP answers and SSE error events)."""
+def problem_body(
+    error: errors.GatewayError, instance: str | None = None, request_id: str | None = None
+) -> dict[str, Any]:
+    """The problem document of a gateway error as a dict: HTTP answers, SSE error events and
+    job results all carry this one shape (``request_id`` lets a caller quote the request)."""
     status = status_of(error)
     body: dict[str, Any] = {
         "type": TYPE_BASE + error.error_type.replace("_", "-"),
@@ -90,6 +98,8 @@ def problem_body(error: errors.GatewayError, instance: str | None = None) -> dic
     }
     if instance:
         body["instance"] = instance
+    if request_id:
+        body["request_id"] = request_id
     if isinstance(error, errors.RequestInvalid):
         body["errors"] = [e.to_dict() for e in error.errors]
     if isinstance(error, errors.NotFound) and error.available is not None:
@@ -99,15 +109,54 @@ def problem_body(error: errors.GatewayError, instance: str | None = None) -> dic
     return body
 
 
-def render(error: errors.GatewayError, instance: str | None = None) -> Response:
+def render(
+    error: errors.GatewayError, instance: str | None = None, request_id: str | None = None
+) -> Response:
     """The problem response for a gateway error (also used by the job runner for results)."""
     headers: dict[str, str] = {}
     if isinstance(error, (errors.RateLimited, errors.Unavailable)):
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, errors.AuthenticationRequired):
         headers["WWW-Authenticate"] = 'Bearer realm="mlapi"'
-    body = problem_body(error, instance)
+    body = problem_body(error, instance, request_id)
     return Response(orjson.dumps(body), body["status"], headers=headers, media_type=PROBLEM_JSON)
+
+
+def log_server_error(error: errors.GatewayError, request_id: str | None, where: str) -> None:
+    """Log a 5xx answer once, with the request id and the upstream cause (type and message).
+
+    503s (sheds, Triton or the model unavailable) are logged at warning: they are expected
+    under overload and during restarts, and say what to retry; every other 5xx is an error.
+    Below 500 nothing is logged: the caller's own mistake is in the answer and the access log.
+    """
+    status = status_of(error)
+    if status < 500:
+        return
+    cause = error.__cause__
+    because = f"{type(cause).__name__}: {cause}" if cause is not None else "no upstream cause"
+    log.log(
+        logging.WARNING if status == 503 else logging.ERROR,
+        "%s -> %d %s: %s (request %s; cause %s)",
+        where, status, error.error_type, error.detail, request_id, because,
+    )  # fmt: skip
+
+
+def internal_error(
+    scope: Any, exc: BaseException, request_id: str | None, answer: bool
+) -> Response:
+    """Log an unexpected exception once, with its traceback and the request id, and return the
+    500 problem (``answer``: the caller still waits for one) that names no detail of it."""
+    log.error(
+        "%s %s -> 500 internal: unhandled %s: %s (request %s)",
+        scope.get("method"), scope.get("path"), type(exc).__name__, exc, request_id,
+        exc_info=exc,
+    )  # fmt: skip
+    if answer:
+        count_error("internal")
+    return problem(
+        500, "Internal error", "the gateway failed; see its log", "internal",
+        scope.get("path"), None, request_id,
+    )  # fmt: skip
 
 
 def allowed_methods(request: Request) -> list[str]:
@@ -138,7 +187,9 @@ def register_error_handlers(app: FastAPI) -> None:
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, errors.GatewayError)
         count_error(exc.error_type)
-        return render(exc, request.url.path)
+        request_id = request_id_of(request.scope)
+        log_server_error(exc, request_id, f"{request.method} {request.url.path}")
+        return render(exc, request.url.path, request_id)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -146,19 +197,27 @@ def register_error_handlers(app: FastAPI) -> None:
         invalid = errors.RequestInvalid(
             "the request does not match the schema", field_errors_from_pydantic(list(exc.errors()))
         )
-        return render(invalid, request.url.path)
+        return render(invalid, request.url.path, request_id_of(request.scope))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         path = request.url.path
+        request_id = request_id_of(request.scope)
         if exc.status_code == 404:
             count_error("not_found")
-            return problem(404, "Not found", f"no route {path}", "not_found", path)
+            return problem(
+                404, "Not found", f"no route {path}", "not_found", path, None, request_id
+            )
         count_error("http")
         headers = dict(exc.headers) if exc.headers else {}
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request))
-        return problem(exc.status_code, "HTTP error", str(exc.detail), "http", path, headers)
+        if exc.status_code >= 500:
+            log.error("%s %s -> %d: %s (request %s)", request.method, path, exc.status_code,
+                      exc.detail, request_id)  # fmt: skip
+        return problem(
+            exc.status_code, "HTTP error", str(exc.detail), "http", path, headers, request_id
+        )
 
     async def client_gone(request: Request, exc: Exception) -> Response:
         # Not a failure of the gateway: counted apart, answered with nginx's 499 (nobody reads it).
@@ -167,10 +226,8 @@ def register_error_handlers(app: FastAPI) -> None:
         return Response(status_code=CLIENT_CLOSED)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        # The traceback goes to the log, never to the client.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        count_error("internal")
-        return problem(500, "Internal error", "the gateway failed; see its log", "internal")
+        # Reached only by apps without the access middleware (which answers these itself).
+        return internal_error(request.scope, exc, request_id_of(request.scope), answer=True)
 
     app.add_exception_handler(errors.GatewayError, gateway_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -16,7 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mlapi_gateway import errors
 from mlapi_gateway.errors import Unavailable
 from mlapi_gateway.metrics import count_error
-from mlapi_gateway.problems import render
+from mlapi_gateway.problems import log_server_error, render
+from mlapi_gateway.request_id import request_id_of
 from mlapi_gateway.settings import GatewaySettings, Plan
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,9 @@ class RedisRateLimiter:
                 keys=[f"{self.prefix}{plan}:{caller}"], args=[limits.rate_per_s, limits.burst]
             )
         except RedisError as exc:
-            # Fail closed: without the shared bucket the limits could not be enforced.
-            log.error("rate limiter: Redis failed: %s", exc)
-            raise Unavailable("the rate limiter is unavailable; retry later", 1) from None
+            # Fail closed: without the shared bucket the limits could not be enforced. Logged
+            # with the request id by the error handler, like every 5xx.
+            raise Unavailable("the rate limiter is unavailable; retry later", 1) from exc
         return int(wait_us) / 1e6
 
     async def ready(self) -> bool:
@@ -191,7 +192,9 @@ class RequestGuard:
             )
         if refusal is not None:
             count_error(refusal.error_type)
-            response = render(refusal, scope["path"])
+            request_id = request_id_of(scope)
+            log_server_error(refusal, request_id, f"{scope['method']} {scope['path']}")
+            response = render(refusal, scope["path"], request_id)
             if declared != 0:
                 response.headers["connection"] = "close"
             await response(scope, receive, send)

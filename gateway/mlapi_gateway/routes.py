@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from mlapi_gateway import errors
 from mlapi_gateway.inference import parse_as, parse_body
 from mlapi_gateway.metrics import exposition
+from mlapi_gateway.request_id import request_id_of
 from mlapi_gateway.schemas import DigitsAnswer, ModelList, TensorAnswer, TensorPredict
 from mlapi_gateway.services import read_body, services
 from mlapi_gateway.streaming import END, next_within, relay
@@ -128,11 +129,11 @@ def _timeout_s(request: Request) -> float | None:
         return None
     try:
         return float(raw)
-    except ValueError:
+    except ValueError as exc:
         raise errors.RequestInvalid(
             "timeout_s is not a number",
             [errors.FieldError("query.timeout_s", f"got {raw!r}", "a number of seconds")],
-        ) from None
+        ) from exc
 
 
 async def _predict(request: Request, version: str | None) -> Response:
@@ -143,7 +144,9 @@ async def _predict(request: Request, version: str | None) -> Response:
     request.state.model = model  # a metrics label: only once the caller and the model are known
     deadline_s = svc.inference.deadline(_timeout_s(request))
     body = parse_body(model, await read_body(request))
-    answer = await svc.inference.predict(model, body, version, deadline_s)
+    answer = await svc.inference.predict(
+        model, body, version, deadline_s, request_id_of(request.scope)
+    )
     served = str(answer["model_version"])
     request.state.model_version = served
     return json_response(answer, headers={"X-Model-Version": served})
@@ -202,7 +205,9 @@ async def stream(request: Request, model: str) -> StreamingResponse:
         body = parse_as(TensorPredict, await read_body(request))
         assert isinstance(body, TensorPredict)
         await svc.inference.contract(model)  # 404/503 before the stream starts
-        source = svc.inference.stream(model, body, None, svc.settings.sse_max_duration_s)
+        source = svc.inference.stream(
+            model, body, None, svc.settings.sse_max_duration_s, request_id_of(request.scope)
+        )
         # Pull the first item eagerly so a refused request (400/404/503) is an HTTP error, not an event.
         try:
             first = await next_within(source, svc.settings)
@@ -223,7 +228,7 @@ async def stream(request: Request, model: str) -> StreamingResponse:
             await source.aclose()  # cancels the gRPC call when the client left early
 
     return HeldStream(
-        relay(chained(), svc.settings),
+        relay(chained(), svc.settings, request_id_of(request.scope), f"POST {request.url.path}"),
         lambda: svc.streams.release(caller),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -98,9 +98,9 @@ async def read_body(request: Request, limit_bytes: int | None = None) -> bytes:
                 if size > limit_bytes:
                     raise too_large(f"more than {limit_bytes}")
                 chunks.append(chunk)
-    except TimeoutError:
+    except TimeoutError as exc:
         raise errors.BodyTimeout(
             f"the request body did not arrive within {settings.body_timeout_s:g} s "
             f"({size} bytes came); send it at once"
-        ) from None
+        ) from exc
     return b"".join(chunks)

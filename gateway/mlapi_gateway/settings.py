@@ -81,6 +81,9 @@ class GatewaySettings(BaseSettings):
     deadline_max_s: float = Field(default=30.0, gt=0)
     retry_after_s: int = Field(default=5, ge=1)
     metadata_cache_s: float = Field(default=5.0, ge=0)
+    # One JSON line per request on the logger ``mlapi.access`` (stdout under
+    # ``python -m mlapi_gateway``); false turns it off (request ids stay).
+    access_log: bool = True
 
     # Async jobs: SQLite (one host; every process opening the file shares the jobs) or Redis
     # (``redis_url``; replicas on several hosts).

@@ -19,7 +19,7 @@ import orjson
 
 from mlapi_gateway import errors
 from mlapi_gateway.metrics import count_error
-from mlapi_gateway.problems import problem_body
+from mlapi_gateway.problems import log_server_error, problem_body
 from mlapi_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -40,17 +40,23 @@ async def next_within(source: AsyncIterator[Any], settings: GatewaySettings) -> 
             return await anext(source)
     except StopAsyncIteration:
         return END
-    except TimeoutError:
+    except TimeoutError as exc:
         raise errors.Unavailable(
             f"the model sent nothing for {settings.sse_idle_timeout_s:g} s; the stream is "
             "closed, retry later",
             settings.retry_after_s,
-        ) from None
+        ) from exc
 
 
 async def relay(
-    source: AsyncIterator[dict[str, Any]], settings: GatewaySettings
+    source: AsyncIterator[dict[str, Any]],
+    settings: GatewaySettings,
+    request_id: str | None = None,
+    where: str = "stream",
 ) -> AsyncIterator[bytes]:
+    """SSE bytes for ``source``: message events, then done, or an error event whose data is
+    the same problem document an HTTP error carries (with ``request_id``). A 5xx there is
+    logged once, like any 5xx of the gateway; ``where`` names the request in that line."""
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=settings.sse_buffer_events)
     overflow = asyncio.Event()
 
@@ -65,7 +71,8 @@ async def relay(
             await queue.put(("done", {}))
         except errors.GatewayError as exc:
             count_error(exc.error_type)
-            await queue.put(("error", problem_body(exc)))
+            log_server_error(exc, request_id, where)
+            await queue.put(("error", problem_body(exc, None, request_id)))
         finally:
             with contextlib.suppress(Exception):
                 await source.aclose()  # type: ignore[attr-defined]
@@ -75,9 +82,12 @@ async def relay(
     try:
         while True:
             if overflow.is_set() and queue.empty():
-                count_error("slow_client")
-                detail = f"the client read too slowly (buffer of {settings.sse_buffer_events} events full)"
-                yield event("error", {"title": "Slow client", "status": 499, "detail": detail})
+                slow = errors.SlowClient(
+                    f"the client read too slowly (buffer of {settings.sse_buffer_events} "
+                    "events full)"
+                )
+                count_error(slow.error_type)
+                yield event("error", problem_body(slow, None, request_id))
                 return
             try:
                 kind, item = await asyncio.wait_for(queue.get(), settings.sse_heartbeat_s)

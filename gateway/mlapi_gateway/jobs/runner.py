@@ -24,7 +24,7 @@ from mlapi_gateway.inference import Inference, parse_body
 from mlapi_gateway.jobs.redis_store import RedisJobStore
 from mlapi_gateway.jobs.store import Job, JobStore, StoreUnavailable
 from mlapi_gateway.metrics import JOBS, WEBHOOKS
-from mlapi_gateway.problems import render
+from mlapi_gateway.problems import log_server_error, render
 from mlapi_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class JobRunner:
         try:
             results = list(job.results)  # a resumed job continues after its last finished input
             for body in job.inputs[len(results) :]:
-                results.append(await self._one(job, body, lost))
+                results.append(await self._one(job, body, lost, f"{job.id}.{len(results)}"))
                 if not await self.store.progress(job, results):
                     raise _Stop(requeue=False)
         except _Stop as stop:
@@ -156,8 +156,11 @@ class JobRunner:
             JOBS.labels("failed").inc()
             log.warning("job %s failed after %d attempts", job.id, attempts)
 
-    async def _one(self, job: Job, raw: dict[str, Any], lost: asyncio.Event) -> dict[str, Any]:
-        """One input's result; retries while Triton is unavailable, within the budget."""
+    async def _one(
+        self, job: Job, raw: dict[str, Any], lost: asyncio.Event, request_id: str
+    ) -> dict[str, Any]:
+        """One input's result; retries while Triton is unavailable, within the budget.
+        ``request_id`` (``<job id>.<input index>``) is the id Triton sees for it."""
         settings = self.settings
         timeout_s = min(settings.jobs_item_timeout_s, settings.deadline_max_s)
         budget_ends = time.monotonic() + settings.jobs_retry_budget_s
@@ -167,7 +170,9 @@ class JobRunner:
                 raise _Stop(requeue=False)
             try:
                 body = parse_body(job.model, raw)
-                prediction = await self.inference.predict(job.model, body, job.version, timeout_s)
+                prediction = await self.inference.predict(
+                    job.model, body, job.version, timeout_s, request_id
+                )
                 return {"status": 200, "body": prediction}
             except errors.Unavailable as exc:
                 remaining = budget_ends - time.monotonic()
@@ -184,6 +189,7 @@ class JobRunner:
                     await asyncio.wait_for(lost.wait(), pause)
                 delay = min(delay * 2, settings.jobs_retry_backoff_max_s)
             except errors.GatewayError as exc:
+                log_server_error(exc, request_id, f"job {job.id} ({job.model})")
                 return result_of(exc)
 
     async def _renew(self, job: Job, lost: asyncio.Event) -> None:

@@ -26,9 +26,11 @@ class ScriptedInference:
     def __init__(self, script: Iterator[Exception | dict[str, Any]]) -> None:
         self.script = script
         self.calls = 0
+        self.request_ids: list[str] = []
 
     async def predict(self, *args: Any) -> dict[str, Any]:
         self.calls += 1
+        self.request_ids.append(args[-1])
         step = next(self.script)
         if isinstance(step, Exception):
             raise step
@@ -74,6 +76,7 @@ def test_unavailable_is_retried_until_it_answers(tmp_path: Path) -> None:
             {"status": 200, "body": {"outputs": 1}},
             {"status": 200, "body": {"outputs": 2}},
         ]
+        assert inference.request_ids == [f"{job_id}.0"] * 4 + [f"{job_id}.1"]  # Triton's ids
         await runner.stop()
         await runner.store.close()
 

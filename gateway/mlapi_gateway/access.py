@@ -1,0 +1,137 @@
+"""Request ids and the access log: one ASGI middleware, outermost, for every HTTP request.
+
+It gives each request an id (the caller's ``X-Request-ID`` when it is short and made of safe
+characters, else a fresh one), echoes it in the response, leaves it in the request state for
+the handlers (problem bodies, error logs, the request id sent to Triton), and writes one JSON
+line per request on the ``mlapi.access`` logger once the answer has been sent. The API key is
+never logged: only the key id that authentication left in the request state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mlapi_gateway.metrics import CLIENT_CLOSED
+from mlapi_gateway.problems import internal_error
+from mlapi_gateway.request_id import HEADER_KEY, request_id_from
+
+ACCESS_LOGGER = "mlapi.access"
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+class AccessLogMiddleware:
+    """Assigns the request id and writes the access log line (when ``enabled``).
+
+    The line's fields: time (UTC, ISO 8601), request_id, key_id, method, route (the matched
+    template, else ``unmatched``), path, model, version (the one Triton served), status
+    (499 when the caller left first), latency_ms (until the last body byte was handed to the
+    server), bytes_in and bytes_out (bodies only).
+    """
+
+    def __init__(self, app: ASGIApp, enabled: bool = True) -> None:
+        self.app = app
+        self.enabled = enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = request_id_from(scope["headers"])
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        echoed = (HEADER_KEY, request_id.encode("ascii"))
+        status = 0  # 0 until the response starts
+        bytes_in = 0
+        bytes_out = 0
+
+        async def counting_receive() -> Message:
+            nonlocal bytes_in
+            message = await receive()
+            bytes_in += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, bytes_out
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), echoed]
+            elif message["type"] == "http.response.body":
+                bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        except asyncio.CancelledError:
+            status = status or CLIENT_CLOSED
+            raise
+        except Exception as exc:
+            # Unexpected: logged once here (traceback and request id) and answered with a
+            # problem; not re-raised, so the server does not log the traceback a second time.
+            # Once the answer has started, uvicorn closes the connection (and says so).
+            response = internal_error(scope, exc, request_id, answer=status == 0)
+            if not status:
+                await response(scope, counting_receive, counting_send)
+        finally:
+            if self.enabled and access_log.isEnabledFor(logging.INFO):
+                route = scope.get("route")
+                line = {
+                    "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    "request_id": request_id,
+                    "key_id": state.get("key_id"),
+                    "method": scope["method"],
+                    "route": getattr(route, "path", "unmatched"),
+                    "path": scope["path"],
+                    "model": state.get("model"),
+                    "version": state.get("model_version"),
+                    "status": status or 500,
+                    "latency_ms": round((time.perf_counter() - start) * 1000, 3),
+                    "bytes_in": bytes_in,
+                    "bytes_out": bytes_out,
+                }
+                access_log.info("%s", orjson.dumps(line).decode())
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration plus the gateway's loggers: ``mlapi.access`` writes bare
+    JSON lines to stdout, ``mlapi_gateway`` names level and logger on stderr."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = {
+        **LOGGING_CONFIG,
+        "formatters": {**LOGGING_CONFIG["formatters"]},
+        "handlers": {**LOGGING_CONFIG["handlers"]},
+        "loggers": {**LOGGING_CONFIG["loggers"]},
+    }
+    config["formatters"]["mlapi_line"] = {"format": "%(message)s"}
+    config["formatters"]["mlapi_gateway"] = {
+        "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    }
+    config["handlers"]["mlapi_access"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "mlapi_line",
+        "stream": "ext://sys.stdout",
+    }
+    config["handlers"]["mlapi_gateway"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "mlapi_gateway",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"][ACCESS_LOGGER] = {
+        "handlers": ["mlapi_access"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    config["loggers"]["mlapi_gateway"] = {
+        "handlers": ["mlapi_gateway"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config
