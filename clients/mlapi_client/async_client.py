@@ -214,17 +214,20 @@ class AsyncClient:
         parameters: Parameters | None = None,
         timeout_s: float | None = None,
         retry: Retry = None,
+        request_id: str | None = None,
     ) -> InferResponse:
         """Run any model: tensors by name in, tensors by name out (all outputs unless ``outputs``).
 
         ``version`` uses Triton's versioned endpoint (``/v2/models/<m>/versions/<n>``).
+        ``request_id`` becomes the inference request's id on Triton (KServe ``id``): Triton's
+        logs and traces then name the caller's request.
         """
         ver = _version(version)
         context = CallContext("infer", model, ver)
         limit = self._timeout(timeout_s)
         return await self._call(
             context,
-            lambda t: t.infer(model, inputs, ver, outputs, parameters, limit),
+            lambda t: t.infer(model, inputs, ver, outputs, parameters, limit, request_id),
             timeout_s,
             retry,
         )
@@ -237,6 +240,7 @@ class AsyncClient:
         version: int | str | None = None,
         timeout_s: float | None = None,
         retry: Retry = None,
+        request_id: str | None = None,
     ) -> DigitsResult:
         """Classify one digit image (array, PIL image, path or PNG/JPEG bytes).
 
@@ -250,6 +254,7 @@ class AsyncClient:
             parameters=digits_model.digits_parameters(version),
             timeout_s=timeout_s,
             retry=retry,
+            request_id=request_id,
         )
         return digits_model.digits_result(response)
 
@@ -262,6 +267,7 @@ class AsyncClient:
         parameters: Parameters | None = None,
         timeout_s: float | None = None,
         retry: Retry = None,
+        request_id: str | None = None,
     ) -> AsyncIterator[InferResponse]:
         """Responses of a decoupled (streaming) model as they arrive.
 
@@ -269,7 +275,8 @@ class AsyncClient:
         JSON-representable). Stopping early (``break``, ``aclose()``, cancellation) cancels the
         gRPC call / closes the HTTP connection. ``timeout_s`` bounds the whole stream (default:
         none). A failure before the first response is retried like any call; once responses
-        flow, a failure ends the stream (responses are never replayed).
+        flow, a failure ends the stream (responses are never replayed). ``request_id`` is the
+        request's id on Triton, as for ``infer``.
         """
         ver = _version(version)
         context = CallContext("stream", model, ver, timeout_s)
@@ -277,7 +284,9 @@ class AsyncClient:
         async def first_response() -> tuple[
             AsyncGenerator[InferResponse, None], InferResponse | None
         ]:
-            responses = self._ensure_transport().stream(model, inputs, ver, parameters, timeout_s)
+            responses = self._ensure_transport().stream(
+                model, inputs, ver, parameters, timeout_s, request_id
+            )
             try:
                 async with translated(context):
                     return responses, await anext(responses, None)

@@ -141,10 +141,17 @@ class Client:
         parameters: Parameters | None = None,
         timeout_s: float | None = None,
         retry: Retry = None,
+        request_id: str | None = None,
     ) -> Iterator[InferResponse]:
         """Blocking iterator over ``AsyncClient.stream``; closing it early cancels the stream."""
         responses = self._async.stream(
-            model, inputs, version, parameters=parameters, timeout_s=timeout_s, retry=retry
+            model,
+            inputs,
+            version,
+            parameters=parameters,
+            timeout_s=timeout_s,
+            retry=retry,
+            request_id=request_id,
         )
         try:
             while True:

@@ -42,6 +42,7 @@ class Transport(Protocol):
         outputs: Sequence[str] | None,
         parameters: Parameters | None,
         timeout_s: float | None,
+        request_id: str | None = None,
     ) -> InferResponse: ...
 
     def stream(
@@ -51,6 +52,7 @@ class Transport(Protocol):
         version: str,
         parameters: Parameters | None,
         timeout_s: float | None,
+        request_id: str | None = None,
     ) -> AsyncGenerator[InferResponse, None]: ...
 
 

@@ -105,6 +105,7 @@ class GrpcTransport:
         outputs: Sequence[str] | None,
         parameters: Parameters | None,
         timeout_s: float | None,
+        request_id: str | None = None,
     ) -> InferResponse:
         # client_timeout is the gRPC deadline: the server sees it and cancels the request.
         result = await self._call(
@@ -113,6 +114,7 @@ class GrpcTransport:
                 infer_inputs(grpcclient, inputs),
                 model_version=version,
                 outputs=requested_outputs(grpcclient, outputs),
+                request_id=request_id or "",
                 parameters=dict(parameters) if parameters else None,
                 client_timeout=timeout_s,
             )
@@ -126,12 +128,14 @@ class GrpcTransport:
         version: str,
         parameters: Parameters | None,
         timeout_s: float | None,
+        request_id: str | None = None,
     ) -> AsyncGenerator[InferResponse, None]:
         """ModelStreamInfer with one request; leaving early cancels the call on the server."""
         request = {
             "model_name": model,
             "inputs": infer_inputs(grpcclient, inputs),
             "model_version": version,
+            "request_id": request_id or "",
             # An empty final response marks the end of this request's responses.
             "parameters": {**(parameters or {}), "triton_enable_empty_final_response": True},
         }

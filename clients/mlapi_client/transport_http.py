@@ -96,10 +96,12 @@ class HttpTransport:
         outputs: Sequence[str] | None,
         parameters: Parameters | None,
         timeout_s: float | None,
+        request_id: str | None = None,
     ) -> InferResponse:
         body, json_size = _CODEC.generate_request_body(
             infer_inputs(httpclient, inputs),
             outputs=requested_outputs(httpclient, outputs),
+            request_id=request_id or "",  # the KServe "id" member ("" leaves it out)
             parameters=dict(parameters) if parameters else None,
         )
         headers = {"Content-Type": "application/json", **self._key_headers}
@@ -126,9 +128,12 @@ class HttpTransport:
         version: str,
         parameters: Parameters | None,
         timeout_s: float | None,
+        request_id: str | None = None,
     ) -> AsyncGenerator[InferResponse, None]:
         """generate_stream: one SSE event per response. Leaving early closes the connection."""
         body: dict[str, Any] = {name: json_value(name, array) for name, array in inputs.items()}
+        if request_id:
+            body["id"] = request_id  # the generate extension's request id
         if parameters:
             body["parameters"] = dict(parameters)
         timeout = aiohttp.ClientTimeout(total=timeout_s)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Any
 
 import numpy as np
 import pytest
@@ -136,3 +137,38 @@ def test_stream_is_retried_until_its_first_response() -> None:
     with pytest.raises(ModelUnavailableError):
         asyncio.run(scenario(False))
     assert attempts == 1
+
+
+def test_the_request_id_reaches_the_server_as_the_kserve_id() -> None:
+    seen: list[Any] = []
+
+    async def infer(request: web.Request) -> web.Response:
+        raw = await request.read()
+        size = int(request.headers.get("Inference-Header-Content-Length", len(raw)))
+        seen.append(json.loads(raw[:size]).get("id"))
+        return web.json_response(OK_BODY)
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        seen.append((await request.json()).get("id"))
+        reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await reply.prepare(request)
+        await reply.write(b'data: {"model_name": "m", "model_version": "1", "index": 0}\n\n')
+        return reply
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_post("/v2/models/echo/infer", infer)
+        app.router.add_post("/v2/models/m/generate_stream", stream)
+        runner, url = await start(app)
+        try:
+            async with AsyncClient(url) as client:
+                x = {"x": np.array([1], np.int32)}
+                await client.infer("echo", x, request_id="req-1")
+                await client.infer("echo", x)
+                async for _ in client.stream("m", x, request_id="req-2"):
+                    pass
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+    assert seen == ["req-1", None, "req-2"]
