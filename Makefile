@@ -62,7 +62,7 @@ clean: ## Remove built models and backends (keeps .venv)
 .PHONY: bench bench-full perf-analyzer bench-tools
 BENCH_ARGS ?=
 
-bench: models $(INSTALLED) ## Quick sweep (~2 min): uses Triton on TRITON_HTTP_PORT if ready, else starts one; prints the table
+bench: models $(INSTALLED) ## Quick sweep (~75 s): uses Triton on TRITON_HTTP_PORT if ready, else starts one; prints the table
 	$(BIN)/python -m mlapi_bench sweep $(BENCH_ARGS)
 
 bench-full: models $(INSTALLED) ## Long sweep + batching study + harness capacity + locust (~20 min)
