@@ -108,6 +108,11 @@ class Unavailable(GatewayError):
         self.retry_after_s = retry_after_s
 
 
+class AccessKeyRefused(Unavailable):
+    """Triton refused the gateway's own access key: a 503 to callers (retrying may help once
+    an operator fixes the key), but logged as an error, since only an operator can fix it."""
+
+
 class Overloaded(Unavailable):
     """This worker already serves ``max_in_flight`` requests: shed before any work is done."""
 

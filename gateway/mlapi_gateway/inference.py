@@ -202,8 +202,8 @@ class Inference:
             ) from exc
         except client_errors.AccessDeniedError as exc:
             # The gateway's own configuration, not the caller's request nor the model; the
-            # error handler logs it (once, with the cause and the request id).
-            raise errors.Unavailable(
+            # error handler logs it (once, at error level, with the cause and the request id).
+            raise errors.AccessKeyRefused(
                 "the gateway cannot call Triton now (its access key was refused); retry later",
                 self.settings.retry_after_s,
             ) from exc

@@ -126,7 +126,8 @@ def log_server_error(error: errors.GatewayError, request_id: str | None, where: 
     """Log a 5xx answer once, with the request id and the upstream cause (type and message).
 
     503s (sheds, Triton or the model unavailable) are logged at warning: they are expected
-    under overload and during restarts, and say what to retry; every other 5xx is an error.
+    under overload and during restarts, and say what to retry; every other 5xx is an error,
+    and so is a refused access key (a 503 only an operator can end).
     Below 500 nothing is logged: the caller's own mistake is in the answer and the access log.
     """
     status = status_of(error)
@@ -135,7 +136,9 @@ def log_server_error(error: errors.GatewayError, request_id: str | None, where: 
     cause = error.__cause__
     because = f"{type(cause).__name__}: {cause}" if cause is not None else "no upstream cause"
     log.log(
-        logging.WARNING if status == 503 else logging.ERROR,
+        logging.WARNING
+        if status == 503 and not isinstance(error, errors.AccessKeyRefused)
+        else logging.ERROR,
         "%s -> %d %s: %s (request %s; cause %s)",
         where, status, error.error_type, error.detail, request_id, because,
     )  # fmt: skip

@@ -97,8 +97,14 @@ def test_stream_of_a_dead_stub_ends_with_an_error_event(
     body = {"inputs": {"text_input": ["The "], "max_tokens": [1024]}}
     events: list[tuple[str, str]] = []
     killed_at = None
-    with crash_api.stream("POST", "/v1/models/text_generator/stream", json=body) as reply:
+    with crash_api.stream(
+        "POST",
+        "/v1/models/text_generator/stream",
+        json=body,
+        headers={"X-Request-ID": "crash-stream-1"},
+    ) as reply:
         assert reply.status_code == 200, reply.read()
+        assert reply.headers["X-Request-ID"] == "crash-stream-1"
         name = ""
         for line in reply.iter_lines():
             if line.startswith("event: "):
@@ -118,6 +124,8 @@ def test_stream_of_a_dead_stub_ends_with_an_error_event(
     problem = json.loads(last_data)
     assert problem["status"] == 503, problem
     assert problem["type"].endswith("/unavailable") and problem["detail"]
+    # The HTTP errors' problem shape, quoting the request id.
+    assert problem["title"] == "Model unavailable" and problem["request_id"] == "crash-stream-1"
     # Prompt: the idle bound plus a generous margin, not sse_max_duration_s (300 s).
     assert ended_s < IDLE_S + 15, ended_s
     assert len(events) < 1024  # the stream did not run to its end

@@ -86,12 +86,18 @@ def test_a_refused_access_key_is_503_and_not_ready(
         with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {key}"}) as api:
             _assert_503(
                 api.post(
-                    "/v1/models/digits/predict", json={"pixels": split.test_images[0].tolist()}
+                    "/v1/models/digits/predict",
+                    json={"pixels": split.test_images[0].tolist()},
+                    headers={"X-Request-ID": "bad-key-1"},
                 )
             )
             reply = api.get("/readyz")
             _assert_503(reply)
             assert "Triton" in reply.json()["detail"]
         assert "access key" in gateway.log()
+        # Once, as an error (only an operator can fix it), with the request id and the cause.
+        logged = [line for line in gateway.log().splitlines() if "(request bad-key-1;" in line]
+        assert len(logged) == 1 and " ERROR " in logged[0], logged
+        assert "cause AccessDeniedError" in logged[0], logged
     finally:
         gateway.stop()

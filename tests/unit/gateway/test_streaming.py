@@ -6,7 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
+
 from mlapi_gateway import errors
+from mlapi_gateway.problems import TYPE_BASE, problem_body
 from mlapi_gateway.settings import GatewaySettings
 from mlapi_gateway.streaming import HEARTBEAT, relay
 
@@ -59,9 +62,24 @@ def test_heartbeats_while_idle() -> None:
     assert chunks[-1].startswith(b"event: done")
 
 
+def _problem_of(chunk: bytes) -> dict[str, Any]:
+    data = next(line for line in chunk.split(b"\n") if line.startswith(b"data: "))
+    return orjson.loads(data[len(b"data: ") :])  # type: ignore[no-any-return]
+
+
 def test_errors_end_the_stream_with_an_error_event() -> None:
-    chunks = asyncio.run(_collect(relay(aiter(Source(1, fail=True)), _settings())))
-    assert chunks[-1].startswith(b"event: error") and b'"status":503' in chunks[-1]
+    """The event's data is the problem document an HTTP 503 carries, with the request id."""
+    chunks = asyncio.run(_collect(relay(aiter(Source(1, fail=True)), _settings(), "req-7")))
+    assert chunks[-1].startswith(b"event: error")
+    assert _problem_of(chunks[-1]) == problem_body(errors.Unavailable("gone", 1), None, "req-7")
+    assert _problem_of(chunks[-1]) == {
+        "type": TYPE_BASE + "unavailable",
+        "title": "Model unavailable",
+        "status": 503,
+        "detail": "gone",
+        "request_id": "req-7",
+        "retry_after_s": 1,
+    }
 
 
 def test_a_slow_client_cannot_grow_the_buffer() -> None:
@@ -69,13 +87,17 @@ def test_a_slow_client_cannot_grow_the_buffer() -> None:
 
     async def slow_reader() -> list[bytes]:
         out = []
-        async for chunk in relay(aiter(source), _settings()):
+        async for chunk in relay(aiter(source), _settings(), "req-8"):
             out.append(chunk)
             await asyncio.sleep(0.5 if len(out) == 1 else 0)
         return out
 
     chunks = asyncio.run(slow_reader())
-    assert chunks[-1].startswith(b"event: error") and b"Slow client" in chunks[-1]
+    assert chunks[-1].startswith(b"event: error")
+    problem = _problem_of(chunks[-1])
+    assert problem["type"] == TYPE_BASE + "slow-client" and problem["title"] == "Slow client"
+    assert problem["status"] == 499 and "too slowly" in problem["detail"]
+    assert problem["request_id"] == "req-8"
     assert source.produced <= 4 + 2  # the buffer plus the items in flight, not 1000
     assert source.closed
 
