@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import io
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from PIL import Image
 
 from mlapi_backend.build.digits_data import load_split
 from mlapi_backend.local.triton_process import TritonServer
+from mlapi_client.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON_DOCS = ("README.md", "docs/client.md", "docs/streaming.md")
@@ -88,6 +90,20 @@ def test_python_block_runs_as_written(
         assert out.getvalue().strip(), f"{doc}:{line} printed nothing"
 
 
+def _cli_accepts(args: str) -> bool:
+    """Whether `mlapi` parses ``args``; ``[--opt x]`` marks optional arguments (tried with them)."""
+    optional = re.findall(r"\[([^\]]*)\]", args)
+    required = shlex.split(re.sub(r"\[[^\]]*\]", " ", args))
+    with_all = required + [word for group in optional for word in shlex.split(group)]
+    for argv in (required, with_all):
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                build_parser().parse_args(argv)
+        except SystemExit:
+            return False
+    return True
+
+
 def _makefile_targets() -> set[str]:
     text = (ROOT / "Makefile").read_text()
     return {m.group(1) for m in re.finditer(r"^([a-zA-Z][\w-]*)\s*:(?!=)", text, re.MULTILINE)}
@@ -122,6 +138,9 @@ def test_shell_block_names_only_what_exists(doc: str, line: int, code: str) -> N
         for module in re.findall(r"python3?\s+-m\s+([\w.]+)", command):
             if importlib.util.find_spec(module) is None:
                 missing.append(f"python -m {module}")
+        for args in re.findall(r"(?:^|\$\(|\s)(?:\.venv/bin/)?mlapi(?=\s)([^|)#]*)", command):
+            if not _cli_accepts(args):
+                missing.append(f"mlapi{args}")
         for script in re.findall(r"python3?\s+((?:benchmarks|tools|tests)/[\w/.-]+\.py)", command):
             if not (ROOT / script).is_file():
                 missing.append(script)
