@@ -10,7 +10,7 @@ BUILD_SOURCES := $(addprefix python_backend/mlapi_backend/,build/digits_data.py 
 TEXT_LM_FILES := $(REPO)/text_decoder/1/model.onnx
 TEXT_LM_SOURCES := python_backend/mlapi_backend/build/text_lm.py python_backend/mlapi_backend/tokenizer.py
 
-.PHONY: help install models backends serve test test-unit test-integration lint format clean
+.PHONY: help install models backends serve test test-unit lint format clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
