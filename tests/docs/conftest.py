@@ -1,14 +1,17 @@
 """The documentation's examples run against the integration tests' real tritonserver.
 
-The session fixtures are imported from the integration conftest (a non-root conftest cannot
-name it in ``pytest_plugins``), so these tests get the same kind of server, key and ports.
+The session server and key come from tests/conftest.py: the same server the integration tests
+use when both run in one session.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import triton, triton_key  # noqa: F401  (fixtures)
+
+@pytest.fixture(scope="session", autouse=True)
+def _every_client_finds_the_key(triton_key: str) -> None:
+    """The session key (tests/conftest.py) is in the environment of every docs test."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

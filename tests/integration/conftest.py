@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +15,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from mlapi_backend.build.digits_data import DigitsSplit, load_split
-from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import access
+from tests.conftest import MODEL_REPOSITORY, PUBLIC_MODELS, ROOT, TEST_REPOSITORY
 
-ROOT = Path(__file__).resolve().parents[2]
-MODEL_REPOSITORY = ROOT / "model_repository"
-TEST_REPOSITORY = ROOT / "tests" / "model_repository"
-PUBLIC_MODELS = ("digits", "digits_classifier")
+__all__ = ["MODEL_REPOSITORY", "PUBLIC_MODELS", "ROOT", "TEST_REPOSITORY"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,39 +29,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def triton_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One access key for every server the tests start, found by every client (env var)."""
-    key_file = tmp_path_factory.mktemp("key") / "triton.key"
-    key = access.ensure_key(key_file)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(access.KEY_FILE_ENV, str(key_file))
-        patch.delenv(access.KEY_ENV, raising=False)
-        yield key
-
-
-@pytest.fixture(scope="session")
-def triton(tmp_path_factory: pytest.TempPathFactory, triton_key: str) -> Iterator[TritonServer]:
-    if not (MODEL_REPOSITORY / "digits_classifier" / "1" / "model.onnx").is_file():
-        pytest.fail("models are not built: run `make models` (make test does it for you)")
-    workdir = tmp_path_factory.mktemp("triton")
-    server = TritonServer(
-        [MODEL_REPOSITORY, TEST_REPOSITORY],
-        backend_dir=workdir / "backends",
-        ports=Ports.free(),
-        exit_timeout_s=5,
-        die_with_parent=True,  # a killed test run leaves no server behind
-        access_key=triton_key,
-    )
-    log_path = workdir / "tritonserver.log"
-    with log_path.open("wb") as log_file:
-        server.start(log_file)
-        try:
-            server.wait_ready(timeout_s=120, models=PUBLIC_MODELS)
-        except (RuntimeError, TimeoutError) as exc:
-            server.stop()
-            pytest.fail(f"{exc}\n--- tritonserver log ---\n{log_path.read_text()[-5000:]}")
-        yield server
-        server.stop()
+def _every_client_finds_the_key(triton_key: str) -> None:
+    """The session key (tests/conftest.py) is in the environment of every test here."""
 
 
 @pytest.fixture(scope="session")
