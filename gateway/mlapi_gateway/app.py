@@ -108,6 +108,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "instance": {"type": "string"},
+        "request_id": {"type": "string", "description": "the X-Request-ID of the request"},
         "errors": {
             "type": "array",
             "items": {

@@ -234,7 +234,23 @@ class JobRunner:
             self.settings.webhook_max_redirects,
         )  # fmt: skip
         WEBHOOKS.labels("delivered" if delivered else "failed").inc()
-        await self.store.webhook_done(job.id, delivered, attempts, outcome)
+        await self._record_delivery(job.id, delivered, attempts, outcome)
+
+    async def _record_delivery(
+        self, job_id: str, delivered: bool, attempts: int, outcome: str
+    ) -> None:
+        """Record a delivery, waiting out a store outage: left unrecorded, the webhook would
+        be claimed and sent again once its delivery lease ends (delivery stays at least once
+        only if the outage outlasts that lease)."""
+        pause = self.settings.jobs_poll_s
+        while True:
+            try:
+                await self.store.webhook_done(job_id, delivered, attempts, outcome)
+                return
+            except StoreUnavailable as exc:
+                log.warning("job %s: cannot record its webhook delivery yet: %s", job_id, exc)
+                await asyncio.sleep(pause)
+                pause = min(STORE_BACKOFF_MAX_S, pause * 2)
 
     async def _expiry_loop(self) -> None:
         while True:

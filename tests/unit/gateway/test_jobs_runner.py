@@ -13,7 +13,7 @@ import pytest
 
 from mlapi_gateway import errors
 from mlapi_gateway.jobs.runner import JobRunner
-from mlapi_gateway.jobs.store import JobStore
+from mlapi_gateway.jobs.store import JobStore, StoreUnavailable
 from mlapi_gateway.problems import TYPE_BASE
 from mlapi_gateway.settings import GatewaySettings
 
@@ -190,3 +190,24 @@ def test_start_warns_without_a_webhook_secret(
 
     asyncio.run(run())
     assert "MLAPI_GATEWAY_WEBHOOK_SECRET is not set" in caplog.text
+
+
+def test_a_delivery_is_recorded_once_the_store_is_back(tmp_path: Path) -> None:
+    """Unrecorded, the webhook would be claimed and sent again after its lease."""
+    runner = runner_for(tmp_path, ScriptedInference(iter([])), jobs_poll_s=0.01)
+    calls: list[tuple[str, bool]] = []
+
+    async def flaky_done(job_id: str, delivered: bool, attempts: int, outcome: str) -> None:
+        calls.append((job_id, delivered))
+        if len(calls) < 3:
+            raise StoreUnavailable("Redis cannot be reached")
+
+    runner.store.webhook_done = flaky_done  # type: ignore[method-assign]
+
+    async def run() -> None:
+        await runner._record_delivery("j1", True, 1, "200")
+        await runner.stop()
+        await runner.store.close()
+
+    asyncio.run(run())
+    assert calls == [("j1", True)] * 3
