@@ -25,6 +25,7 @@ from mlapi_client.settings import (
     Protocol,
     RetryPolicy,
 )
+from mlapi_client.tensors import check_parameters
 from mlapi_client.transport import Parameters, Transport, open_transport
 
 T = TypeVar("T")
@@ -222,6 +223,7 @@ class AsyncClient:
         ``request_id`` becomes the inference request's id on Triton (KServe ``id``): Triton's
         logs and traces then name the caller's request.
         """
+        check_parameters(parameters)
         ver = _version(version)
         context = CallContext("infer", model, ver)
         limit = self._timeout(timeout_s)
@@ -278,6 +280,7 @@ class AsyncClient:
         flow, a failure ends the stream (responses are never replayed). ``request_id`` is the
         request's id on Triton, as for ``infer``.
         """
+        check_parameters(parameters)
         ver = _version(version)
         context = CallContext("stream", model, ver, timeout_s)
 

@@ -88,6 +88,12 @@ _CORE_SHAPE = re.compile(
     r"unexpected shape for input '(?P<field>[^']+)'.*Expected (?P<expected>\[[^\]]*\]), got (?P<got>\[[^\]]*\])"
 )
 _CORE_FIELD = re.compile(r"input '(?P<field>[^']+)'")
+# Triton core's own request checks, which a gRPC stream reports with no status at all:
+# "unexpected inference input 'x' for model 'm'" and "expected number of inputs between 1 and
+# 10 but got 0 inputs for model 'm'" / "... missing required input(s) ...".
+_CORE_REQUEST_CHECK = re.compile(
+    r"unexpected inference input '|expected number of inputs between|missing required input"
+)
 
 
 @dataclass(frozen=True)
@@ -216,7 +222,8 @@ def _statusless_stream_error(message: str, context: CallContext) -> MlapiError:
         )
     if message.startswith(_UNKNOWN_MODEL):
         return ModelNotFoundError(text)
-    if any(p.search(message) for p in (_FIELD_EXPECTED_GOT, _CORE_DTYPE, _CORE_SHAPE)):
+    checks = (_FIELD_EXPECTED_GOT, _CORE_DTYPE, _CORE_SHAPE, _CORE_REQUEST_CHECK)
+    if any(p.search(message) for p in checks):
         return _invalid_input(text, message, None)
     return ServerError(f"{context.target()}: the stream failed: {message}")
 

@@ -27,6 +27,34 @@ def triton_dtype(name: str, array: np.ndarray) -> str:
     return str(dtype)
 
 
+# Set by tritonclient from its own arguments; in ``parameters`` it refuses them. Over a gRPC
+# stream that refusal happens inside grpc's request task and surfaces only as a local
+# cancellation, so the client checks first, for both protocols alike.
+RESERVED_PARAMETERS = frozenset(
+    {"sequence_id", "sequence_start", "sequence_end", "priority", "binary_data_output"}
+)
+
+
+def check_parameters(parameters: Mapping[str, Any] | None) -> None:
+    """Refuse request parameters Triton's protocol cannot carry, naming the parameter."""
+    for key, value in (parameters or {}).items():
+        if key in RESERVED_PARAMETERS:
+            raise InvalidInputError(
+                f"parameter '{key}' is reserved by the inference protocol",
+                field=f"parameters.{key}",
+                expected="a model parameter",
+                got=key,
+            )
+        if not isinstance(value, str | bool | int | float):
+            raise InvalidInputError(
+                f"parameter '{key}': expected a string, bool, integer or float, "
+                f"got {type(value).__name__}",
+                field=f"parameters.{key}",
+                expected="str, bool, int or float",
+                got=type(value).__name__,
+            )
+
+
 def infer_inputs(module: ModuleType, inputs: Mapping[str, np.ndarray]) -> list[Any]:
     """``module`` is tritonclient.http or tritonclient.grpc."""
     tensors = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -159,6 +160,14 @@ class GrpcTransport:
                         raise
                     await self._why_refused(model, version)
                     raise
+                except asyncio.CancelledError as exc:
+                    # grpc.aio raises CancelledError when the call was cancelled on this side,
+                    # e.g. by a request its iterator failed to build; only a cancellation of
+                    # the caller's own task is the caller's to see as one.
+                    task = asyncio.current_task()
+                    if task is None or getattr(task, "cancelling", lambda: 1)():
+                        raise
+                    raise StreamFailure("the stream was cancelled before Triton answered") from exc
                 answered = True
                 if error is not None:
                     raise StreamFailure(error.message())

@@ -248,3 +248,19 @@ def test_other_grpc_unavailable_stays_an_unavailable_model() -> None:
         CTX,
     )
     assert type(error) is ModelUnavailableError
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "unexpected inference input 'bogus' for model 'text_generator'",
+        "[request id: <id_unknown>] expected number of inputs between 1 and 10 but got 0 inputs "
+        "for model 'text_generator'",
+        "[request id: <id_unknown>] expected 2 inputs but missing required input(s) 'text_input'",
+    ],
+)
+def test_tritons_own_request_checks_on_a_stream_are_invalid_input(message: str) -> None:
+    from mlapi_client.error_mapping import StreamFailure
+
+    error = translate(StreamFailure(message), CallContext("stream", "text_generator"))
+    assert isinstance(error, InvalidInputError), error
