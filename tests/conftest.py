@@ -6,7 +6,8 @@ server (integration tests, the docs' examples) shares one server and one key.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,32 @@ def triton(tmp_path_factory: pytest.TempPathFactory, triton_key: str) -> Iterato
             pytest.fail(f"{exc}\n--- tritonserver log ---\n{log_path.read_text()[-5000:]}")
         yield server
         server.stop()
+
+
+@contextmanager
+def own_triton(
+    workdir: Path,
+    repositories: Sequence[Path] = (MODEL_REPOSITORY,),
+    models: Sequence[str] = PUBLIC_MODELS,
+    **options: Any,
+) -> Iterator[TritonServer]:
+    """A tritonserver of a test module's own (free ports, the session key), always stopped.
+
+    For tests that change, overload or break their server; ``options`` go to TritonServer.
+    """
+    server = TritonServer(
+        list(repositories),
+        workdir / "backends",
+        ports=Ports.free(),
+        exit_timeout_s=options.pop("exit_timeout_s", 5),
+        die_with_parent=options.pop("die_with_parent", True),
+        access_key=options.pop("access_key", access.read_key()),
+        **options,
+    )
+    with (workdir / "tritonserver.log").open("wb") as log:
+        server.start(log)
+        try:
+            server.wait_ready(timeout_s=180, models=models)
+            yield server
+        finally:
+            server.stop()

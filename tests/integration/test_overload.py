@@ -13,10 +13,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_backend.local.triton_process import TritonServer
 from mlapi_backend.model_config import read_pbtxt
-from mlapi_client import AsyncClient, Client, access
+from mlapi_client import AsyncClient, Client
 from mlapi_client.errors import MlapiError, ServerOverloadedError
+from tests.conftest import own_triton
 
 from .conftest import MODEL_REPOSITORY, PUBLIC_MODELS
 
@@ -37,21 +38,8 @@ def _queue_timeout_s() -> float:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    workdir = tmp_path_factory.mktemp("overload")
-    triton = TritonServer(
-        [MODEL_REPOSITORY],
-        workdir / "backends",
-        ports=Ports.free(),
-        exit_timeout_s=5,
-        access_key=access.read_key(),
-    )
-    with (workdir / "tritonserver.log").open("wb") as log:
-        triton.start(log)
-        try:
-            triton.wait_ready(120, models=PUBLIC_MODELS)
-            yield triton
-        finally:
-            triton.stop()
+    with own_triton(tmp_path_factory.mktemp("overload"), models=PUBLIC_MODELS) as triton:
+        yield triton
 
 
 async def _one(client: AsyncClient) -> tuple[str, float]:

@@ -23,10 +23,11 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from mlapi_backend.build.digits_data import preprocessed
-from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import access
 from mlapi_client.errors import InvalidInputError
 from mlapi_client.traffic import TrafficController
+from tests.conftest import own_triton
 
 from .conftest import MODEL_REPOSITORY, PUBLIC_MODELS
 
@@ -36,21 +37,8 @@ IMAGE[0, 1:7, 3:5] = 255
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    workdir = tmp_path_factory.mktemp("traffic")
-    triton = TritonServer(
-        [MODEL_REPOSITORY],
-        workdir / "backends",
-        ports=Ports.free(),
-        exit_timeout_s=5,
-        access_key=access.read_key(),
-    )
-    with (workdir / "tritonserver.log").open("wb") as log:
-        triton.start(log)
-        try:
-            triton.wait_ready(120, models=PUBLIC_MODELS)
-            yield triton
-        finally:
-            triton.stop()
+    with own_triton(tmp_path_factory.mktemp("traffic"), models=PUBLIC_MODELS) as triton:
+        yield triton
 
 
 @pytest.fixture

@@ -17,25 +17,9 @@ from typing import Any, cast
 import numpy as np
 
 from mlapi_backend.local.healing import Verdict, verdict
+from mlapi_backend.model_config import TRITON_TO_NUMPY
 from mlapi_client import AsyncClient
 from mlapi_client.errors import MlapiError
-
-_DTYPES: dict[str, Any] = {
-    "TYPE_BOOL": np.bool_,
-    "TYPE_UINT8": np.uint8,
-    "TYPE_UINT16": np.uint16,
-    "TYPE_UINT32": np.uint32,
-    "TYPE_UINT64": np.uint64,
-    "TYPE_INT8": np.int8,
-    "TYPE_INT16": np.int16,
-    "TYPE_INT32": np.int32,
-    "TYPE_INT64": np.int64,
-    "TYPE_FP16": np.float16,
-    "TYPE_FP32": np.float32,
-    "TYPE_FP64": np.float64,
-    "TYPE_STRING": np.object_,
-}
-
 
 _VARIABLE_DIM = 8
 
@@ -51,7 +35,7 @@ def probe_inputs(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
     for tensor in config.get("input", []):
         if tensor.get("optional"):
             continue
-        dtype = _DTYPES.get(str(tensor.get("data_type")))
+        dtype = TRITON_TO_NUMPY.get(str(tensor.get("data_type")))
         if dtype is None:
             raise ProbeUnsupported(
                 f"model '{config.get('name')}': no probe value for input "

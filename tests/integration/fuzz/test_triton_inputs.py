@@ -21,16 +21,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlapi_backend.local.triton_process import Ports, TritonServer
-from mlapi_client import Client, access
+from mlapi_backend.local.triton_process import TritonServer
+from mlapi_client import Client
 from mlapi_client.errors import (
     InvalidInputError,
     MlapiError,
     ModelNotFoundError,
     UnsupportedRequestError,
 )
+from tests.conftest import own_triton
 
-from ..conftest import MODEL_REPOSITORY, PUBLIC_MODELS
+from ..conftest import PUBLIC_MODELS
 
 CASE_BOUND_S = 30.0  # one request's answer (or a whole stream, max_tokens <= 1024) within this
 MAX_BYTES = 2 << 20  # large but bounded tensors
@@ -66,21 +67,10 @@ FUZZ_SETTINGS = settings(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    workdir = tmp_path_factory.mktemp("fuzz_triton")
-    triton = TritonServer(
-        [MODEL_REPOSITORY],
-        workdir / "backends",
-        ports=Ports.free(),
-        exit_timeout_s=5,
-        access_key=access.read_key(),
-    )
-    with (workdir / "tritonserver.log").open("wb") as log:
-        triton.start(log)
-        try:
-            triton.wait_ready(120, models=(*PUBLIC_MODELS, "text_generator"))
-            yield triton
-        finally:
-            triton.stop()
+    with own_triton(
+        tmp_path_factory.mktemp("fuzz_triton"), models=(*PUBLIC_MODELS, "text_generator")
+    ) as triton:
+        yield triton
 
 
 @st.composite

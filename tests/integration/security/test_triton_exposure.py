@@ -24,10 +24,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import access
-
-from ..conftest import MODEL_REPOSITORY
+from tests.conftest import own_triton
 
 EVIL_MODEL = "evil_probe"
 EVIL_CODE = b"""
@@ -52,22 +51,8 @@ ONE[0, 1:7, 3:5] = 255  # a vertical bar: read as "1"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, triton_key: str) -> Iterator[TritonServer]:
-    workdir = tmp_path_factory.mktemp("exposure")
-    triton = TritonServer(
-        [MODEL_REPOSITORY],
-        workdir / "backends",
-        ports=Ports.free(),
-        exit_timeout_s=5,
-        die_with_parent=True,
-        access_key=triton_key,
-    )
-    with (workdir / "tritonserver.log").open("wb") as log:
-        triton.start(log)
-        try:
-            triton.wait_ready(timeout_s=180, models=("digits",))
-            yield triton
-        finally:
-            triton.stop()
+    with own_triton(tmp_path_factory.mktemp("exposure"), models=("digits",)) as triton:
+        yield triton
 
 
 def _post(
