@@ -191,7 +191,9 @@ def _from_status(
         cls is ModelUnavailableError and message.startswith(_RESTRICTED)
     ):
         return _access_denied(context, message, status)
-    if cls is None and _DEAD_STUB.search(message):
+    # Unary calls get it as 500; generate_stream answers its first error with 400, whatever it
+    # is. A dead stub is never the caller's fault.
+    if cls in (None, InvalidInputError) and _DEAD_STUB.search(message):
         return ModelCrashedError(
             f"{text} (the model's backend process died; it is being reloaded, retry shortly)",
             retry_after_s=retry_after_s if retry_after_s is not None else DEAD_STUB_RETRY_AFTER_S,

@@ -264,3 +264,12 @@ def test_tritons_own_request_checks_on_a_stream_are_invalid_input(message: str) 
 
     error = translate(StreamFailure(message), CallContext("stream", "text_generator"))
     assert isinstance(error, InvalidInputError), error
+
+
+def test_a_dead_stub_reported_as_a_400_by_generate_stream_is_a_crash_not_bad_input() -> None:
+    from mlapi_client.error_mapping import HttpStatusFailure
+    from mlapi_client.errors import ModelCrashedError
+
+    failure = HttpStatusFailure(400, "Stub process 'text_generator_0_0' is not healthy.")
+    error = translate(failure, CallContext("stream", "text_generator"))
+    assert isinstance(error, ModelCrashedError) and error.retryable
