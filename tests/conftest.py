@@ -100,10 +100,14 @@ def own_triton(
         access_key=options.pop("access_key", access.read_key()),
         **options,
     )
-    with (workdir / "tritonserver.log").open("wb") as log:
+    log_path = workdir / "tritonserver.log"
+    with log_path.open("wb") as log:
         server.start(log)
         try:
-            server.wait_ready(timeout_s=180, models=models)
+            try:
+                server.wait_ready(timeout_s=180, models=models)
+            except (RuntimeError, TimeoutError) as exc:
+                pytest.fail(f"{exc}\n--- tritonserver log ---\n{log_path.read_text()[-5000:]}")
             yield server
         finally:
             server.stop()

@@ -17,37 +17,18 @@ import pytest
 from mlapi_backend.local import stubs
 from mlapi_backend.local.supervisor import SupervisorThread
 from mlapi_backend.local.supervisor_settings import SupervisorSettings
-from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import Client, access
 from mlapi_client.errors import ModelCrashedError
-
-from ..conftest import MODEL_REPOSITORY
+from tests.conftest import own_triton as start_triton
 
 
 @pytest.fixture(scope="module")
 def own_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """A restricted tritonserver with the project's models, for tests that break it."""
-    workdir = tmp_path_factory.mktemp("faults")
-    server = TritonServer(
-        [MODEL_REPOSITORY],
-        backend_dir=workdir / "backends",
-        ports=Ports.free(),
-        exit_timeout_s=5,
-        die_with_parent=True,
-        access_key=access.read_key(),
-    )
-    log_path = workdir / "tritonserver.log"
-    with log_path.open("wb") as log_file:
-        server.start(log_file)
-        try:
-            server.wait_ready(
-                timeout_s=120, models=("digits", "digits_classifier", "text_generator")
-            )
-        except (RuntimeError, TimeoutError) as exc:
-            server.stop()
-            pytest.fail(f"{exc}\n{log_path.read_text()[-5000:]}")
+    models = ("digits", "digits_classifier", "text_generator")
+    with start_triton(tmp_path_factory.mktemp("faults"), models=models) as server:
         yield server
-        server.stop()
 
 
 RELOADS = "mlapi_supervisor_reloads_total"

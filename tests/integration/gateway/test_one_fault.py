@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from mlapi_backend.local.triton_process import Ports, TritonServer
-from mlapi_client import Client, access
+from mlapi_backend.local.triton_process import TritonServer
+from mlapi_client import Client
+from tests.conftest import own_triton as start_triton
 
 from ..conftest import MODEL_REPOSITORY, PUBLIC_MODELS, TEST_REPOSITORY
 from .conftest import gateway_env
@@ -25,20 +26,9 @@ PIXELS = {"pixels": [[0] * 8] * 8}
 
 @pytest.fixture
 def own_triton(tmp_path: Path) -> Iterator[TritonServer]:
-    server = TritonServer(
-        [MODEL_REPOSITORY, TEST_REPOSITORY],
-        tmp_path / "backends",
-        ports=Ports.free(),
-        exit_timeout_s=5,
-        access_key=access.read_key(),
-    )
-    with (tmp_path / "triton.log").open("wb") as log:
-        server.start(log)
-        try:
-            server.wait_ready(timeout_s=180, models=PUBLIC_MODELS)
-            yield server
-        finally:
-            server.stop()
+    repositories = [MODEL_REPOSITORY, TEST_REPOSITORY]
+    with start_triton(tmp_path, repositories, models=PUBLIC_MODELS) as server:
+        yield server
 
 
 def _job_result(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ import pytest
 import tritonclient.http as httpclient
 
 from mlapi_backend.build.digits_data import DigitsSplit
-from mlapi_backend.local.triton_process import Ports, TritonServer
+from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import access
+from tests.conftest import own_triton as start_triton
 
 from ..conftest import TEST_REPOSITORY
 from .conftest import gateway_env
@@ -20,20 +21,8 @@ from .harness import Gateway, create_key
 
 @pytest.fixture
 def own_triton(tmp_path: Path) -> Iterator[TritonServer]:
-    server = TritonServer(
-        [TEST_REPOSITORY],
-        tmp_path / "backends",
-        ports=Ports.free(),
-        exit_timeout_s=5,
-        access_key=access.read_key(),
-    )
-    with (tmp_path / "triton.log").open("wb") as log:
-        server.start(log)
-        try:
-            server.wait_ready(timeout_s=120, models=("slow",))
-            yield server
-        finally:
-            server.stop()
+    with start_triton(tmp_path, [TEST_REPOSITORY], models=("slow",)) as server:
+        yield server
 
 
 def _assert_503(reply: httpx.Response) -> None:
