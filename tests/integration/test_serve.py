@@ -93,9 +93,13 @@ def test_serve_runs_on_env_ports_and_stops_cleanly(tmp_path, stop_signal):
                 time.sleep(0.3)
         else:
             pytest.fail("serve did not become ready")
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{ports.metrics}/metrics", timeout=5
-        ) as reply:
+        # The metrics port may open a moment after the HTTP one answers: wait, do not race it.
+        metrics_url = f"http://127.0.0.1:{ports.metrics}/metrics"
+        deadline = time.monotonic() + 30
+        while not _answers(metrics_url):
+            assert time.monotonic() < deadline, "the metrics port never answered"
+            time.sleep(0.2)
+        with urllib.request.urlopen(metrics_url, timeout=5) as reply:
             assert b"nv_inference_count" in reply.read()
         server_pid = _server_pid(ports.http)
         assert server_pid is not None
@@ -119,6 +123,7 @@ def test_serve_runs_on_env_ports_and_stops_cleanly(tmp_path, stop_signal):
     finally:
         if launcher.poll() is None:
             launcher.kill()
+            launcher.wait()
         log.close()
 
 
@@ -163,6 +168,7 @@ def test_a_killed_launcher_leaves_nothing_behind(tmp_path):
     finally:
         if launcher.poll() is None:
             launcher.kill()
+            launcher.wait()
 
 
 def _ready(http_port: int) -> bool:

@@ -92,6 +92,7 @@ def test_a_corrupt_version_is_left_out_and_named_while_the_rest_serves(tmp_path)
     finally:
         if launcher.poll() is None:
             launcher.kill()
+            launcher.wait()
 
 
 def test_tritonserver_killed_under_the_gateway_is_restarted_on_the_same_ports(
@@ -119,6 +120,7 @@ def test_tritonserver_killed_under_the_gateway_is_restarted_on_the_same_ports(
     finally:
         if launcher.poll() is None:
             launcher.kill()
+            launcher.wait()
 
 
 def test_a_tritonserver_that_keeps_dying_ends_serve_with_status_1(tmp_path):
@@ -136,3 +138,4 @@ def test_a_tritonserver_that_keeps_dying_ends_serve_with_status_1(tmp_path):
     finally:
         if launcher.poll() is None:
             launcher.kill()
+            launcher.wait()
