@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 REPO := model_repository
 CLASSIFIER_FILES := $(REPO)/digits_classifier/1/model.onnx $(REPO)/digits_classifier/2/model.onnx
-BUILD_SOURCES := $(addprefix python_backend/mlapi_backend/,build/digits_data.py build/digits_models.py preprocessing.py)
+BUILD_SOURCES := tools/mlapi_tools/build/digits_data.py tools/mlapi_tools/build/digits_models.py python_backend/mlapi_backend/preprocessing.py
 TEXT_LM_FILES := $(REPO)/text_decoder/1/model.onnx
-TEXT_LM_SOURCES := python_backend/mlapi_backend/build/text_lm.py python_backend/mlapi_backend/tokenizer.py
+TEXT_LM_SOURCES := tools/mlapi_tools/build/text_lm.py python_backend/mlapi_backend/tokenizer.py
 
 .PHONY: help install models backends serve test test-unit lint format clean
 
@@ -24,21 +24,21 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED) ## Create .venv and install the project with its extras (idempotent)
 
 $(CLASSIFIER_FILES) &: $(BUILD_SOURCES) | $(INSTALLED)
-	$(BIN)/python -m mlapi_backend.build --only digits --repository $(REPO)
+	$(BIN)/python -m mlapi_tools.build --only digits --repository $(REPO)
 
 # The text LM build skips training when its fingerprint (corpus, vocabulary, settings, recipe
 # version) is unchanged; the touch then marks the model fresh for make.
 $(TEXT_LM_FILES): $(TEXT_LM_SOURCES) | $(INSTALLED)
-	$(BIN)/python -m mlapi_backend.build.text_lm --repository $(REPO)
+	$(BIN)/python -m mlapi_tools.build.text_lm --repository $(REPO)
 	@touch $@
 
 models: $(CLASSIFIER_FILES) $(TEXT_LM_FILES) ## Train and export the default models (only when missing or stale)
 
 backends: $(INSTALLED) ## Assemble build/backends for the local tritonserver
-	@$(BIN)/python -m mlapi_backend.local backends --backend-dir build/backends
+	@$(BIN)/python -m mlapi_tools.local backends --backend-dir build/backends
 
 serve: models backends ## Build what is missing, then run Triton and the gateway in the foreground (Ctrl-C stops)
-	$(BIN)/python -m mlapi_backend.local serve --repository $(REPO) --backend-dir build/backends
+	$(BIN)/python -m mlapi_tools.local serve --repository $(REPO) --backend-dir build/backends
 
 test: models backends ## Run the whole test suite (unit + integration against a real tritonserver)
 	$(BIN)/python -m pytest

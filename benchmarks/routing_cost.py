@@ -25,13 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlapi_backend.local.triton_process import Ports, TritonServer
 from mlapi_bench.clients import Endpoint
 from mlapi_bench.load import LoadSpec, drive
 from mlapi_bench.report import results_dir
 from mlapi_bench.stats import window_stats
 from mlapi_client import access
 from mlapi_client.traffic import TrafficController
+from mlapi_tools.local.triton_process import Ports, TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 STICKY_KEYS = 400  # distinct routing keys cycled by the sticky run

@@ -33,8 +33,8 @@ import numpy as np
 
 from mlapi_backend.generation import LocalDecoder, collect, generate
 from mlapi_backend.generation_request import GenerationLimits, parse_request
-from mlapi_backend.local.triton_process import Ports, TritonServer
 from mlapi_client import access
+from mlapi_tools.local.triton_process import Ports, TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATOR = "text_generator"

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from mlapi_backend.local.triton_process import Ports, TritonServer
 from mlapi_client import access
+from mlapi_tools.local.triton_process import Ports, TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = ROOT / "model_repository"

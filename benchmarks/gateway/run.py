@@ -73,7 +73,7 @@ def _median(runs: list[dict]) -> dict:
 
 
 def _bodies(workdir: Path) -> tuple[Path, Path]:
-    from mlapi_backend.build.digits_data import load_split
+    from mlapi_tools.build.digits_data import load_split
 
     image = load_split().test_images[0]
     gateway_body = workdir / "gateway.json"
@@ -100,7 +100,7 @@ def _start_gateway(
     workdir: Path, ports: Any, protocol: str, workers: int
 ) -> tuple[subprocess.Popen[bytes], int]:
     """A gateway whose unary calls to Triton use ``protocol``; returns it and its port."""
-    from mlapi_backend.local.triton_process import Ports
+    from mlapi_tools.local.triton_process import Ports
 
     port = Ports.free().http
     env = {
@@ -155,9 +155,9 @@ def main() -> int:
         print("wrk is not installed: run `make system-deps` (Debian: apt-get install wrk)")
         return 2
 
-    from mlapi_backend.local.triton_process import Ports, TritonServer
     from mlapi_client import access
     from mlapi_gateway.keys import add_key, new_key
+    from mlapi_tools.local.triton_process import Ports, TritonServer
 
     workdir = Path(tempfile.mkdtemp(prefix="mlapi-bench-gateway-"))
     triton: TritonServer | None = None

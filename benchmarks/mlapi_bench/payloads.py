@@ -18,7 +18,7 @@ PAYLOAD_MODELS = ("digits", "digits_classifier", IDENTITY_MODEL)
 @cache
 def _held_out(count: int) -> tuple[np.ndarray, np.ndarray]:
     """(pixels float32 (N, 64) in 0..16, images uint8 (N, 8, 8)) of the fixed held-out split."""
-    from mlapi_backend.build.digits_data import load_split
+    from mlapi_tools.build.digits_data import load_split
 
     split = load_split()
     return split.test_x[:count], split.test_images[:count]

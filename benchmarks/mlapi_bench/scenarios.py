@@ -156,7 +156,7 @@ def held_out_pool() -> tuple[np.ndarray, np.ndarray]:
     Loading imports scikit-learn (seconds on a busy machine): the locustfile calls this at
     import, before locust's run timer starts, so that no user spends its run loading data.
     """
-    from mlapi_backend.build.digits_data import load_split
+    from mlapi_tools.build.digits_data import load_split
 
     split = load_split()
     return split.test_images[:64], split.test_x[:64]

@@ -122,7 +122,7 @@ def stack(http_url: str | None, grpc_url: str | None, backend_dir: Path) -> Iter
         return
     if http_url and grpc_url:
         log.info("no server ready at %s: starting one", http_url)
-    from mlapi_backend.local.triton_process import Ports, TritonServer
+    from mlapi_tools.local.triton_process import Ports, TritonServer
 
     if not (MODEL_REPOSITORY / "digits_classifier" / "1" / "model.onnx").is_file():
         raise StackError("models are not built: run `make models` first")

@@ -65,7 +65,7 @@ _OVERLOADED_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
 # one any model failure gets, so this message is the only signal; a BLS model (digits) passes
 # it on inside its own message, hence a search rather than a prefix match.
 _DEAD_STUB = re.compile(r"Stub process '[^']+' is not healthy")
-# The wait suggested before retrying a dead stub: the supervisor (mlapi_backend.local) detects
+# The wait suggested before retrying a dead stub: the supervisor (mlapi_tools.local) detects
 # one within 0.1 s and its reload serves again 1.2-2.1 s later (measured on 2 shared CPUs), so
 # the client's default 5 attempts, 1 s apart, ride over it.
 DEAD_STUB_RETRY_AFTER_S = 1.0

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import access
+from mlapi_tools.local.triton_process import TritonServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CURL = re.compile(

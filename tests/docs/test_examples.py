@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlapi_backend.build.digits_data import load_split
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client.cli import build_parser
+from mlapi_tools.build.digits_data import load_split
+from mlapi_tools.local.triton_process import TritonServer
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON_DOCS = ("README.md", "docs/client.md", "docs/streaming.md")

@@ -14,9 +14,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from mlapi_backend.build.digits_data import DigitsSplit, load_split
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import access
+from mlapi_tools.build.digits_data import DigitsSplit, load_split
+from mlapi_tools.local.triton_process import TritonServer
 from tests.conftest import MODEL_REPOSITORY, PUBLIC_MODELS, ROOT, TEST_REPOSITORY
 
 __all__ = ["MODEL_REPOSITORY", "PUBLIC_MODELS", "ROOT", "TEST_REPOSITORY"]

@@ -14,11 +14,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from mlapi_backend.build.digits_data import preprocessed
-from mlapi_backend.build.digits_models import read_metrics
-from mlapi_backend.local.triton_process import Ports, TritonServer
 from mlapi_backend.model_config import read_pbtxt
 from mlapi_client import Client, access
+from mlapi_tools.build.digits_data import preprocessed
+from mlapi_tools.build.digits_models import read_metrics
+from mlapi_tools.local.triton_process import Ports, TritonServer
 
 from .conftest import MODEL_REPOSITORY, DigitsCaller, digits_inputs
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlapi_backend.build.digits_data import noise_images
-from mlapi_backend.build.digits_models import read_metrics
+from mlapi_tools.build.digits_data import noise_images
+from mlapi_tools.build.digits_models import read_metrics
 
 from .conftest import MODEL_REPOSITORY
 

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_backend.model_config import read_pbtxt
 from mlapi_client import AsyncClient, Client
 from mlapi_client.errors import MlapiError, ServerOverloadedError
+from mlapi_tools.local.triton_process import TritonServer
 from tests.conftest import own_triton
 
 from .conftest import MODEL_REPOSITORY, PUBLIC_MODELS

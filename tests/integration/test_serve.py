@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mlapi_backend.local.triton_process import Ports
+from mlapi_tools.local.triton_process import Ports
 
 from .conftest import MODEL_REPOSITORY, ROOT
 
@@ -67,7 +67,7 @@ def _serve(tmp_path: Path, ports: Ports, repository: Path, *flags: str) -> tuple
         MLAPI_GATEWAY_JOBS_DB=str(tmp_path / "jobs.sqlite3"),
     )
     command = [
-        sys.executable, "-m", "mlapi_backend.local", "serve", *flags,
+        sys.executable, "-m", "mlapi_tools.local", "serve", *flags,
         "--repository", str(repository), "--backend-dir", str(tmp_path / "backends"),
     ]  # fmt: skip
     return command, env

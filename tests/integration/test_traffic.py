@@ -22,11 +22,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from mlapi_backend.build.digits_data import preprocessed
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import access
 from mlapi_client.errors import InvalidInputError
 from mlapi_client.traffic import TrafficController
+from mlapi_tools.build.digits_data import preprocessed
+from mlapi_tools.local.triton_process import TritonServer
 from tests.conftest import own_triton
 
 from .conftest import MODEL_REPOSITORY, PUBLIC_MODELS

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import tritonclient.http as httpclient
 
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_bench.cli import main
 from mlapi_bench.clients import AsyncTriton, Endpoint
 from mlapi_bench.load import LoadSpec, drive, prime
@@ -28,6 +27,7 @@ from mlapi_bench.server_stats import ServerCounters
 from mlapi_bench.stack import MODEL_REPOSITORY, config_json, ensure_identity, stack, unload_identity
 from mlapi_bench.study import StudyError, Variant, switching
 from mlapi_client import access
+from mlapi_tools.local.triton_process import TritonServer
 
 QUICK = Phases(warmup_s=0.2, window_s=0.8)
 

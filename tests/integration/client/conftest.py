@@ -15,8 +15,8 @@ from typing import IO, Any
 
 import pytest
 
-from mlapi_backend.local.triton_process import Ports, TritonServer
 from mlapi_client import AsyncClient, Client, RetryPolicy, access
+from mlapi_tools.local.triton_process import Ports, TritonServer
 
 TEST_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 

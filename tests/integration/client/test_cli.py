@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlapi_backend.build.digits_data import DigitsSplit
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client.cli import main
 from mlapi_client.cli.common import EXIT_CONNECTION_FAILED, EXIT_OK, EXIT_USER_ERROR
+from mlapi_tools.build.digits_data import DigitsSplit
+from mlapi_tools.local.triton_process import TritonServer
 
 
 @pytest.fixture(scope="module")

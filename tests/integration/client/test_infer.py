@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlapi_backend.build.digits_data import DigitsSplit
+from mlapi_tools.build.digits_data import DigitsSplit
 
 from .conftest import Api
 

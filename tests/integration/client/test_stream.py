@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import InvalidInputError, ModelNotFoundError, UnsupportedRequestError
+from mlapi_tools.local.triton_process import TritonServer
 
 from .conftest import Api, metric_value
 

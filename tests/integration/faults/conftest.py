@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from mlapi_backend.local import stubs
-from mlapi_backend.local.supervisor import SupervisorThread
-from mlapi_backend.local.supervisor_settings import SupervisorSettings
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import Client, access
 from mlapi_client.errors import ModelCrashedError
+from mlapi_tools.local import stubs
+from mlapi_tools.local.supervisor import SupervisorThread
+from mlapi_tools.local.supervisor_settings import SupervisorSettings
+from mlapi_tools.local.triton_process import TritonServer
 from tests.conftest import own_triton as start_triton
 
 

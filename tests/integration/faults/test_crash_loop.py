@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from mlapi_backend.local.healing import reload_config
-from mlapi_backend.local.triton_process import Ports
 from mlapi_client.errors import ModelCrashedError
+from mlapi_tools.local.healing import reload_config
+from mlapi_tools.local.triton_process import Ports
 
 from ..conftest import ROOT
 from .conftest import (
@@ -59,7 +59,7 @@ def test_the_sidecar_finds_a_dead_stub_by_probes_and_reports_it_on_its_metrics_p
     """`supervise --triton-url` alone, without the process watch (a pod without a shared
     process namespace): the periodic probe finds the dead stub."""
     port = Ports.free().http
-    command = [sys.executable, "-m", "mlapi_backend.local", "supervise",
+    command = [sys.executable, "-m", "mlapi_tools.local", "supervise",
                "--triton-url", f"http://{own_triton.http_url}", "--metrics-port", str(port)]  # fmt: skip
     env = {"MLAPI_SUPERVISOR_WATCH_PROCESSES": "false", "MLAPI_SUPERVISOR_PROBE_INTERVAL_S": "0.5"}
     log_path = tmp_path / "supervise.log"

@@ -1,5 +1,5 @@
 """The launcher under faults: a corrupt model version at start-up, tritonserver SIGKILLed under
-the gateway. Each test runs `python -m mlapi_backend.local serve` on free ports."""
+the gateway. Each test runs `python -m mlapi_tools.local serve` on free ports."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlapi_backend.local import stubs
-from mlapi_backend.local.triton_process import Ports
 from mlapi_client import Client
 from mlapi_client.errors import MlapiError
+from mlapi_tools.local import stubs
+from mlapi_tools.local.triton_process import Ports
 
 from ..conftest import MODEL_REPOSITORY, ROOT
 from ..test_serve import _answers, _process_group_members, _serve, _server_pid

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import Client
 from mlapi_client.errors import InferenceTimeoutError, ModelCrashedError
+from mlapi_tools.local.triton_process import TritonServer
 
 from .conftest import IMAGE, RECOVERY_BOUND_S, RELOADS, SteadyLoad, kill_stub, sample, wait_until
 

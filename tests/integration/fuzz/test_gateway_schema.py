@@ -30,7 +30,7 @@ import pytest
 import schemathesis
 from PIL import Image
 
-from mlapi_backend.build.digits_data import load_split
+from mlapi_tools.build.digits_data import load_split
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[3]

@@ -21,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import Client
 from mlapi_client.errors import (
     InvalidInputError,
@@ -29,6 +28,7 @@ from mlapi_client.errors import (
     ModelNotFoundError,
     UnsupportedRequestError,
 )
+from mlapi_tools.local.triton_process import TritonServer
 from tests.conftest import own_triton
 
 from ..conftest import PUBLIC_MODELS

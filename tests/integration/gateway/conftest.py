@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlapi_backend.local.triton_process import TritonServer
+from mlapi_tools.local.triton_process import TritonServer
 
 from .harness import WEBHOOK_SECRET, Gateway, RedisServer, create_key
 

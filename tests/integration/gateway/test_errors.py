@@ -8,7 +8,7 @@ import base64
 import httpx
 import pytest
 
-from mlapi_backend.build.digits_data import DigitsSplit
+from mlapi_tools.build.digits_data import DigitsSplit
 
 PREDICT = "/v1/models/digits/predict"
 

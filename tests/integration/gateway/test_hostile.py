@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlapi_backend.build.digits_data import DigitsSplit
+from mlapi_tools.build.digits_data import DigitsSplit
 
 from .harness import Gateway, raw_request, read_until_closed, rss_bytes, wait_for
 

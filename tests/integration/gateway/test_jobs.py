@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlapi_backend.build.digits_data import DigitsSplit
-from mlapi_backend.local.triton_process import TritonServer
+from mlapi_tools.build.digits_data import DigitsSplit
+from mlapi_tools.local.triton_process import TritonServer
 
 from .conftest import gateway_env
 from .harness import Gateway, WebhookReceiver, create_key, wait_for

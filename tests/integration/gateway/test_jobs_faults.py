@@ -19,8 +19,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from mlapi_backend.local.triton_process import Ports, TritonServer
 from mlapi_client import access
+from mlapi_tools.local.triton_process import Ports, TritonServer
 
 from ..conftest import TEST_REPOSITORY
 from .conftest import gateway_env

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import Client
+from mlapi_tools.local.triton_process import TritonServer
 from tests.conftest import own_triton as start_triton
 
 from ..conftest import MODEL_REPOSITORY, PUBLIC_MODELS, TEST_REPOSITORY

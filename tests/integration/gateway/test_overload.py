@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
-from mlapi_backend.build.digits_data import DigitsSplit
-from mlapi_backend.local.triton_process import TritonServer
+from mlapi_tools.build.digits_data import DigitsSplit
+from mlapi_tools.local.triton_process import TritonServer
 
 from .conftest import gateway_env
 from .harness import Gateway, RedisServer, create_key, wait_for

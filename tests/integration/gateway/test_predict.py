@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from mlapi_backend.build.digits_data import DigitsSplit
+from mlapi_tools.build.digits_data import DigitsSplit
 
 
 def _png(image: np.ndarray) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from mlapi_backend.local.triton_process import TritonServer
+from mlapi_tools.local.triton_process import TritonServer
 
 from .conftest import gateway_env
 from .harness import Gateway, RedisServer, create_key

@@ -9,7 +9,7 @@ import urllib.request
 import httpx
 import pytest
 
-from mlapi_backend.local.triton_process import TritonServer
+from mlapi_tools.local.triton_process import TritonServer
 
 from .harness import wait_for
 

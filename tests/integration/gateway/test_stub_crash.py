@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlapi_backend.local.triton_process import Ports, TritonServer
 from mlapi_client import access
+from mlapi_tools.local.triton_process import Ports, TritonServer
 
 from ..conftest import MODEL_REPOSITORY, TEST_REPOSITORY
 from .conftest import gateway_env

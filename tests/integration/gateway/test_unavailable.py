@@ -9,9 +9,9 @@ import httpx
 import pytest
 import tritonclient.http as httpclient
 
-from mlapi_backend.build.digits_data import DigitsSplit
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import access
+from mlapi_tools.build.digits_data import DigitsSplit
+from mlapi_tools.local.triton_process import TritonServer
 from tests.conftest import own_triton as start_triton
 
 from ..conftest import TEST_REPOSITORY

@@ -19,8 +19,8 @@ import tritonclient.grpc as grpcclient
 
 from mlapi_backend.generation import LocalDecoder, collect, generate
 from mlapi_backend.generation_request import GenerationLimits, parse_request
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import access
+from mlapi_tools.local.triton_process import TritonServer
 
 ROOT = Path(__file__).resolve().parents[3]
 GENERATOR = "text_generator"

@@ -6,8 +6,8 @@ import asyncio
 
 import aiohttp
 
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import access
+from mlapi_tools.local.triton_process import TritonServer
 from tests.integration.generation.conftest import (
     decoder_steps,
     generator_metric,

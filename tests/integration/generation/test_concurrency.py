@@ -9,8 +9,8 @@ import socket
 
 import aiohttp
 
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import access
+from mlapi_tools.local.triton_process import TritonServer
 from tests.integration.generation.conftest import (
     GENERATOR,
     decoder_stats,

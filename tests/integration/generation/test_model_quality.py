@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from mlapi_backend.build import text_lm
+from mlapi_tools.build import text_lm
 from tests.integration.generation.conftest import DECODER_FILE, ROOT
 
 

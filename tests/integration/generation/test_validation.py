@@ -9,8 +9,8 @@ import aiohttp
 import numpy as np
 import pytest
 
-from mlapi_backend.local.triton_process import Ports, TritonServer
 from mlapi_client import access
+from mlapi_tools.local.triton_process import Ports, TritonServer
 from tests.integration.generation.conftest import (
     DECODER,
     GENERATOR,

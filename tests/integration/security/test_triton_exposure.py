@@ -24,8 +24,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from mlapi_backend.local.triton_process import TritonServer
 from mlapi_client import access
+from mlapi_tools.local.triton_process import TritonServer
 from tests.conftest import own_triton
 
 EVIL_MODEL = "evil_probe"

@@ -8,19 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlapi_backend.local import stubs
-from mlapi_backend.local.healing import (
-    ReloadLimiter,
-    StubTracker,
-    Verdict,
-    confirmed_dead,
-    instance_count,
-    reload_config,
-    verdict,
-)
-from mlapi_backend.local.probes import ProbeUnsupported, is_decoupled, probe_inputs
-from mlapi_backend.local.stubs import StubProcess
-from mlapi_backend.local.supervisor_settings import SupervisorSettings
 from mlapi_client.errors import (
     ConnectionFailedError,
     InferenceTimeoutError,
@@ -31,6 +18,19 @@ from mlapi_client.errors import (
     ServerError,
     ServerOverloadedError,
 )
+from mlapi_tools.local import stubs
+from mlapi_tools.local.healing import (
+    ReloadLimiter,
+    StubTracker,
+    Verdict,
+    confirmed_dead,
+    instance_count,
+    reload_config,
+    verdict,
+)
+from mlapi_tools.local.probes import ProbeUnsupported, is_decoupled, probe_inputs
+from mlapi_tools.local.stubs import StubProcess
+from mlapi_tools.local.supervisor_settings import SupervisorSettings
 
 
 def stub(pid: int, model: str, version: str = "1", instance: str | None = None) -> StubProcess:

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 from mlapi_backend import tokenizer
-from mlapi_backend.build import text_lm
 from mlapi_backend.generation_request import INPUTS, OUTPUTS
+from mlapi_tools.build import text_lm
 
 REPO = Path(__file__).resolve().parents[3] / "model_repository"
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from mlapi_backend import tokenizer
-from mlapi_backend.build import text_lm
+from mlapi_tools.build import text_lm
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlapi_backend.local.stubs import StubProcess
 from mlapi_client.errors import (
     ConnectionFailedError,
     InferenceTimeoutError,
@@ -21,6 +20,7 @@ from mlapi_client.errors import (
     ModelUnavailableError,
     ServerOverloadedError,
 )
+from mlapi_tools.local.stubs import StubProcess
 
 StubKey = tuple[str, str, str]  # model, version, instance
 

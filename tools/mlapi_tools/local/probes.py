@@ -16,10 +16,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from mlapi_backend.local.healing import Verdict, verdict
 from mlapi_backend.model_config import TRITON_TO_NUMPY
 from mlapi_client import AsyncClient
 from mlapi_client.errors import MlapiError
+from mlapi_tools.local.healing import Verdict, verdict
 
 _VARIABLE_DIM = 8
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from mlapi_backend.local.supervisor_settings import SupervisorSettings
+    from mlapi_tools.local.supervisor_settings import SupervisorSettings
 
 log = logging.getLogger("mlapi.supervisor")
 

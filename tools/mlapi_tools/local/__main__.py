@@ -1,4 +1,4 @@
-"""`python -m mlapi_backend.local {serve,supervise,backends}`: run the local stack in the foreground.
+"""`python -m mlapi_tools.local {serve,supervise,backends}`: run the local stack in the foreground.
 
 ``serve`` starts tritonserver on TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT
 (8000/8001/8002 by default), then the API gateway on GATEWAY_PORT (8080) in front of it and the
@@ -25,18 +25,18 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from mlapi_backend.local.backend_dir import assemble
-from mlapi_backend.local.healing import ReloadLimiter
-from mlapi_backend.local.startup import recover_failed_loads
-from mlapi_backend.local.supervisor import Supervisor, SupervisorThread
-from mlapi_backend.local.supervisor_settings import SupervisorSettings
-from mlapi_backend.local.triton_process import (
+from mlapi_client import Client, access
+from mlapi_tools.local.backend_dir import assemble
+from mlapi_tools.local.healing import ReloadLimiter
+from mlapi_tools.local.startup import recover_failed_loads
+from mlapi_tools.local.supervisor import Supervisor, SupervisorThread
+from mlapi_tools.local.supervisor_settings import SupervisorSettings
+from mlapi_tools.local.triton_process import (
     LOOPBACK,
     Ports,
     TritonServer,
     terminate_with_parent,
 )
-from mlapi_client import Client, access
 
 log = logging.getLogger("mlapi.serve")
 

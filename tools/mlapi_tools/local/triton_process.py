@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from mlapi_backend.local.backend_dir import TritonInstall, assemble
 from mlapi_client import access
+from mlapi_tools.local.backend_dir import TritonInstall, assemble
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
@@ -111,7 +111,7 @@ class TritonServer:
             "--load-model=*",
             # 2.51 aborts start-up when any model fails to load (status -6, "failed to load all
             # models"); false keeps the others serving (the launcher reports and recovers the
-            # failed ones: mlapi_backend.local.startup).
+            # failed ones: mlapi_tools.local.startup).
             "--exit-on-error=false",
             # Ready = up (HTTP answers only after the start-up loads). Non-strict, so that a
             # model that failed to load does not take the whole server out of rotation.

@@ -27,8 +27,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from mlapi_backend.local import stubs
-from mlapi_backend.local.healing import (
+from mlapi_client import AsyncClient
+from mlapi_client.errors import MlapiError
+from mlapi_tools.local import stubs
+from mlapi_tools.local.healing import (
     ReloadLimiter,
     StubTracker,
     Verdict,
@@ -36,11 +38,9 @@ from mlapi_backend.local.healing import (
     instance_count,
     reload_config,
 )
-from mlapi_backend.local.probes import ProbeUnsupported, probe
-from mlapi_backend.local.supervisor_metrics import SupervisorMetrics
-from mlapi_backend.local.supervisor_settings import SupervisorSettings
-from mlapi_client import AsyncClient
-from mlapi_client.errors import MlapiError
+from mlapi_tools.local.probes import ProbeUnsupported, probe
+from mlapi_tools.local.supervisor_metrics import SupervisorMetrics
+from mlapi_tools.local.supervisor_settings import SupervisorSettings
 
 log = logging.getLogger("mlapi.supervisor")
 _HEAL_POLL_S = 0.05  # how often a reload is checked for a serving model again
