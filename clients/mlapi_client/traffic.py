@@ -21,6 +21,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from mlapi_backend.traffic_policy import default_version
 from mlapi_client.async_client import AsyncClient, Retry
 from mlapi_client.errors import ConnectionFailedError, InvalidInputError, MlapiError
 
@@ -121,7 +122,7 @@ class AsyncTrafficController:
         classifier = params.get(CLASSIFIER_PARAMETER, {}).get("string_value", "")
         weights = {str(k): float(v) for k, v in policy.get("weights", {}).items()}
         live = await self._client.live_versions(classifier, retry=self._retry) if classifier else []
-        default = max(weights.items(), key=lambda kv: (kv[1], int(kv[0])))[0] if weights else ""
+        default = default_version(weights) or ""
         shadow = policy.get("shadow")
         return TrafficStatus(
             self.model, classifier, weights, None if shadow is None else str(shadow), default, live

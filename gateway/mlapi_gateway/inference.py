@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
+from mlapi_backend.traffic_policy import default_version
 from mlapi_client import errors as client_errors
 from mlapi_client.async_client import AsyncClient
 from mlapi_client.results import DigitsResult, InferResponse, ModelContract
@@ -267,7 +268,7 @@ class Inference:
                 "state": "READY" if any(e.state == "READY" for e in rows) else "UNAVAILABLE",
                 "versions": sorted({e.version or "" for e in rows} - {""}, key=_num),
                 "live_versions": live,
-                "default_version": live[-1] if live else None,
+                "default_version": default_version({}, live),
             }
             if info["state"] == "READY":
                 with contextlib.suppress(errors.GatewayError):

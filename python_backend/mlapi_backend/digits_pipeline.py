@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mlapi_backend import traffic_policy
 from mlapi_backend.errors import (
     InvalidInputError,
     MlapiBackendError,
@@ -129,7 +130,7 @@ class DigitsSettings:
     @property
     def default_version(self) -> int:
         """The version most unpinned traffic goes to (ties: the newer version)."""
-        return max(self.policy.weights, key=lambda vw: (vw[1], vw[0]))[0]
+        return int(traffic_policy.default_version(self.policy.weights) or 0)
 
     def candidate_versions(self, extra: Iterable[int] = ()) -> set[int]:
         """Versions worth asking the server about: policy, shadow, and folders on disk."""

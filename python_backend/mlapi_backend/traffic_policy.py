@@ -150,6 +150,23 @@ class TrafficPolicy:
         return Route(self.pick(draw), "weighted")
 
 
+def default_version(
+    weights: Mapping[Any, float] | Iterable[tuple[Any, float]], live: Iterable[Any] = ()
+) -> str | None:
+    """The one rule for a model's "default version", shared by the model, client and gateway.
+
+    With a traffic policy (``weights``: version -> share, in any unit), the version most
+    unpinned traffic goes to, ties to the newer version. Without one, the newest ``live``
+    version (Triton's own rule for an unversioned request under the ``latest`` policy).
+    ``None`` when there is neither. Versions compare as integers; the result is a string.
+    """
+    pairs = list(weights.items() if isinstance(weights, Mapping) else weights)
+    if pairs:
+        return str(max(pairs, key=lambda vw: (float(vw[1]), int(vw[0])))[0])
+    versions = sorted(int(v) for v in live if str(v).isdigit())
+    return str(versions[-1]) if versions else None
+
+
 def key_unit(key: str) -> float:
     """A stable uniform number in [0, 1) for a routing key (same key, same number, any process)."""
     digest = hashlib.sha256(key.encode("utf-8")).digest()

@@ -122,3 +122,15 @@ def test_non_finite_weights_are_refused():
 def test_version_beyond_int64_is_invalid_input():
     with pytest.raises(InvalidInputError, match="model_version"):
         routing_parameters({"model_version": str(2**63)})
+
+
+def test_default_version_is_one_rule_for_policies_and_plain_models() -> None:
+    from mlapi_backend.traffic_policy import default_version
+
+    # With a policy: the heaviest version, ties to the newer one, any key/weight type.
+    assert default_version({"1": 90, "2": 10}) == "1"
+    assert default_version({"1": 50.0, "2": 50.0}) == "2"
+    assert default_version(((1, 0.5), (10, 0.5))) == "10"  # integers, not strings, compare
+    # Without one: the newest live version, numerically.
+    assert default_version({}, ["2", "10", "9"]) == "10"
+    assert default_version({}, []) is None
