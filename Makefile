@@ -82,16 +82,17 @@ bench-tools: ## Install Debian's wrk (HTTP load from C, for `mlapi_bench capacit
 GATEWAY_PORT ?= 8080
 
 # Idempotent and tolerant: does nothing when both tools are there; without root or apt-get it
-# only warns (the Redis tests then skip, naming the reason; the gateway benchmark needs wrk).
-system-deps: ## Install Debian's redis-server and wrk when missing (root + apt-get; else a warning)
-	@missing=""; for tool in redis-server wrk; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+# only warns (the Redis and Prometheus tests then skip, naming the reason; the gateway benchmark
+# needs wrk).
+system-deps: ## Install Debian's redis-server, wrk and prometheus when missing (root + apt-get; else a warning)
+	@missing=""; for tool in redis-server wrk prometheus; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		echo "installing$$missing (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null \
-			|| echo "WARNING: apt-get could not install$$missing; Redis tests will skip"; \
+			|| echo "WARNING: apt-get could not install$$missing; tests that need them will skip"; \
 	else \
-		echo "WARNING:$$missing missing and apt-get unavailable or not root; Redis tests will skip"; \
+		echo "WARNING:$$missing missing and apt-get unavailable or not root; tests that need them will skip"; \
 	fi
 
 test: system-deps
@@ -101,3 +102,7 @@ gateway: $(INSTALLED) ## Run the API gateway alone on GATEWAY_PORT in front of a
 
 bench-gateway: models $(INSTALLED) system-deps ## wrk: gateway (auth, validation, limits) vs direct Triton; p50 @1 conn, req/s @16
 	$(BIN)/python benchmarks/gateway/run.py $(BENCH_ARGS)
+
+# --- Images and the Helm chart (docker/, deploy/, docs/deploy.md) ---
+-include docker/images.mk
+-include deploy/chart.mk
