@@ -41,6 +41,23 @@ from mlapi_tools.local.triton_process import (
 log = logging.getLogger("mlapi.serve")
 
 
+def gateway_environment(**values: object) -> dict[str, str]:
+    """Environment variables that give the gateway these settings (``GatewaySettings`` fields).
+
+    The names come from the settings object itself (its env prefix and field names), and the
+    values are validated by it first, so a renamed or mistyped setting fails here, in the
+    launcher, instead of being silently ignored by the gateway.
+    """
+    from mlapi_gateway.settings import GatewaySettings
+
+    unknown = sorted(set(values) - set(GatewaySettings.model_fields))
+    if unknown:
+        raise ValueError(f"not gateway settings: {', '.join(unknown)}")
+    settings = GatewaySettings(**values)  # type: ignore[arg-type]
+    prefix = str(GatewaySettings.model_config.get("env_prefix", ""))
+    return {f"{prefix}{name}".upper(): str(getattr(settings, name)) for name in values}
+
+
 def start_gateway(server: TritonServer) -> subprocess.Popen[bytes] | None:
     """The gateway (``python -m mlapi_gateway``) on GATEWAY_PORT, pointed at ``server``."""
     if (
@@ -54,8 +71,7 @@ def start_gateway(server: TritonServer) -> subprocess.Popen[bytes] | None:
     port = os.environ.get("GATEWAY_PORT", "8080")
     env = {
         **os.environ,
-        "MLAPI_GATEWAY_TRITON_GRPC_URL": server.grpc_url,
-        "MLAPI_GATEWAY_TRITON_HTTP_URL": server.http_url,
+        **gateway_environment(triton_grpc_url=server.grpc_url, triton_http_url=server.http_url),
         access.KEY_FILE_ENV: str(access.default_key_file()),
     }
     gateway = subprocess.Popen(
