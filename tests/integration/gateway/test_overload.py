@@ -82,21 +82,40 @@ def test_500_connections_are_served_or_shed_with_retry_after(
     answers = asyncio.run(_burst(shedding_gateway.port, request, CONNECTIONS, timeout_s=60))
     wall_s = time.perf_counter() - start
     statuses = [status for status, _, _ in answers]
-    accepted = sorted(seconds for status, _, seconds in answers if status == 200)
-    shed = [(headers, seconds) for status, headers, seconds in answers if status == 503]
+    shed = [headers for status, headers, _ in answers if status == 503]
+    # The latency bound is on the gateway's own time (its access lines), not on the test's
+    # clock: 500 connections handled by one asyncio loop in pytest on a loaded machine read
+    # their answers late. A gateway that queues instead of shedding still exceeds it.
+    served = wait_for(lambda: _predict_lines(shedding_gateway, CONNECTIONS), timeout_s=30)
+    accepted = sorted(line["latency_ms"] / 1000 for line in served if line["status"] == 200)
+    shed_s = [line["latency_ms"] / 1000 for line in served if line["status"] == 503]
     p99 = float(np.percentile(accepted, 99)) if accepted else float("nan")
-    shed_p99 = float(np.percentile([s for _, s in shed], 99)) if shed else float("nan")
+    shed_p99 = float(np.percentile(shed_s, 99)) if shed_s else float("nan")
     log.warning(
-        "%d connections in %.2f s: %d accepted (p50 %.3f s, p99 %.3f s), %d shed (p99 %.3f s)",
+        "%d connections in %.2f s: %d accepted (served p50 %.3f s, p99 %.3f s), %d shed "
+        "(served p99 %.3f s); slowest answer seen by the client %.2f s",
         CONNECTIONS, wall_s, len(accepted), float(np.median(accepted)), p99, len(shed), shed_p99,
+        max(seconds for _, _, seconds in answers),
     )  # fmt: skip
     assert set(statuses) <= {200, 503}, sorted(set(statuses))
-    assert accepted and shed, (len(accepted), len(shed))
+    assert shed and len(shed) < CONNECTIONS, len(shed)
+    # The gateway saw exactly what the client saw.
+    assert sorted(line["status"] for line in served) == sorted(statuses)
     assert p99 < DEADLINE_S, p99
-    for headers, _ in shed:
+    for headers in shed:
         assert int(headers["retry-after"]) >= 1
         assert headers["content-type"] == "application/problem+json"
-    assert len(accepted) + len(shed) == CONNECTIONS
+    assert statuses.count(200) + len(shed) == CONNECTIONS
+
+
+def _predict_lines(gateway: Gateway, count: int) -> list[dict] | None:
+    """The gateway's access lines for digits predictions, once there are ``count`` of them."""
+    lines = [
+        json.loads(text)
+        for text in gateway.log_path.read_text(errors="replace").splitlines()
+        if text.startswith("{") and '"path":"/v1/models/digits/predict"' in text
+    ]
+    return lines if len(lines) >= count else None
 
 
 class OpenStream:
