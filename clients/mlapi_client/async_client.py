@@ -143,6 +143,26 @@ class AsyncClient:
         context = CallContext("model_config", model, ver)
         return await self._call(context, lambda t: t.model_config(model, ver), timeout_s, retry)
 
+    async def inference_statistics(
+        self,
+        model: str = "",
+        version: int | str | None = None,
+        *,
+        timeout_s: float | None = None,
+        retry: Retry = None,
+    ) -> dict[str, Any]:
+        """Triton's cumulative statistics of ``model`` (every model when empty), one shape for both protocols.
+
+        The reply is ``{"model_stats": [...]}`` with one entry per model version: counts and
+        nanosecond totals of the queue and compute phases, inference and execution counts
+        (KServe statistics extension; counters are integers over gRPC too).
+        """
+        ver = _version(version)
+        context = CallContext("inference_statistics", model or None, ver)
+        return await self._call(
+            context, lambda t: t.inference_statistics(model, ver), timeout_s, retry
+        )
+
     async def load_model(
         self,
         model: str,

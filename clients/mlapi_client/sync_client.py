@@ -127,6 +127,7 @@ class Client:
     live_versions = _blocking(AsyncClient.live_versions)
     contract = _blocking(AsyncClient.contract)
     model_config = _blocking(AsyncClient.model_config)
+    inference_statistics = _blocking(AsyncClient.inference_statistics)
     load_model = _blocking(AsyncClient.load_model)
     unload_model = _blocking(AsyncClient.unload_model)
     infer = _blocking(AsyncClient.infer)

@@ -34,6 +34,8 @@ class Transport(Protocol):
 
     async def model_config(self, model: str, version: str) -> dict[str, Any]: ...
 
+    async def inference_statistics(self, model: str, version: str) -> dict[str, Any]: ...
+
     async def infer(
         self,
         model: str,

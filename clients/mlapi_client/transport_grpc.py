@@ -98,6 +98,12 @@ class GrpcTransport:
         config = await self._call(self._client.get_model_config(model, version, as_json=True))
         return dict(config.get("config", {}))
 
+    async def inference_statistics(self, model: str, version: str) -> dict[str, Any]:
+        reply = await self._call(
+            self._client.get_inference_statistics(model, version, as_json=True)
+        )
+        return {"model_stats": [_integers(entry) for entry in reply.get("model_stats", [])]}
+
     async def infer(
         self,
         model: str,
@@ -178,3 +184,18 @@ class GrpcTransport:
         finally:
             if not finished:
                 responses.cancel()
+
+
+# Fields of Triton's statistics messages that are text; every other scalar is a counter.
+_TEXT_FIELDS = frozenset({"name", "version", "type"})
+
+
+def _integers(message: Any, key: str = "") -> Any:
+    """A statistics message in the HTTP reply's shape: protobuf's JSON writes uint64 as text."""
+    if isinstance(message, dict):
+        return {k: _integers(v, k) for k, v in message.items()}
+    if isinstance(message, list):
+        return [_integers(v, key) for v in message]
+    if isinstance(message, str) and key not in _TEXT_FIELDS and message.isdigit():
+        return int(message)
+    return message

@@ -88,6 +88,9 @@ class HttpTransport:
     async def model_config(self, model: str, version: str) -> dict[str, Any]:
         return dict(await self._triton.get_model_config(model, version))
 
+    async def inference_statistics(self, model: str, version: str) -> dict[str, Any]:
+        return dict(await self._triton.get_inference_statistics(model, version))
+
     async def infer(
         self,
         model: str,

@@ -17,6 +17,7 @@ PUBLIC = [
     "live_versions",
     "contract",
     "model_config",
+    "inference_statistics",
     "load_model",
     "unload_model",
     "infer",
