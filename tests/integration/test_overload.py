@@ -1,12 +1,18 @@
 """500 requests at once at the public `digits` model, on a server of its own: the queue policy
 sheds what it cannot serve in time with UNAVAILABLE ("Exceeds maximum queue size" / "Request
 timeout expired"), every request gets an answer within a bound, and the accepted ones finish
-within the configured queue timeout plus compute."""
+within the configured queue timeout plus compute.
+
+The latency bound is on Triton's own clock (its latency summaries), not the test's: one
+asyncio loop in pytest reading 500 answers on a loaded machine adds its own wait to each. A
+queue policy that queues instead of shedding still breaks it."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 
@@ -36,10 +42,25 @@ def _queue_timeout_s() -> float:
     return int(policy["default_queue_policy"]["default_timeout_microseconds"]) / 1e6
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    with own_triton(tmp_path_factory.mktemp("overload"), models=PUBLIC_MODELS) as triton:
+    """A fresh server per burst: its latency summaries then cover that burst alone."""
+    with own_triton(
+        tmp_path_factory.mktemp("overload"),
+        models=PUBLIC_MODELS,
+        extra_args=["--metrics-config=summary_latencies=true"],
+    ) as triton:
         yield triton
+
+
+def _summary(server: TritonServer, family: str) -> tuple[int, float]:
+    """(count, 0.99 quantile in seconds) of one of Triton's latency summaries for digits."""
+    text = urllib.request.urlopen(server.metrics_url, timeout=30).read().decode()
+    labels = r'\{model="digits",version="1"'
+    count = re.search(rf"^{family}_count{labels}\}} (\S+)$", text, re.M)
+    p99 = re.search(rf'^{family}{labels},quantile="0.99"\}} (\S+)$', text, re.M)
+    assert count and p99, f"no {family} for digits in Triton's metrics"
+    return int(float(count.group(1))), float(p99.group(1)) / 1e6
 
 
 async def _one(client: AsyncClient) -> tuple[str, float]:
@@ -85,21 +106,25 @@ def test_500_at_once_are_all_answered_and_accepted_ones_within_the_bound(
     accepted = np.array([t for outcome, t in results if outcome == "ok"])
     slowest = max(t for _, t in results)
     bound_s = _queue_timeout_s() + COMPUTE_MARGIN_S
-    p99 = float(np.percentile(accepted, 99)) if accepted.size else float("nan")
+    # Triton's view of the same requests: the accepted ones (and the warm-up calls), end to end
+    # inside the server and in its queue.
+    served, served_p99 = _summary(server, "nv_inference_request_summary_us")
+    _, queued_p99 = _summary(server, "nv_inference_queue_summary_us")
     report_figure(
         f"overload {protocol}: {CONNECTIONS} at once",
-        f"{dict(outcomes)}; accepted p50 {np.percentile(accepted, 50) * 1000:.0f} ms, "
-        f"p99 {p99 * 1000:.0f} ms (bound {bound_s:.1f} s); slowest answer {slowest:.2f} s; "
+        f"{dict(outcomes)}; served p99 {served_p99 * 1000:.0f} ms (bound {bound_s:.1f} s), "
+        f"queued p99 {queued_p99 * 1000:.0f} ms; at the client: accepted p50 "
+        f"{np.percentile(accepted, 50) * 1000:.0f} ms, p99 "
+        f"{np.percentile(accepted, 99) * 1000:.0f} ms, slowest answer {slowest:.2f} s; "
         f"burst took {elapsed:.1f} s",
     )
     assert len(results) == CONNECTIONS
     assert not [o for o in outcomes if o.startswith("unexpected")], outcomes
     assert accepted.size > 0
-    assert p99 <= bound_s, p99
+    assert served >= accepted.size, (served, accepted.size)
+    assert served_p99 <= bound_s, served_p99
     assert slowest < ANSWER_BOUND_S
-
-
-def test_the_server_serves_correctly_after_the_bursts(server):
+    # ... and the server serves correctly after the burst.
     with Client(server.http_url) as client:
         assert client.is_live() and client.is_ready("digits")
         assert client.digits(IMAGE[0], top_k=1).label == "1"
