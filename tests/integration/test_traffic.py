@@ -33,6 +33,10 @@ from .conftest import MODEL_REPOSITORY, PUBLIC_MODELS
 
 IMAGE = np.zeros((1, 8, 8), dtype=np.uint8)
 IMAGE[0, 1:7, 3:5] = 255
+# Each phase of the steady-traffic test lasts until this many requests were served in it (a
+# count, not a duration: a loaded machine serves fewer per second), within the timeout.
+PHASE_REQUESTS = 25
+PHASE_TIMEOUT_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +69,7 @@ def _many(server: TritonServer, count: int, make_parameters=lambda i: {}) -> lis
 
 
 def _metric(server: TritonServer, name: str) -> dict[tuple, float]:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
+    text = urllib.request.urlopen(server.metrics_url, timeout=30).read().decode()
     values = {}
     for line in text.splitlines():
         if line.startswith(name + "{"):
@@ -250,20 +254,33 @@ def test_load_and_retire_versions_under_steady_traffic_loses_nothing(
         finally:
             client.close()
 
+    def served_by(*keys: str, count: int = PHASE_REQUESTS) -> None:
+        """Wait until ``count`` more requests were answered by ``keys`` (any, when none)."""
+
+        def answered() -> int:
+            return sum(n for k, n in list(outcomes.items()) if not keys or k in keys)
+
+        target = answered() + count
+        deadline = time.monotonic() + PHASE_TIMEOUT_S
+        while answered() < target:
+            assert not failures, failures[:3]
+            assert time.monotonic() < deadline, f"{keys or 'any'}: {dict(outcomes)}"
+            stop.wait(0.05)
+
     drivers = [threading.Thread(target=drive) for _ in range(4)]
     for thread in drivers:
         thread.start()
     try:
-        time.sleep(0.5)
+        served_by()  # steady traffic
         load_versions([1, 2, 3])  # new version joins
         traffic.set({"2": 50, "3": 50})  # canary
-        time.sleep(0.5)
+        served_by("v3/weighted")
         load_versions([1, 2])  # the canary is pulled while the policy still names it
-        time.sleep(0.5)
+        served_by("v2/fallback")  # requests drawn for v3 are served by v2
         load_versions([1, 2, 3])
         traffic.set({"3": 100})  # full migration
         load_versions([3])  # retire 1 and 2
-        time.sleep(0.5)
+        served_by("v3/default", "v3/weighted")
     finally:
         stop.set()
         for thread in drivers:
