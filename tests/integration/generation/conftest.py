@@ -212,9 +212,13 @@ def decoder_stats(triton: TritonServer) -> tuple[int, int]:
 
 
 def settled_decoder_steps(
-    triton: TritonServer, quiet_s: float = 0.5, timeout_s: float = 30.0
+    triton: TritonServer, quiet_s: float = 1.0, timeout_s: float = 60.0
 ) -> int:
-    """The decoder's step count once it stops moving (no change for ``quiet_s``)."""
+    """The decoder's step count once it stops moving (no change for ``quiet_s``).
+
+    Only for streams a test did not start and so cannot wait for (an earlier module's): a
+    test waits for the end of its own streams with ``wait_streams_finished``, a condition.
+    """
     deadline = time.monotonic() + timeout_s
     last = decoder_steps(triton)
     while time.monotonic() < deadline:
@@ -226,11 +230,26 @@ def settled_decoder_steps(
     raise AssertionError(f"{DECODER} still stepping after {timeout_s}s")
 
 
+STREAMS_FINISHED = "mlapi_text_generator_streams_total"
+
+
 def generator_metric(triton: TritonServer, name: str, label: str) -> float:
     import urllib.request
 
-    with urllib.request.urlopen(triton.metrics_url, timeout=10) as reply:
+    with urllib.request.urlopen(triton.metrics_url, timeout=30) as reply:
         for line in reply.read().decode().splitlines():
             if line.startswith(name + "{") and label in line:
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def wait_streams_finished(
+    triton: TritonServer, label: str, count: float, timeout_s: float = 60.0
+) -> None:
+    """Wait until text_generator has recorded ``count`` finished streams with ``label`` (e.g.
+    ``finish_reason="cancelled"``): it records a stream once its last step has run, so the
+    decoder's step count is final for it afterwards, however long a loaded machine took."""
+    deadline = time.monotonic() + timeout_s
+    while (seen := generator_metric(triton, STREAMS_FINISHED, label)) < count:
+        assert time.monotonic() < deadline, f"{label}: {seen} finished streams, not {count}"
+        time.sleep(0.05)

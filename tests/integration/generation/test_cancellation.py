@@ -9,6 +9,7 @@ import aiohttp
 from mlapi_client import access
 from mlapi_tools.local.triton_process import TritonServer
 from tests.integration.generation.conftest import (
+    STREAMS_FINISHED,
     decoder_steps,
     generator_metric,
     grpc_inputs,
@@ -16,6 +17,7 @@ from tests.integration.generation.conftest import (
     sse,
     stream_grpc,
     stream_http,
+    wait_streams_finished,
 )
 
 MAX_TOKENS = 1024
@@ -29,26 +31,24 @@ CANCELLED = 'finish_reason="cancelled"'
 def test_grpc_cancel_stops_generation(triton: TritonServer, report_figure) -> None:
     settled_decoder_steps(triton)
     start = decoder_steps(triton)
-    cancelled_before = generator_metric(triton, "mlapi_text_generator_streams_total", CANCELLED)
+    cancelled_before = generator_metric(triton, STREAMS_FINISHED, CANCELLED)
     reply = stream_grpc(triton, grpc_inputs("The ", max_tokens=MAX_TOKENS), cancel_after=5)
     steps_at_cancel = decoder_steps(triton)
-    end = settled_decoder_steps(triton)
+    wait_streams_finished(triton, CANCELLED, cancelled_before + 1)
+    end = decoder_steps(triton)
 
     assert reply.error is None and len(reply.outputs) == 5
     after_cancel = end - steps_at_cancel
     report_figure("decode steps after gRPC cancel", after_cancel)
     assert after_cancel <= MAX_STEPS_AFTER_CANCEL
     assert end - start < MAX_TOKENS // 4, "generation ran on after the cancel"
-    assert (
-        generator_metric(triton, "mlapi_text_generator_streams_total", CANCELLED)
-        == cancelled_before + 1
-    )
+    assert generator_metric(triton, STREAMS_FINISHED, CANCELLED) == cancelled_before + 1
 
 
 def test_http_disconnect_stops_generation(triton: TritonServer, report_figure) -> None:
     settled_decoder_steps(triton)
     start = decoder_steps(triton)
-    cancelled_before = generator_metric(triton, "mlapi_text_generator_streams_total", CANCELLED)
+    cancelled_before = generator_metric(triton, STREAMS_FINISHED, CANCELLED)
 
     async def go() -> int:
         async with aiohttp.ClientSession(headers=access.http_headers(access.read_key())) as session:
@@ -59,15 +59,13 @@ def test_http_disconnect_stops_generation(triton: TritonServer, report_figure) -
             return decoder_steps(triton)
 
     steps_at_hangup = asyncio.run(go())
-    end = settled_decoder_steps(triton)
+    wait_streams_finished(triton, CANCELLED, cancelled_before + 1)
+    end = decoder_steps(triton)
     after_hangup = end - steps_at_hangup
     report_figure("decode steps after SSE client hang-up", after_hangup)
     assert after_hangup <= MAX_STEPS_AFTER_CANCEL
     assert end - start < MAX_TOKENS // 4
-    assert (
-        generator_metric(triton, "mlapi_text_generator_streams_total", CANCELLED)
-        == cancelled_before + 1
-    )
+    assert generator_metric(triton, STREAMS_FINISHED, CANCELLED) == cancelled_before + 1
 
 
 def test_server_serves_normally_after_cancellations(triton: TritonServer) -> None:

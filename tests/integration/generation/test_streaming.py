@@ -9,16 +9,20 @@ import aiohttp
 from mlapi_client import access
 from mlapi_tools.local.triton_process import TritonServer
 from tests.integration.generation.conftest import (
+    STREAMS_FINISHED,
     decoder_steps,
     generate_http,
+    generator_metric,
     grpc_inputs,
     reference,
     settled_decoder_steps,
     sse,
     stream_grpc,
     stream_http,
+    wait_streams_finished,
 )
 
+CANCELLED = 'finish_reason="cancelled"'
 PROMPT = "The assert statement"
 PARAMS = {"max_tokens": 40, "temperature": 0.9, "top_p": 0.95, "seed": 1234}
 
@@ -39,6 +43,7 @@ def test_first_event_arrives_while_generation_is_still_running(triton: TritonSer
     the request needs, so the server sent it before computing the rest."""
     settled_decoder_steps(triton)
     before = decoder_steps(triton)
+    cancelled_before = generator_metric(triton, STREAMS_FINISHED, CANCELLED)
     prompt, max_tokens = "Hello", 1024
     steps_at_first_event: list[int] = []
 
@@ -57,7 +62,8 @@ def test_first_event_arrives_while_generation_is_still_running(triton: TritonSer
 
     asyncio.run(go())
     assert steps_at_first_event[0] < (len(prompt) + max_tokens - 1) // 4
-    settled_decoder_steps(triton)
+    # The hang-up cancels the rest: the stream ends as cancelled, before the next test.
+    wait_streams_finished(triton, CANCELLED, cancelled_before + 1)
 
 
 def test_grpc_stream_gives_the_same_pieces_as_sse(triton: TritonServer) -> None:
