@@ -1,7 +1,8 @@
 """Streaming benchmark of ``text_generator``: TTFT, inter-token latency and tokens/s vs streams.
 
 Not a test. Starts its own tritonserver on free ports (or uses ``--url``), runs N concurrent
-SSE streams (``generate_stream``) for each N, and measures per stream the time to first token
+streams through the project's client (``AsyncClient.stream`` over HTTP: SSE, ``generate_stream``)
+for each N, and measures per stream the time to first token
 and the gaps between tokens, plus the aggregate tokens/s. The in-process decode loop (the same
 library loop over ONNX Runtime, no server) is the limit it is compared with. With
 ``--compare-coalescing`` it reloads text_generator with ``coalesce_decode_steps`` off (one BLS
@@ -26,14 +27,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import numpy as np
 
 from mlapi_backend.generation import LocalDecoder, collect, generate
 from mlapi_backend.generation_request import GenerationLimits, parse_request
-from mlapi_client import access
+from mlapi_client import NO_RETRY, AsyncClient, Client, access
 from mlapi_tools.local.triton_process import Ports, TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,22 +56,34 @@ class Row:
     ms_per_token_p50: float
 
 
+# One stream may run for minutes on a busy machine at the largest levels.
+STREAM_TIMEOUT_S = 600.0
+
+
+def stream_inputs(text: str, max_tokens: int, seed: int | None = None) -> dict[str, np.ndarray]:
+    """text_generator's request tensors."""
+    inputs = {
+        "text_input": np.array([text], dtype=np.object_),
+        "max_tokens": np.array([max_tokens], dtype=np.int32),
+    }
+    if seed is not None:
+        inputs["seed"] = np.array([seed], dtype=np.int64)
+    return inputs
+
+
 async def one_stream(
-    session: aiohttp.ClientSession, url: str, body: dict[str, Any]
+    client: AsyncClient, inputs: dict[str, np.ndarray]
 ) -> tuple[float, list[float], int]:
-    """(time to first token, inter-token gaps, tokens) of one generate_stream call, in seconds."""
+    """(time to first token, inter-token gaps, tokens) of one stream, in seconds."""
     started = time.perf_counter()
     arrivals: list[float] = []
     tokens = 0
-    async with session.post(f"{url}/v2/models/{GENERATOR}/generate_stream", json=body) as response:
-        response.raise_for_status()
-        async for line in response.content:
-            if line.startswith(b"data: "):
-                event = json.loads(line[6:])
-                if "error" in event:
-                    raise RuntimeError(event["error"])
-                arrivals.append(time.perf_counter())
-                tokens = int(event.get("completion_tokens", tokens))
+    async for response in client.stream(GENERATOR, inputs, timeout_s=STREAM_TIMEOUT_S):
+        arrivals.append(time.perf_counter())
+        if "completion_tokens" in response.outputs:
+            tokens = int(response["completion_tokens"][0])
+    if not arrivals:
+        raise RuntimeError(f"{GENERATOR} answered a stream with no response")
     return arrivals[0] - started, list(np.diff(arrivals)), tokens
 
 
@@ -81,21 +92,16 @@ async def run_level(url: str, streams: int, max_tokens: int, rounds: int, settin
     gaps: list[float] = []
     per_token: list[float] = []
     total_tokens = 0
-    connector = aiohttp.TCPConnector(limit=streams)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=600),
-        headers=access.http_headers(access.read_key()),
-    ) as session:
-        await one_stream(session, url, {"text_input": "Warm up", "max_tokens": 8})
+    async with AsyncClient(url, protocol="http", retry=NO_RETRY) as client:
+        await one_stream(client, stream_inputs("Warm up", 8))
         started = time.perf_counter()
         for round_index in range(rounds):
-            bodies = [
-                {"text_input": "The ", "max_tokens": max_tokens, "seed": round_index * streams + i}
+            requests = [
+                stream_inputs("The ", max_tokens, seed=round_index * streams + i)
                 for i in range(streams)
             ]
             for ttft, stream_gaps, tokens in await asyncio.gather(
-                *(one_stream(session, url, b) for b in bodies)
+                *(one_stream(client, inputs) for inputs in requests)
             ):
                 ttfts.append(ttft)
                 gaps.extend(stream_gaps)
@@ -152,19 +158,11 @@ def in_process_limits(model: Path, max_tokens: int, batch: int) -> dict[str, flo
 
 def set_coalescing(url: str, enabled: bool) -> None:
     """Reload text_generator with coalesce_decode_steps set (explicit model control)."""
-    import urllib.request
-
-    headers = access.http_headers(access.read_key())
-    config_request = urllib.request.Request(f"{url}/v2/models/{GENERATOR}/config", headers=headers)
-    with urllib.request.urlopen(config_request, timeout=30) as reply:
-        config = json.loads(reply.read())
-    config["parameters"]["coalesce_decode_steps"] = {"string_value": "true" if enabled else "false"}
-    body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
-    request = urllib.request.Request(
-        f"{url}/v2/repository/models/{GENERATOR}/load", data=body, method="POST", headers=headers
-    )
-    with urllib.request.urlopen(request, timeout=120) as reply:
-        reply.read()
+    with Client(url, protocol="http", timeout_s=120) as client:
+        config = client.model_config(GENERATOR)
+        value = "true" if enabled else "false"
+        config["parameters"]["coalesce_decode_steps"] = {"string_value": value}
+        client.load_model(GENERATOR, config=config)
 
 
 @contextmanager

@@ -1,6 +1,9 @@
 """Gateway overhead benchmark: wrk against the gateway (auth + validation + rate limiting on)
 and against Triton's own HTTP endpoint, on the same digits image, in one run.
 
+The direct-Triton target (``triton``) is the raw baseline: wrk posting KServe JSON straight to
+Triton, no client library. The gateway reaches Triton through the project's client.
+
 Figures: p50 latency at 1 connection (the gateway's added latency is the difference) and
 throughput at 16 connections (the gateway's share of direct Triton's). Targets: at most
 1 ms added to p50; at least 10% of direct throughput.
@@ -40,6 +43,17 @@ def _ready(url: str) -> bool:
             return bool(reply.status == 200)
     except OSError:
         return False
+
+
+def _triton_serves_digits(http_port: int) -> bool:
+    """Whether a Triton on ``http_port`` serves ``digits`` (asked through the project's client)."""
+    from mlapi_client import Client, MlapiError
+
+    with Client(f"127.0.0.1:{http_port}", protocol="http", timeout_s=2.0) as client:
+        try:
+            return client.is_ready("digits", retry=False)
+        except MlapiError:
+            return False
 
 
 def _wrk(url: str, body_file: Path, bearer: str, connections: int, duration_s: int) -> dict:
@@ -164,7 +178,7 @@ def main() -> int:
     gateways: list[subprocess.Popen[bytes]] = []
     ports = Ports.from_env()
     try:
-        if not _ready(f"http://127.0.0.1:{ports.http}/v2/models/digits/ready"):
+        if not _triton_serves_digits(ports.http):
             triton = TritonServer(
                 [ROOT / "model_repository"],
                 workdir / "backends",
@@ -185,23 +199,7 @@ def main() -> int:
             gateways.append(gateway)
             url = f"http://127.0.0.1:{port}/v1/models/digits/predict"
             targets[f"gateway-{protocol}"] = (url, gateway_body, key)
-        for url, body, bearer in targets.values():  # warm up every path
-            _wrk(url, body, bearer, 4, 2)
-        rounds: dict[str, dict[str, list[dict]]] = {n: {"c1": [], "c16": []} for n in targets}
-        # Interleaved so that drift on a shared machine hits every target alike.
-        steps = args.rounds * 2 * len(targets)
-        done = 0
-        for round_number in range(args.rounds):
-            for connections in (1, 16):
-                for name, (url, body, bearer) in targets.items():
-                    run = _wrk(url, body, bearer, connections, args.duration_s)
-                    rounds[name][f"c{connections}"].append(run)
-                    done += 1
-                    print(
-                        f"[{done}/{steps}] round {round_number + 1} {name} @{connections}: "
-                        f"p50 {run['p50_us'] / 1000:.2f} ms, {run['rps']:.0f} req/s",
-                        flush=True,
-                    )
+        rounds = _interleaved_rounds(targets, args.rounds, args.duration_s)
         results = {
             name: {level: _median(runs) for level, runs in levels.items()}
             for name, levels in rounds.items()
@@ -258,6 +256,42 @@ def main() -> int:
         args.out / f"gateway-{stamp}.png",
         f"gateway ({args.workers} workers) vs direct Triton, digits 8x8, medians of {args.rounds}",
     )
+    _print_table(results)
+    for protocol, figures in by_protocol.items():
+        print(
+            f"gateway ({protocol} to Triton) adds {figures['added_p50_ms']:.2f} ms to p50 at "
+            f"1 connection (target <= 1 ms); sustains {figures['throughput_share']:.1%} of "
+            "direct Triton throughput at 16 connections (target >= 10%)"
+        )
+    print(f"written: {out}, {png}")
+    return 0
+
+
+def _interleaved_rounds(
+    targets: dict[str, tuple[str, Path, str]], rounds: int, duration_s: int
+) -> dict[str, dict[str, list[dict]]]:
+    """wrk runs of every target at 1 and 16 connections, ``rounds`` times, after a warm-up."""
+    for url, body, bearer in targets.values():  # warm up every path
+        _wrk(url, body, bearer, 4, 2)
+    runs: dict[str, dict[str, list[dict]]] = {n: {"c1": [], "c16": []} for n in targets}
+    # Interleaved so that drift on a shared machine hits every target alike.
+    steps = rounds * 2 * len(targets)
+    done = 0
+    for round_number in range(rounds):
+        for connections in (1, 16):
+            for name, (url, body, bearer) in targets.items():
+                run = _wrk(url, body, bearer, connections, duration_s)
+                runs[name][f"c{connections}"].append(run)
+                done += 1
+                print(
+                    f"[{done}/{steps}] round {round_number + 1} {name} @{connections}: "
+                    f"p50 {run['p50_us'] / 1000:.2f} ms, {run['rps']:.0f} req/s",
+                    flush=True,
+                )
+    return runs
+
+
+def _print_table(results: dict[str, dict[str, dict]]) -> None:
     rows = [
         ("target", "p50 @1 conn (ms)", "p99 @1 conn (ms)", "req/s @16 conn", "p50 @16 conn (ms)")
     ]
@@ -273,14 +307,6 @@ def main() -> int:
         )
     for row in rows:
         print(f"{row[0]:<13} {row[1]:>17} {row[2]:>17} {row[3]:>15} {row[4]:>18}")
-    for protocol, figures in by_protocol.items():
-        print(
-            f"gateway ({protocol} to Triton) adds {figures['added_p50_ms']:.2f} ms to p50 at "
-            f"1 connection (target <= 1 ms); sustains {figures['throughput_share']:.1%} of "
-            "direct Triton throughput at 16 connections (target >= 10%)"
-        )
-    print(f"written: {out}, {png}")
-    return 0
 
 
 if __name__ == "__main__":

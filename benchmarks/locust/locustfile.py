@@ -6,6 +6,10 @@ Headless, fixed duration (what `python -m mlapi_bench locust` runs):
 The gateway scenario runs when MLAPI_GATEWAY_URL is set (Bearer key in MLAPI_GATEWAY_KEY);
 name a class to run only it, e.g. `... GatewayUser`.
 
+``TritonHttpUser`` is a raw-HTTP baseline: locust's own HTTP client posting KServe v2 JSON
+straight to Triton (what any HTTP client gets), not the project's client library, which the
+mlapi_bench harness measures. ``GatewayUser`` measures the public API.
+
 Bad requests are reported under names starting "expected 4xx:" and count as successes when
 answered with a 4xx; failures are only unexpected answers.
 """
@@ -38,7 +42,7 @@ def _send(user: HttpUser, mix: Mix, headers: dict[str, str], base_url: str = "")
 
 
 class TritonHttpUser(HttpUser):
-    """A client of the public models over Triton's KServe v2 HTTP API."""
+    """Baseline: a raw HTTP client of the public models over Triton's KServe v2 HTTP API."""
 
     wait_time = between(0.0, 0.02)
 

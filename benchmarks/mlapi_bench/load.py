@@ -1,6 +1,7 @@
 """Load generators: closed-loop (fixed concurrency) and open-loop (fixed request rate).
 
-Both run on asyncio in one process, or in several processes when one cannot keep up; every
+Requests go through the project's client (``mlapi_bench.clients.open_client``). Both run on
+asyncio in one process, or in several processes when one cannot keep up; every
 process follows the same schedule on the shared monotonic clock (CLOCK_MONOTONIC is
 system-wide on Linux), so their records merge into one window without any coordination.
 
@@ -15,16 +16,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from mlapi_bench.clients import AsyncTriton, Endpoint, error_kind
+import numpy as np
+
+from mlapi_bench.clients import Endpoint, error_kind, open_client
 from mlapi_bench.payloads import PAYLOAD_MODELS, payloads
 from mlapi_bench.stats import OK, Records
+from mlapi_client import AsyncClient
 
 MODES = ("concurrency", "request_rate")
 # Open loop: requests beyond this many in flight (per process) are not sent and are counted as
 # errors of kind "client_overload": the server (or the harness) cannot keep up with the rate.
 MAX_IN_FLIGHT = 2048
+
+Payload = Mapping[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -70,9 +77,9 @@ async def sleep_until(deadline_s: float) -> None:
 
 async def drive(spec: LoadSpec, begin_s: float, end_s: float, offset_s: float = 0.0) -> Records:
     """Send ``spec``'s load from ``begin_s`` until ``end_s``; wait for what is in flight."""
-    client = AsyncTriton(spec.endpoint)
+    client = open_client(spec.endpoint)
     try:
-        requests = [client.inputs(p) for p in payloads(spec.model, image_side=spec.image_side)]
+        requests: list[Payload] = list(payloads(spec.model, image_side=spec.image_side))
         records = Records()
         await sleep_until(begin_s)
         if spec.mode == "concurrency":
@@ -89,17 +96,17 @@ async def drive(spec: LoadSpec, begin_s: float, end_s: float, offset_s: float = 
         await client.close()
 
 
-def _rotated(items: list, start: int) -> list:
+def _rotated(items: list[Payload], start: int) -> list[Payload]:
     """``items`` starting at ``start`` (mod length), so that workers send different payloads."""
     start %= len(items)
     return items[start:] + items[:start]
 
 
 async def _one(
-    client: AsyncTriton, spec: LoadSpec, inputs: list, n: int, start_s: float, records: Records
+    client: AsyncClient, spec: LoadSpec, inputs: Payload, n: int, start_s: float, records: Records
 ) -> None:
     try:
-        await client.infer(spec.model, inputs, spec.version, spec.parameters(n))
+        await client.infer(spec.model, inputs, spec.version or None, parameters=spec.parameters(n))
         outcome = OK
     except Exception as exc:  # every failure is counted, by kind, never hidden
         outcome = error_kind(exc)
@@ -107,7 +114,7 @@ async def _one(
 
 
 async def _closed_loop(
-    client: AsyncTriton, spec: LoadSpec, requests: list, end_s: float, records: Records
+    client: AsyncClient, spec: LoadSpec, requests: Sequence[Payload], end_s: float, records: Records
 ) -> None:
     for n, inputs in enumerate(itertools.cycle(requests)):
         start_s = time.monotonic()
@@ -117,9 +124,9 @@ async def _closed_loop(
 
 
 async def _open_loop(
-    client: AsyncTriton,
+    client: AsyncClient,
     spec: LoadSpec,
-    requests: list,
+    requests: Sequence[Payload],
     first_s: float,
     end_s: float,
     records: Records,
@@ -163,9 +170,9 @@ async def prime(spec: LoadSpec) -> None:
     and a cold model instance all fall before the warm-up instead of eating it. The answer may
     be an error (a load of bad requests is measured too): only its arrival matters.
     """
-    client = AsyncTriton(spec.endpoint)
+    client = open_client(spec.endpoint)
     try:
-        inputs = client.inputs(payloads(spec.model, image_side=spec.image_side)[0])
+        inputs = payloads(spec.model, image_side=spec.image_side)[0]
         await _one(client, spec, inputs, 0, time.monotonic(), Records())
     finally:
         await client.close()

@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mlapi_bench.clients import AsyncTriton
+from mlapi_bench.clients import open_client
 from mlapi_bench.load import (
     LoadSpec,
     drive,
@@ -96,17 +96,21 @@ class Runner:
     async def measure_async(self, spec: LoadSpec, label: str = "") -> Measurement:
         """Prime, then warm up and measure one window on a schedule fixed after the priming."""
         await prime(spec)
-        observer = AsyncTriton(spec.endpoint)
+        observer = open_client(spec.endpoint)
         try:
-            await observer.statistics(spec.model)  # connected before the edges are timed
+            await observer.inference_statistics(spec.model)  # connected before the edges
             begin_s = time.monotonic() + START_DELAY_S * (2 if self._pool else 1)
             t0_s = begin_s + self.phases.warmup_s
             t1_s = t0_s + self.phases.window_s
             load = asyncio.ensure_future(self._load(spec, begin_s, t1_s))
             await sleep_until(t0_s)
-            before = ServerCounters.parse(await observer.statistics(spec.model), spec.model)
+            before = ServerCounters.parse(
+                await observer.inference_statistics(spec.model), spec.model
+            )
             await sleep_until(t1_s)
-            after = ServerCounters.parse(await observer.statistics(spec.model), spec.model)
+            after = ServerCounters.parse(
+                await observer.inference_statistics(spec.model), spec.model
+            )
             records = await load
         finally:
             await observer.close()

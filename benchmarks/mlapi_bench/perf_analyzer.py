@@ -1,7 +1,8 @@
 """perf_analyzer support: its ``--input-data`` JSON files and the sweep commands it runs.
 
-perf_analyzer ships in the NGC SDK container (nvcr.io/nvidia/tritonserver:24.10-py3-sdk), not
-on PyPI. The input files hold real held-out digits (not perf_analyzer's random data, which the
+perf_analyzer is the raw baseline: NVIDIA's C++ load generator over tritonclient's C++ library,
+no Python and not the project's client (which the mlapi_bench harness measures). It ships in
+the NGC SDK container (nvcr.io/nvidia/tritonserver:24.10-py3-sdk), not on PyPI. The input files hold real held-out digits (not perf_analyzer's random data, which the
 digits model would flag low-confidence and a cache could not reuse) and are committed under
 benchmarks/perf_analyzer/; `python -m mlapi_bench.perf_analyzer` rewrites them.
 """

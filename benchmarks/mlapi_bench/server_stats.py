@@ -36,8 +36,9 @@ class ServerCounters:
     def parse(cls, statistics: dict[str, Any], model: str) -> ServerCounters:
         """Sum the counters of every version of ``model`` in a statistics reply.
 
-        Accepts the HTTP reply (snake_case, integers) and tritonclient.grpc's ``as_json`` reply
-        (camelCase, int64 as strings).
+        Accepts the reply as ``AsyncClient.inference_statistics`` returns it over either
+        protocol (snake_case, integers), and protobuf's default JSON (camelCase, int64 as
+        strings), as other tools write it.
         """
         entries = statistics.get("model_stats", statistics.get("modelStats", []))
         totals = dict.fromkeys((f.name for f in fields(cls)), 0)

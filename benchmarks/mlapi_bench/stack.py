@@ -3,32 +3,31 @@
 `make serve` serves only model_repository/. When a server is already running, the identity model
 is loaded into it through the repository API with its config and model file passed inline (the
 server must run in explicit model-control mode, as the project's launcher does), and unloaded
-again when the benchmark ends, however it ends. Otherwise a
-tritonserver is started on free ports with both repositories and stopped afterwards.
+again when the benchmark ends, however it ends. Otherwise a tritonserver is started on free
+ports with both repositories and stopped afterwards. Every control call (readiness, load with
+a config override and inline files, unload) goes through the project's client.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
+from typing import Any
 
 from mlapi_backend.model_config import read_pbtxt
 from mlapi_bench.payloads import IDENTITY_MODEL
-from mlapi_client import access
+from mlapi_client import Client, MlapiError, access
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = ROOT / "model_repository"
 BENCH_REPOSITORY = ROOT / "benchmarks" / "model_repository"
+# Control calls (readiness, load, unload) of the harness; a load of a Python model takes seconds
+# on a busy machine, well inside this.
+CONTROL_TIMEOUT_S = 300.0
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +46,23 @@ class Stack:
         return self.grpc_url if protocol == "grpc" else self.http_url
 
 
+def control_client(http_url: str, timeout_s: float = CONTROL_TIMEOUT_S) -> Client:
+    """The project's client for control calls on the server at ``http_url``: never retried."""
+    return Client(http_url, protocol="http", timeout_s=timeout_s, retry=None)
+
+
 def is_ready(http_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=2) as reply:
-            return bool(reply.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    """Whether a server answers ready at ``http_url`` (False when nothing listens there)."""
+    with control_client(http_url, timeout_s=2.0) as client:
+        try:
+            return client.is_ready(retry=False)
+        except MlapiError:
+            return False
 
 
-def config_json(config_pbtxt: Path) -> str:
-    """A config.pbtxt as the JSON the repository API's ``config`` parameter takes."""
-    return json.dumps(read_pbtxt(config_pbtxt))
+def config_dict(config_pbtxt: Path) -> dict[str, Any]:
+    """A config.pbtxt as the JSON object the repository API's ``config`` parameter takes."""
+    return read_pbtxt(config_pbtxt)
 
 
 def ensure_identity(http_url: str) -> bool:
@@ -65,52 +70,62 @@ def ensure_identity(http_url: str) -> bool:
 
     True when this call loaded it (so the caller unloads it when done), False when it was ready.
     """
-    client = access.with_key(httpclient.InferenceServerClient(http_url))
-    try:
-        if client.is_model_ready(IDENTITY_MODEL):
-            return False
-        model_py = (BENCH_REPOSITORY / IDENTITY_MODEL / "1" / "model.py").read_bytes()
-        log.info("loading %s into the running server through the repository API", IDENTITY_MODEL)
-        client.load_model(
-            IDENTITY_MODEL,
-            config=config_json(BENCH_REPOSITORY / IDENTITY_MODEL / "config.pbtxt"),
-            files={"file:1/model.py": model_py},
-        )
-        return True
-    except InferenceServerException as exc:
-        raise StackError(
-            f"cannot load {IDENTITY_MODEL} into the server at {http_url} "
-            f"(it must run with --model-control-mode=explicit): {exc}"
-        ) from exc
-    finally:
-        client.close()
+    with control_client(http_url) as client:
+        try:
+            if client.is_ready(IDENTITY_MODEL, retry=False):
+                return False
+            model_py = (BENCH_REPOSITORY / IDENTITY_MODEL / "1" / "model.py").read_bytes()
+            log.info(
+                "loading %s into the running server through the repository API", IDENTITY_MODEL
+            )
+            client.load_model(
+                IDENTITY_MODEL,
+                config=config_dict(BENCH_REPOSITORY / IDENTITY_MODEL / "config.pbtxt"),
+                files={"file:1/model.py": model_py},
+            )
+            return True
+        except MlapiError as exc:
+            raise StackError(
+                f"cannot load {IDENTITY_MODEL} into the server at {http_url} "
+                f"(it must run with --model-control-mode=explicit): {exc}"
+            ) from exc
 
 
 def unload_identity(http_url: str) -> None:
     """Unload the identity model from a user's server; a failure is logged, never raised."""
-    client = access.with_key(httpclient.InferenceServerClient(http_url))
-    try:
-        client.unload_model(IDENTITY_MODEL)
-        log.info("unloaded %s from the server at %s", IDENTITY_MODEL, http_url)
-    except InferenceServerException as exc:
-        log.warning("could not unload %s from %s: %s", IDENTITY_MODEL, http_url, exc)
-    finally:
-        client.close()
+    with control_client(http_url) as client:
+        try:
+            client.unload_model(IDENTITY_MODEL)
+            log.info("unloaded %s from the server at %s", IDENTITY_MODEL, http_url)
+        except MlapiError as exc:
+            log.warning("could not unload %s from %s: %s", IDENTITY_MODEL, http_url, exc)
 
 
 @contextmanager
 def identity_loaded(http_url: str) -> Iterator[None]:
     """Serve the identity model while the block runs.
 
-    When this loaded it, it is unloaded after the block, also on errors and Ctrl-C, so that a
-    benchmark leaves no hidden model in a user's server.
+    When this loaded it, it is unloaded after the block, also on errors, Ctrl-C and SIGTERM
+    (the CLI turns SIGTERM into SystemExit), so that a benchmark leaves no hidden model in a
+    user's server. An interruption while the load is in flight unloads too: the server may
+    finish a load its caller stopped waiting for.
     """
-    loaded_here = ensure_identity(http_url)
+    with control_client(http_url) as client:
+        was_ready = _identity_ready(client, http_url)
     try:
+        if not was_ready:
+            ensure_identity(http_url)
         yield
     finally:
-        if loaded_here:
+        if not was_ready:
             unload_identity(http_url)
+
+
+def _identity_ready(client: Client, http_url: str) -> bool:
+    try:
+        return client.is_ready(IDENTITY_MODEL, retry=False)
+    except MlapiError as exc:
+        raise StackError(f"the server at {http_url} does not answer: {exc}") from exc
 
 
 @contextmanager

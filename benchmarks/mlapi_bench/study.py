@@ -9,18 +9,14 @@ shipped config is restored at the end, whatever happened.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
-
-from mlapi_bench.stack import MODEL_REPOSITORY, config_json
-from mlapi_client import access
+from mlapi_bench.stack import MODEL_REPOSITORY, config_dict, control_client
+from mlapi_client import MlapiError
 
 log = logging.getLogger(__name__)
 
@@ -87,32 +83,37 @@ QUICK_VARIANTS = (Variant(None), Variant(100), Variant(500))
 
 
 class ModelSwitcher:
-    """Reloads one model with a variant of its served config on an explicit-mode server."""
+    """Reloads one model with a variant of its served config on an explicit-mode server.
+
+    Through the project's client (repository API: load with a config override, model config).
+    """
 
     def __init__(self, http_url: str, model: str) -> None:
-        self.client = access.with_key(
-            httpclient.InferenceServerClient(http_url, network_timeout=300.0)
-        )
+        self.client = control_client(http_url)
         self.model = model
-        self.shipped = dict(self.client.get_model_config(model))
+        try:
+            self.shipped = self.client.model_config(model)
+        except MlapiError:
+            self.client.close()
+            raise
 
     def use(self, variant: Variant) -> None:
         log.info("reloading %s with %s", self.model, variant.label)
         try:
-            self.client.load_model(self.model, config=json.dumps(variant.apply(self.shipped)))
-        except InferenceServerException as exc:
+            self.client.load_model(self.model, config=variant.apply(self.shipped))
+        except MlapiError as exc:
             raise StudyError(f"{self.model} refused {variant.label}: {exc}") from exc
-        served = dict(self.client.get_model_config(self.model))
+        served = self.client.model_config(self.model)
         if not variant.matches(served):
             raise StudyError(
                 f"{self.model} serves {served.get('dynamic_batching')} x "
                 f"{served.get('instance_group')} instead of {variant.label}"
             )
 
-    def restore(self, shipped_config_json: str) -> None:
+    def restore(self, shipped_config: dict[str, Any]) -> None:
         """Reload the model with its shipped config (an override, so the reload always happens)."""
         log.info("restoring %s to its repository config", self.model)
-        self.client.load_model(self.model, config=shipped_config_json)
+        self.client.load_model(self.model, config=shipped_config)
 
     def close(self) -> None:
         self.client.close()
@@ -125,7 +126,7 @@ def switching(http_url: str, model: str) -> Iterator[ModelSwitcher]:
         yield switcher
     finally:
         try:
-            switcher.restore(config_json(MODEL_REPOSITORY / model / "config.pbtxt"))
+            switcher.restore(config_dict(MODEL_REPOSITORY / model / "config.pbtxt"))
         finally:
             switcher.close()
 

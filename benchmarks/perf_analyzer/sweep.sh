@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # perf_analyzer concurrency sweeps of the public models over HTTP and gRPC, one CSV per model
 # and protocol (perf_analyzer's own columns), using the held-out digits in this folder as input.
+# A baseline: NVIDIA's C++ client, not the project's (python -m mlapi_bench measures that one).
 #
 # perf_analyzer is not on PyPI: it ships in the NGC SDK container of the pinned release.
 #   docker run --rm -it --net=host -v "$PWD:/work" -w /work \

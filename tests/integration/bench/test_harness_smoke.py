@@ -2,6 +2,7 @@
 
 No timing is asserted: the machine is shared. The identity model is loaded into the session's
 server through the repository API, the same path the harness takes with `make serve`'s server.
+Every call to Triton here goes through the project's client, as the harness's own do.
 """
 
 from __future__ import annotations
@@ -9,27 +10,31 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import tritonclient.http as httpclient
 
 from mlapi_bench.cli import main
-from mlapi_bench.clients import AsyncTriton, Endpoint
+from mlapi_bench.clients import Endpoint, open_client
 from mlapi_bench.load import LoadSpec, drive, prime
 from mlapi_bench.measure import Phases, Runner
 from mlapi_bench.payloads import IDENTITY_MODEL
 from mlapi_bench.scenarios import default_mix
 from mlapi_bench.server_stats import ServerCounters
-from mlapi_bench.stack import MODEL_REPOSITORY, config_json, ensure_identity, stack, unload_identity
+from mlapi_bench.stack import MODEL_REPOSITORY, config_dict, ensure_identity, stack, unload_identity
 from mlapi_bench.study import StudyError, Variant, switching
-from mlapi_client import access
+from mlapi_client import NO_RETRY, Client, access
 from mlapi_tools.local.triton_process import TritonServer
 
 QUICK = Phases(warmup_s=0.2, window_s=0.8)
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +44,22 @@ def server(triton: TritonServer) -> TritonServer:
     return triton
 
 
+@pytest.fixture
+def client(server: TritonServer) -> Iterator[Client]:
+    with Client(server.http_url, protocol="http", retry=NO_RETRY) as control:
+        yield control
+
+
 async def _counted_run(
     endpoint: Endpoint, spec: LoadSpec, duration_s: float
 ) -> tuple[int, int, list[str]]:
-    observer = AsyncTriton(endpoint)
+    observer = open_client(endpoint)
     try:
         await prime(spec)  # payloads built, connection and model warm before the schedule
-        before = ServerCounters.parse(await observer.statistics(spec.model), spec.model)
+        before = ServerCounters.parse(await observer.inference_statistics(spec.model), spec.model)
         begin = time.monotonic() + 0.1
         records = await drive(spec, begin, begin + duration_s)
-        after = ServerCounters.parse(await observer.statistics(spec.model), spec.model)
+        after = ServerCounters.parse(await observer.inference_statistics(spec.model), spec.model)
     finally:
         await observer.close()
     return len(records), (after - before).success_count, records.outcome
@@ -77,11 +88,11 @@ def test_closed_loop_window_with_server_times(server: TritonServer) -> None:
     assert m.server.avg_batch_size >= 1.0
 
 
-def _identity_ready(client: httpclient.InferenceServerClient) -> bool:
-    return bool(client.is_model_ready(IDENTITY_MODEL))
+def _identity_ready(client: Client) -> bool:
+    return client.is_ready(IDENTITY_MODEL)
 
 
-def _wait_unloaded(client: httpclient.InferenceServerClient, timeout_s: float = 60.0) -> None:
+def _wait_unloaded(client: Client, timeout_s: float = 60.0) -> None:
     """Wait on the condition (an unload completes asynchronously), not on a sleep."""
     deadline = time.monotonic() + timeout_s
     while _identity_ready(client):
@@ -93,7 +104,7 @@ def _benchmark_on(server: TritonServer, backend_dir: Path, ending: type[Exceptio
     """What `make bench` does with a user's running server, ended normally, by Ctrl-C or an error."""
     with stack(server.http_url, server.grpc_url, backend_dir) as used:
         assert not used.started_here
-        with access.with_key(httpclient.InferenceServerClient(server.http_url)) as client:
+        with Client(server.http_url, protocol="http") as client:
             assert _identity_ready(client)  # loaded for the benchmark
         if ending is not None:
             raise ending("stopped inside the benchmark")
@@ -101,9 +112,8 @@ def _benchmark_on(server: TritonServer, backend_dir: Path, ending: type[Exceptio
 
 @pytest.mark.parametrize("ending", [None, KeyboardInterrupt, RuntimeError])
 def test_a_users_server_is_left_without_the_identity_model(
-    server: TritonServer, tmp_path: Path, ending: type[Exception] | None
+    server: TritonServer, client: Client, tmp_path: Path, ending: type[Exception] | None
 ) -> None:
-    client = access.with_key(httpclient.InferenceServerClient(server.http_url))
     try:
         unload_identity(server.http_url)
         _wait_unloaded(client)
@@ -113,20 +123,60 @@ def test_a_users_server_is_left_without_the_identity_model(
             with pytest.raises(ending):
                 _benchmark_on(server, tmp_path, ending)
         _wait_unloaded(client)
-        assert client.is_model_ready("digits_classifier")  # the user's own models stay
+        assert client.is_ready("digits_classifier")  # the user's own models stay
     finally:
         ensure_identity(server.http_url)  # the other tests of this module use it
-        client.close()
+
+
+def _successes(client: Client, model: str) -> int:
+    return ServerCounters.parse(client.inference_statistics(model), model).success_count
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_an_interrupted_bench_run_unloads_the_identity_model(
+    server: TritonServer, client: Client, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """`make bench` stopped mid-measurement (Ctrl-C, or kill/CI timeout) still unloads it."""
+    command = [sys.executable, "-m", "mlapi_bench", "sweep", "--http-url", server.http_url]
+    command += ["--grpc-url", server.grpc_url, "--models", "digits_classifier"]
+    command += ["--protocols", "grpc", "--concurrency", "1", "--warmup-s", "0.2"]
+    command += ["--window-s", "300", "--out", str(tmp_path)]
+    try:
+        unload_identity(server.http_url)
+        _wait_unloaded(client)
+        served_before = _successes(client, "digits_classifier")
+        log = (tmp_path / "bench.log").open("wb")
+        bench = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            # Measuring: the identity model is loaded and the sweep's load reaches the server.
+            while not (
+                _identity_ready(client) and _successes(client, "digits_classifier") > served_before
+            ):
+                assert bench.poll() is None, (tmp_path / "bench.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the sweep never started measuring"
+                time.sleep(0.05)
+            bench.send_signal(stop)
+            status = bench.wait(timeout=120)
+        finally:
+            if bench.poll() is None:
+                bench.kill()
+                bench.wait()
+            log.close()
+        assert status != 0  # stopped, not finished
+        _wait_unloaded(client)
+        assert client.is_ready("digits_classifier")  # the user's own models stay
+    finally:
+        ensure_identity(server.http_url)
 
 
 def test_an_identity_model_the_user_loaded_stays_loaded(
-    server: TritonServer, tmp_path: Path
+    server: TritonServer, client: Client, tmp_path: Path
 ) -> None:
     ensure_identity(server.http_url)
     with stack(server.http_url, server.grpc_url, tmp_path):
         pass
-    with access.with_key(httpclient.InferenceServerClient(server.http_url)) as client:
-        assert _identity_ready(client)
+    assert _identity_ready(client)
 
 
 def test_open_loop_sends_at_the_asked_rate(server: TritonServer) -> None:
@@ -214,25 +264,19 @@ def test_locust_bad_requests_get_4xx_and_the_server_stays_healthy(server: Triton
         assert good.verdict(reply.status) is None
 
 
-def test_study_switches_config_and_restores_it(server: TritonServer) -> None:
-    client = access.with_key(httpclient.InferenceServerClient(server.http_url))
-    try:
-        with switching(server.http_url, "digits_classifier") as switcher:
-            switcher.use(Variant(None))
-            assert "dynamic_batching" not in client.get_model_config("digits_classifier")
-            with pytest.raises(StudyError):
-                switcher.use(Variant(100, preferred_batch_sizes=(1000,)))  # > max_batch_size
-            # A refused reload leaves the previous config serving.
-            assert client.is_model_ready("digits_classifier")
-        restored = client.get_model_config("digits_classifier")
-        shipped = json.loads(config_json(MODEL_REPOSITORY / "digits_classifier" / "config.pbtxt"))
-        delay = int(restored["dynamic_batching"].get("max_queue_delay_microseconds", 0))
-        assert delay == int(shipped["dynamic_batching"].get("max_queue_delay_microseconds", 0))
-        assert client.is_model_ready("digits_classifier", "1") and client.is_model_ready(
-            "digits_classifier", "2"
-        )
-    finally:
-        client.close()
+def test_study_switches_config_and_restores_it(server: TritonServer, client: Client) -> None:
+    with switching(server.http_url, "digits_classifier") as switcher:
+        switcher.use(Variant(None))
+        assert "dynamic_batching" not in client.model_config("digits_classifier")
+        with pytest.raises(StudyError):
+            switcher.use(Variant(100, preferred_batch_sizes=(1000,)))  # > max_batch_size
+        # A refused reload leaves the previous config serving.
+        assert client.is_ready("digits_classifier")
+    restored = client.model_config("digits_classifier")
+    shipped = config_dict(MODEL_REPOSITORY / "digits_classifier" / "config.pbtxt")
+    delay = int(restored["dynamic_batching"].get("max_queue_delay_microseconds", 0))
+    assert delay == int(shipped["dynamic_batching"].get("max_queue_delay_microseconds", 0))
+    assert client.is_ready("digits_classifier", "1") and client.is_ready("digits_classifier", "2")
 
 
 def test_locust_headless_run_reports_no_failures(server: TritonServer, tmp_path: Path) -> None:
