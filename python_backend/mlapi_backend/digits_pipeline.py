@@ -300,9 +300,15 @@ class DigitsPipeline:
         offset = 0
         for index, request in members:
             count = len(request.digits)
-            outcomes.append((index, self.respond(request, probabilities[offset : offset + count])))
+            try:
+                outcome: Outputs | Exception = self.respond(
+                    request, probabilities[offset : offset + count]
+                )
+                backend.record_routes(version, request.route.reason, count)
+            except Exception as exc:  # a bug in one request's answer fails that request only
+                outcome = exc
+            outcomes.append((index, outcome))
             offset += count
-            backend.record_routes(version, request.route.reason, count)
         return outcomes
 
     def _version_unavailable(

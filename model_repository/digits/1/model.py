@@ -13,10 +13,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mlapi_backend.bls_classifier import BlsClassifier
-from mlapi_backend.digits_pipeline import DigitsPipeline, DigitsSettings
-from mlapi_backend.errors import InvalidInputError
+from mlapi_backend.digits_pipeline import DigitsPipeline, DigitsSettings, ParsedRequest
 from mlapi_backend.model_config import ModelConfig
-from mlapi_backend.triton_responses import to_responses
+from mlapi_backend.triton_responses import respond
 
 
 class TritonPythonModel:
@@ -31,15 +30,16 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{settings.model_name}: traffic policy {policy} ({checked})")
 
     def execute(self, requests: list) -> list:
-        parsed: list = []
-        for request in requests:
-            try:
-                parameters = json.loads(request.parameters() or "{}")
-                image, top_k = _input(request, "image"), _input(request, "top_k")
-                parsed.append(self.pipeline.parse(image, top_k, parameters))
-            except InvalidInputError as exc:
-                parsed.append(exc)
-        return to_responses(self.pipeline.run(parsed, self.backend), pb_utils)
+        name = self.pipeline.settings.model_name
+        return respond(requests, self._parse, self._run, pb_utils, name)
+
+    def _parse(self, request) -> ParsedRequest:
+        parameters = json.loads(request.parameters() or "{}")
+        image, top_k = _input(request, "image"), _input(request, "top_k")
+        return self.pipeline.parse(image, top_k, parameters)
+
+    def _run(self, parsed: list) -> list:
+        return self.pipeline.run(parsed, self.backend)
 
 
 def _input(request, name: str) -> np.ndarray | None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from mlapi_backend.errors import InvalidInputError
 from mlapi_backend.generation import (
     LOGITS_OUTPUT,
     STATE_INPUT,
@@ -30,9 +30,7 @@ from mlapi_backend.generation import (
 from mlapi_backend.generation_batching import stream_step
 from mlapi_backend.generation_request import INPUTS, parse_request
 from mlapi_backend.model_config import ModelConfig
-from mlapi_backend.triton_responses import error_code
-
-FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+from mlapi_backend.triton_responses import request_id, send_stream
 
 
 class TritonPythonModel:
@@ -61,24 +59,19 @@ class TritonPythonModel:
 
     async def _stream(self, request) -> None:
         sender = request.get_response_sender()
-        try:
-            tensors = {name: _input(request, name) for name in INPUTS}
-            parsed = parse_request(tensors, self.settings.limits)
-            shape = self.settings.state_shape
-            async for chunk in responses(parsed, self.step, shape, sender.is_cancelled):
-                outputs = [pb_utils.Tensor(n, a) for n, a in chunk.outputs().items()]
-                sender.send(
-                    pb_utils.InferenceResponse(outputs), flags=FINAL if chunk.is_last else 0
-                )
-                if chunk.finish_reason is not None:
-                    self.finished[chunk.finish_reason].increment(1)
-                    self.token_counts["prompt"].increment(chunk.prompt_tokens)
-                    self.token_counts["completion"].increment(chunk.completion_tokens)
-        except (InvalidInputError, DecoderError) as exc:
-            _send_error(sender, str(exc), error_code(exc, pb_utils))
-        except Exception as exc:  # a bug must end this stream, not the instance's other streams
-            pb_utils.Logger.log_error(f"text_generator: stream failed: {exc!r}")
-            _send_error(sender, f"text_generator failed: {exc}", pb_utils.TritonError.INTERNAL)
+        chunks = self._chunks(request, sender.is_cancelled)
+        await send_stream(sender, chunks, pb_utils, "text_generator", request_id(request))
+
+    async def _chunks(self, request, is_cancelled) -> AsyncIterator[tuple[dict, bool]]:
+        tensors = {name: _input(request, name) for name in INPUTS}
+        parsed = parse_request(tensors, self.settings.limits)
+        shape = self.settings.state_shape
+        async for chunk in responses(parsed, self.step, shape, is_cancelled):
+            yield chunk.outputs(), chunk.is_last
+            if chunk.finish_reason is not None:
+                self.finished[chunk.finish_reason].increment(1)
+                self.token_counts["prompt"].increment(chunk.prompt_tokens)
+                self.token_counts["completion"].increment(chunk.completion_tokens)
 
     async def _decode(
         self, tokens: np.ndarray, states: np.ndarray
@@ -104,7 +97,3 @@ class TritonPythonModel:
 def _input(request, name: str) -> np.ndarray | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
-
-
-def _send_error(sender, message: str, code) -> None:
-    sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code)), flags=FINAL)

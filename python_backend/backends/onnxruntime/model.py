@@ -14,7 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.onnx_backend import OnnxModel
-from mlapi_backend.triton_responses import to_responses
+from mlapi_backend.triton_responses import respond
 
 
 class TritonPythonModel:
@@ -26,6 +26,7 @@ class TritonPythonModel:
             version=args["model_version"],
             instance_kind=args["model_instance_kind"],
         )
+        self.name = config.name
         self.input_names = [spec.name for spec in config.inputs]
         pb_utils.Logger.log_info(
             f"onnxruntime stand-in: loaded '{config.name}' version {args['model_version']} "
@@ -33,12 +34,12 @@ class TritonPythonModel:
         )
 
     def execute(self, requests: list) -> list:
-        batch = []
-        for request in requests:
-            tensors = {}
-            for name in self.input_names:
-                tensor = pb_utils.get_input_tensor_by_name(request, name)
-                if tensor is not None:
-                    tensors[name] = tensor.as_numpy()
-            batch.append(tensors)
-        return to_responses(self.model.run(batch), pb_utils)
+        return respond(requests, self._tensors, self.model.run, pb_utils, self.name)
+
+    def _tensors(self, request) -> dict:
+        tensors = {}
+        for name in self.input_names:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:
+                tensors[name] = tensor.as_numpy()
+        return tensors

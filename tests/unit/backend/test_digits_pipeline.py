@@ -392,3 +392,21 @@ def test_bad_parameters_fail_load():
 def test_digits_batch_never_exceeds_classifier_batch():
     classifier = ModelConfig.from_pbtxt(REPO / "digits_classifier" / "config.pbtxt")
     assert _config().max_batch_size <= classifier.max_batch_size
+
+
+def test_a_bug_building_one_answer_fails_only_that_request(pipeline, monkeypatch):
+    backend = FakeBackend()
+    parsed = [pipeline.parse(_image(), top_k) for top_k in (None, np.array([[4]]), None)]
+    respond = pipeline.respond
+
+    def buggy(request, probabilities):
+        if request.top_k == 4:
+            raise KeyError("a bug")
+        return respond(request, probabilities)
+
+    monkeypatch.setattr(pipeline, "respond", buggy)
+    first, failed, last = pipeline.run(parsed, backend)
+    assert isinstance(failed, KeyError)
+    assert first["labels"][0, 0] == b"7" and last["labels"][0, 0] == b"7"
+    assert len(backend.calls) == 1  # one classifier call for the three requests
+    assert [count for _, _, count in backend.routes] == [1, 1]
