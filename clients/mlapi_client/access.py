@@ -51,7 +51,7 @@ def default_key_file() -> Path:
 
 
 def read_key(path: Path | None = None) -> str | None:
-    """The key from ``MLAPI_TRITON_KEY`` or the key file; None when neither exists."""
+    """Return the key from ``MLAPI_TRITON_KEY`` or the key file; None when neither exists."""
     if path is None:
         value = os.environ.get(KEY_ENV, "").strip()
         if value:
@@ -66,7 +66,7 @@ def read_key(path: Path | None = None) -> str | None:
 
 
 def ensure_key(path: Path | None = None) -> str:
-    """The existing key, or a new random one written to ``path`` readable by its owner only."""
+    """Return the existing key, or a new random one written to ``path`` (owner-only)."""
     path = path if path is not None else default_key_file()
     existing = read_key(path)
     if existing:
@@ -102,7 +102,7 @@ def grpc_headers(key: str | None) -> dict[str, str]:
 
 
 def restriction_args(key: str) -> list[str]:
-    """tritonserver arguments that put every API but health behind ``key``."""
+    """Return the tritonserver arguments that put every API but health behind ``key``."""
     apis = ",".join(RESTRICTED_APIS)
     return [
         f"--http-restricted-api={apis}:{KEY_HEADER}={key}",

@@ -8,7 +8,7 @@ import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import numpy as np
+import numpy.typing as npt
 
 from mlapi_client import access
 from mlapi_client import digits as digits_model
@@ -125,7 +125,7 @@ class AsyncClient:
     async def live_versions(
         self, model: str, *, timeout_s: float | None = None, retry: Retry = None
     ) -> list[str]:
-        """The versions of ``model`` that are loaded and ready, in numeric order."""
+        """Return the versions of ``model`` that are loaded and ready, in numeric order."""
         entries = await self.list_models(timeout_s=timeout_s, retry=retry)
         ready = [e.version for e in entries if e.name == model and e.state == "READY" and e.version]
         return sorted(ready, key=lambda v: (len(v), v))
@@ -138,7 +138,7 @@ class AsyncClient:
         timeout_s: float | None = None,
         retry: Retry = None,
     ) -> dict[str, Any]:
-        """The served config of ``model`` as Triton's JSON (parameters, batching, instances)."""
+        """Return the served config of ``model`` as Triton's JSON (parameters, batching, ...)."""
         ver = _version(version)
         context = CallContext("model_config", model, ver)
         return await self._call(context, lambda t: t.model_config(model, ver), timeout_s, retry)
@@ -151,7 +151,7 @@ class AsyncClient:
         timeout_s: float | None = None,
         retry: Retry = None,
     ) -> dict[str, Any]:
-        """Triton's cumulative statistics of ``model`` (every model when empty), one shape for both protocols.
+        """Return Triton's cumulative statistics of ``model`` (every model when empty).
 
         The reply is ``{"model_stats": [...]}`` with one entry per model version: counts and
         nanosecond totals of the queue and compute phases, inference and execution counts
@@ -202,7 +202,7 @@ class AsyncClient:
         timeout_s: float | None = None,
         retry: Retry = None,
     ) -> ModelContract:
-        """The tensors ``model`` accepts and returns, its versions, batching and streaming mode."""
+        """Return the tensors ``model`` takes and returns, its versions, batching, streaming mode."""
         ver = _version(version)
         context = CallContext("contract", model, ver)
 
@@ -228,7 +228,7 @@ class AsyncClient:
     async def infer(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         version: int | str | None = None,
         outputs: Sequence[str] | None = None,
         *,
@@ -283,7 +283,7 @@ class AsyncClient:
     async def stream(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         version: int | str | None = None,
         *,
         parameters: Parameters | None = None,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from mlapi_client.errors import InvalidInputError, ServerError
 from mlapi_client.images import ImageLike, grayscale_uint8
@@ -14,7 +16,7 @@ MODEL = "digits"
 OUTPUTS = ("labels", "scores", "low_confidence", "metadata")
 
 
-def digits_inputs(image: ImageLike, top_k: int | None = None) -> dict[str, np.ndarray]:
+def digits_inputs(image: ImageLike, top_k: int | None = None) -> dict[str, npt.NDArray[Any]]:
     """One image as a batch of one: ``image`` UINT8 [1, H, W], optional ``top_k`` INT32 [1, 1]."""
     inputs = {"image": grayscale_uint8(image)[None]}
     if top_k is not None:
@@ -30,7 +32,7 @@ def digits_inputs(image: ImageLike, top_k: int | None = None) -> dict[str, np.nd
 
 
 def digits_parameters(version: int | str | None) -> dict[str, int] | None:
-    """The request parameter that pins the classifier version ``digits`` routes to."""
+    """Return the request parameter that pins the classifier version ``digits`` routes to."""
     if version is None:
         return None
     try:
@@ -45,6 +47,7 @@ def digits_parameters(version: int | str | None) -> dict[str, int] | None:
 
 
 def digits_result(response: InferResponse) -> DigitsResult:
+    """Decode the ``digits`` model's outputs into a DigitsResult."""
     try:
         labels = response["labels"].reshape(-1)
         scores = response["scores"].reshape(-1)

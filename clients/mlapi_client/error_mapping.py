@@ -112,7 +112,7 @@ class CallContext:
         return f"{self.operation} on model '{self.model}'{version}"
 
 
-class HttpStatusFailure(Exception):
+class HttpStatusError(Exception):
     """An HTTP error response the project's own HTTP code received (keeps Retry-After)."""
 
     def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
@@ -122,23 +122,25 @@ class HttpStatusFailure(Exception):
         self.retry_after_s = retry_after_s
 
 
-class ChannelUnreachable(Exception):
+class ChannelUnreachableError(Exception):
     """gRPC UNAVAILABLE raised while the channel was not connected: the server is not there."""
 
 
-class StreamFailure(Exception):
-    """A stream error that came without a status: an HTTP SSE ``{"error": ...}`` event after
-    status 200, or a gRPC stream ``error_message``. Triton 2.51 honours the
+class StreamError(Exception):
+    """A stream error that came without a status.
+
+    An HTTP SSE ``{"error": ...}`` event after status 200, or a gRPC stream ``error_message``.
+    Triton 2.51 honours the
     ``triton_grpc_error`` header (real gRPC statuses) for errors from the model, but still
     reports a request for an unknown model as a status-less ``error_message``.
     """
 
 
 def translate(exc: BaseException, context: CallContext) -> MlapiError:
-    """The ``MlapiError`` for ``exc``; callers ``raise translate(exc, ctx) from exc``."""
+    """Return the ``MlapiError`` for ``exc``; callers raise it ``from exc``."""
     if isinstance(exc, MlapiError):
         return exc
-    if isinstance(exc, HttpStatusFailure):
+    if isinstance(exc, HttpStatusError):
         return _from_status(
             _HTTP.get(exc.status), str(exc.status), exc.message, context, exc.retry_after_s
         )
@@ -155,7 +157,7 @@ def translate(exc: BaseException, context: CallContext) -> MlapiError:
         code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
         details = exc.details() if hasattr(exc, "details") else str(exc)
         return _from_status(_GRPC.get(code), code, details or "", context, None)
-    if isinstance(exc, ChannelUnreachable):
+    if isinstance(exc, ChannelUnreachableError):
         return ConnectionFailedError(f"{context.target()}: cannot reach the server: {exc}")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return _timeout(context, str(exc))
@@ -163,7 +165,7 @@ def translate(exc: BaseException, context: CallContext) -> MlapiError:
         return ConnectionFailedError(f"{context.target()}: cannot reach the server: {exc}")
     if isinstance(exc, aiohttp.ClientResponseError):
         return _from_status(_HTTP.get(exc.status), str(exc.status), exc.message, context, None)
-    if isinstance(exc, StreamFailure):
+    if isinstance(exc, StreamError):
         return _statusless_stream_error(str(exc), context)
     return ServerError(f"{context.target()}: unexpected failure: {type(exc).__name__}: {exc}")
 
@@ -268,7 +270,9 @@ def _timeout(context: CallContext, detail: str, status: str | None = None) -> In
 def not_found_or_unavailable(
     error: ModelNotFoundError, index: list[dict[str, Any]], context: CallContext
 ) -> MlapiError:
-    """Triton answers NOT_FOUND both for a model it has never heard of and for one that is in
+    """Refine a NOT_FOUND with the repository index: listed but not ready is unavailable.
+
+    Triton answers NOT_FOUND both for a model it has never heard of and for one that is in
     its repository but not loaded (unloaded, loading, failed). The repository index tells them
     apart: a model (version) listed there is unavailable, not missing.
     """

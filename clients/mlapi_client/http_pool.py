@@ -41,6 +41,8 @@ class Headers(dict[str, str]):
 
 @dataclass(frozen=True)
 class Reply:
+    """One HTTP response, read whole."""
+
     status: int
     reason: str
     headers: Headers
@@ -153,8 +155,9 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpPool:
-    """GET and POST to one ``[user:password@]host:port`` over reused keep-alive connections
-    (at most ``limit`` at once).
+    """GET and POST to one ``[user:password@]host:port`` over reused keep-alive connections.
+
+    At most ``limit`` connections are open at once.
 
     A connection whose call fails or is cancelled (a deadline) is closed, never reused: its
     reply might still arrive. Idle connections the server has closed are skipped.

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import io
 import os
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from mlapi_client.errors import InvalidInputError
 
-ImageLike = np.ndarray | Image.Image | str | os.PathLike[str] | bytes | bytearray
+ImageLike = npt.NDArray[Any] | Image.Image | str | os.PathLike[str] | bytes | bytearray
 
 _EXPECTED = "a grayscale or RGB image: uint8 array [H, W], PIL image, file path, or PNG/JPEG bytes"
 
 
-def grayscale_uint8(image: ImageLike, field: str = "image") -> np.ndarray:
-    """A 2-D uint8 array [H, W]; colour images are converted with Pillow's luminance ("L")."""
+def grayscale_uint8(image: ImageLike, field: str = "image") -> npt.NDArray[Any]:
+    """Return a 2-D uint8 array [H, W]; colour is converted with Pillow's luminance ("L")."""
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("L"), dtype=np.uint8)
     if isinstance(image, (bytes, bytearray)):
@@ -42,7 +44,7 @@ def grayscale_uint8(image: ImageLike, field: str = "image") -> np.ndarray:
     )
 
 
-def _decode(data: io.BytesIO, field: str, what: str) -> np.ndarray:
+def _decode(data: io.BytesIO, field: str, what: str) -> npt.NDArray[Any]:
     try:
         with Image.open(data) as decoded:
             return np.asarray(decoded.convert("L"), dtype=np.uint8)
@@ -55,7 +57,7 @@ def _decode(data: io.BytesIO, field: str, what: str) -> np.ndarray:
         ) from exc
 
 
-def _from_array(array: np.ndarray, field: str) -> np.ndarray:
+def _from_array(array: npt.NDArray[Any], field: str) -> npt.NDArray[Any]:
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -14,14 +14,16 @@ class InferResponse:
 
     model_name: str
     model_version: str
-    outputs: dict[str, np.ndarray] = field(repr=False)
+    outputs: dict[str, npt.NDArray[Any]] = field(repr=False)
 
-    def __getitem__(self, name: str) -> np.ndarray:
+    def __getitem__(self, name: str) -> npt.NDArray[Any]:
         return self.outputs[name]
 
 
 @dataclass(frozen=True)
 class Prediction:
+    """One ranked label and its score."""
+
     label: str
     score: float
 

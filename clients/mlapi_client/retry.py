@@ -19,7 +19,7 @@ T = TypeVar("T")
 def wait_before_retry_s(
     policy: RetryPolicy, retry_number: int, error: MlapiError, rng: random.Random
 ) -> float:
-    """The wait before retry ``retry_number``: jittered backoff, at least the server's hint."""
+    """Return the wait before retry ``retry_number``: jittered backoff, >= the server's hint."""
     wait_s = rng.uniform(0.0, policy.backoff_cap_s(retry_number))
     if isinstance(error, ModelUnavailableError) and error.retry_after_s is not None:
         wait_s = max(wait_s, error.retry_after_s)

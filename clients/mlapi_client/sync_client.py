@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mappin
 from concurrent.futures import Future
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import numpy as np
+import numpy.typing as npt
 
 from mlapi_client.async_client import AsyncClient, Retry
 from mlapi_client.results import InferResponse
@@ -60,12 +60,12 @@ class _LoopThread:
 def _blocking(
     method: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[Client, P], R]:
-    """The blocking form of an ``AsyncClient`` method (same parameters, same docstring)."""
+    """Generate the blocking form of an ``AsyncClient`` method (same parameters and docstring)."""
 
-    @functools.wraps(method)
-    def call(self: Client, *args: P.args, **kwargs: P.kwargs) -> R:
+    def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return self._loop.run(method(self._async, *args, **kwargs))
 
+    functools.update_wrapper(call, method)  # name, docstring, signature (``__wrapped__``)
     return call
 
 
@@ -136,7 +136,7 @@ class Client:
     def stream(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         version: int | str | None = None,
         *,
         parameters: Parameters | None = None,

@@ -7,13 +7,15 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from tritonclient.utils import np_to_triton_dtype
 
 from mlapi_client.errors import InvalidInputError
 from mlapi_client.results import InferResponse
 
 
-def triton_dtype(name: str, array: np.ndarray) -> str:
+def triton_dtype(name: str, array: npt.NDArray[Any]) -> str:
+    """Return Triton's datatype of ``array``; refuse dtypes Triton has none for."""
     if array.dtype == np.object_ or array.dtype.kind in "SU":
         return "BYTES"
     dtype = np_to_triton_dtype(array.dtype)
@@ -55,8 +57,8 @@ def check_parameters(parameters: Mapping[str, Any] | None) -> None:
             )
 
 
-def infer_inputs(module: ModuleType, inputs: Mapping[str, np.ndarray]) -> list[Any]:
-    """``module`` is tritonclient.http or tritonclient.grpc."""
+def infer_inputs(module: ModuleType, inputs: Mapping[str, npt.NDArray[Any]]) -> list[Any]:
+    """Build the request tensors of ``module`` (tritonclient.http or tritonclient.grpc)."""
     tensors = []
     for name, value in inputs.items():
         array = np.asarray(value)
@@ -70,10 +72,12 @@ def infer_inputs(module: ModuleType, inputs: Mapping[str, np.ndarray]) -> list[A
 
 
 def requested_outputs(module: ModuleType, names: Sequence[str] | None) -> list[Any] | None:
+    """Build the requested outputs of ``module`` (None: every output)."""
     return [module.InferRequestedOutput(name) for name in names] if names else None
 
 
 def http_response(result: Any) -> InferResponse:
+    """Convert a tritonclient.http result to an InferResponse."""
     body = result.get_response()
     names = [output["name"] for output in body.get("outputs", [])]
     return InferResponse(
@@ -84,6 +88,7 @@ def http_response(result: Any) -> InferResponse:
 
 
 def grpc_response(result: Any) -> InferResponse:
+    """Convert a tritonclient.grpc result to an InferResponse."""
     proto = result.get_response()
     names = [output.name for output in proto.outputs]
     return InferResponse(
@@ -93,8 +98,8 @@ def grpc_response(result: Any) -> InferResponse:
     )
 
 
-def json_value(name: str, array: np.ndarray) -> Any:
-    """A tensor as the JSON value the generate endpoints take (a scalar for one element)."""
+def json_value(name: str, array: npt.NDArray[Any]) -> Any:
+    """Return a tensor as the JSON value the generate endpoints take (one element: a scalar)."""
     flat = np.asarray(array).reshape(-1)
     if flat.dtype == np.object_ or flat.dtype.kind == "S":
         values: list[Any] = [v.decode() if isinstance(v, bytes) else v for v in flat.tolist()]
@@ -105,7 +110,7 @@ def json_value(name: str, array: np.ndarray) -> Any:
 
 
 def from_json_event(event: Mapping[str, Any]) -> InferResponse:
-    """An SSE event of generate_stream: output fields next to model_name/model_version."""
+    """Decode an SSE event of generate_stream: output fields next to model_name/model_version."""
     outputs = {
         key: np.asarray(value if isinstance(value, list) else [value])
         for key, value in event.items()

@@ -35,6 +35,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class TrafficStatus:
+    """A public model's traffic policy, default version and live classifier versions."""
+
     model: str
     classifier: str
     weights: dict[str, float]
@@ -54,8 +56,10 @@ class TrafficStatus:
 
 
 def parse_weights(pairs: list[str]) -> dict[str, float]:
-    """``["1=90", "2=10"]`` -> ``{"1": 90.0, "2": 10.0}``; raises InvalidInputError on bad pairs
-    or when the shares do not sum to 100."""
+    """Parse ``["1=90", "2=10"]`` into ``{"1": 90.0, "2": 10.0}``.
+
+    Raises InvalidInputError on bad pairs or when the shares do not sum to 100.
+    """
     weights: dict[str, float] = {}
     for pair in pairs:
         version, sep, share = pair.partition("=")
@@ -113,7 +117,7 @@ class AsyncTrafficController:
         self._retry = retry
 
     async def show(self) -> TrafficStatus:
-        """The policy in force, its default version and the classifier's live versions."""
+        """Return the policy in force, its default version and the classifier's live versions."""
         config = await self._config()
         params: Mapping[str, Any] = config.get("parameters", {})
         policy = json.loads(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Protocol
 
-import numpy as np
+import numpy.typing as npt
 
 from mlapi_client.results import InferResponse
 from mlapi_client.settings import Endpoint
@@ -39,7 +39,7 @@ class Transport(Protocol):
     async def infer(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         version: str,
         outputs: Sequence[str] | None,
         parameters: Parameters | None,
@@ -50,7 +50,7 @@ class Transport(Protocol):
     def stream(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         version: str,
         parameters: Parameters | None,
         timeout_s: float | None,
@@ -59,7 +59,7 @@ class Transport(Protocol):
 
 
 def open_transport(endpoint: Endpoint, triton_key: str | None = None) -> Transport:
-    """A transport for ``endpoint`` sending ``triton_key``; call inside the loop that uses it."""
+    """Open a transport for ``endpoint`` sending ``triton_key``, inside the loop that uses it."""
     if endpoint.protocol == "grpc":
         from mlapi_client.transport_grpc import GrpcTransport
 

@@ -8,13 +8,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping, S
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
+import numpy.typing as npt
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from mlapi_client import access
-from mlapi_client.error_mapping import ChannelUnreachable, StreamFailure
+from mlapi_client.error_mapping import ChannelUnreachableError, StreamError
 from mlapi_client.results import InferResponse
 from mlapi_client.settings import Endpoint
 from mlapi_client.tensors import grpc_response, infer_inputs, requested_outputs
@@ -29,6 +29,8 @@ _STREAM_HEADERS: dict[str, str] = {}
 
 
 class GrpcTransport:
+    """The Transport over gRPC: tritonclient.grpc.aio, one channel per client."""
+
     def __init__(self, endpoint: Endpoint, triton_key: str | None = None) -> None:
         self._client = grpcaio.InferenceServerClient(endpoint.address, ssl=endpoint.ssl)
         self._client.register_plugin(access.KeyPlugin(triton_key, "grpc"))
@@ -42,11 +44,11 @@ class GrpcTransport:
         except InferenceServerException as exc:
             # UNAVAILABLE is both "server not there" and "model busy"; the channel tells which.
             if exc.status() == "StatusCode.UNAVAILABLE" and not self._connected():
-                raise ChannelUnreachable(exc.message()) from exc
+                raise ChannelUnreachableError(exc.message()) from exc
             raise
         except grpc.RpcError as exc:  # the stream iterator raises grpc's own errors
             if exc.code() == grpc.StatusCode.UNAVAILABLE and not self._connected():
-                raise ChannelUnreachable(exc.details()) from exc
+                raise ChannelUnreachableError(exc.details()) from exc
             raise
 
     def _connected(self) -> bool:
@@ -107,7 +109,7 @@ class GrpcTransport:
     async def infer(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         version: str,
         outputs: Sequence[str] | None,
         parameters: Parameters | None,
@@ -131,7 +133,7 @@ class GrpcTransport:
     async def stream(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         version: str,
         parameters: Parameters | None,
         timeout_s: float | None,
@@ -173,10 +175,10 @@ class GrpcTransport:
                     task = asyncio.current_task()
                     if task is None or getattr(task, "cancelling", lambda: 1)():
                         raise
-                    raise StreamFailure("the stream was cancelled before Triton answered") from exc
+                    raise StreamError("the stream was cancelled before Triton answered") from exc
                 answered = True
                 if error is not None:
-                    raise StreamFailure(error.message())
+                    raise StreamError(error.message())
                 proto = result.get_response()
                 finished = proto.parameters["triton_final_response"].bool_param
                 if proto.outputs:
@@ -191,7 +193,7 @@ _TEXT_FIELDS = frozenset({"name", "version", "type"})
 
 
 def _integers(message: Any, key: str = "") -> Any:
-    """A statistics message in the HTTP reply's shape: protobuf's JSON writes uint64 as text."""
+    """Give a statistics message the HTTP reply's integers (protobuf's JSON writes uint64 as text)."""
     if isinstance(message, dict):
         return {k: _integers(v, k) for k, v in message.items()}
     if isinstance(message, list):

@@ -17,12 +17,12 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import numpy as np
+import numpy.typing as npt
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 
 from mlapi_client import access
-from mlapi_client.error_mapping import HttpStatusFailure, StreamFailure
+from mlapi_client.error_mapping import HttpStatusError, StreamError
 from mlapi_client.http_pool import HttpPool, Reply
 from mlapi_client.results import InferResponse
 from mlapi_client.settings import Endpoint
@@ -39,6 +39,8 @@ _CODEC = httpclient.InferenceServerClient  # its request/response codecs are sta
 
 
 class HttpTransport:
+    """The Transport over HTTP: a connection pool for inference, aiohttp for streams."""
+
     def __init__(self, endpoint: Endpoint, triton_key: str | None = None) -> None:
         self._base = endpoint.url
         self._key_headers = access.http_headers(triton_key)
@@ -94,7 +96,7 @@ class HttpTransport:
     async def infer(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         version: str,
         outputs: Sequence[str] | None,
         parameters: Parameters | None,
@@ -127,7 +129,7 @@ class HttpTransport:
     async def stream(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[Any]],
         version: str,
         parameters: Parameters | None,
         timeout_s: float | None,
@@ -149,7 +151,7 @@ class HttpTransport:
             async for data in _sse_data(reply.content):
                 event = json.loads(data)
                 if "error" in event:  # errors after the first event arrive with status 200
-                    raise StreamFailure(event["error"])
+                    raise StreamError(event["error"])
                 yield from_json_event(event)
         finally:
             # Closing (not releasing) drops the connection, so an unfinished stream is not reused.
@@ -165,7 +167,7 @@ class HttpTransport:
 
 
 async def _sse_data(content: aiohttp.StreamReader) -> AsyncIterator[str]:
-    """The ``data:`` payload of each server-sent event."""
+    """Yield the ``data:`` payload of each server-sent event."""
     lines: list[str] = []
     async for raw in content:
         line = raw.decode("utf-8").rstrip("\r\n")
@@ -178,7 +180,7 @@ async def _sse_data(content: aiohttp.StreamReader) -> AsyncIterator[str]:
         yield "\n".join(lines)
 
 
-def _failure(reply: aiohttp.ClientResponse | Reply, payload: bytes) -> HttpStatusFailure:
+def _failure(reply: aiohttp.ClientResponse | Reply, payload: bytes) -> HttpStatusError:
     text = payload.decode("utf-8", "replace").strip()
     if text.startswith("data:"):  # generate_stream sends its first error as an SSE event
         text = text[5:].strip()
@@ -186,7 +188,7 @@ def _failure(reply: aiohttp.ClientResponse | Reply, payload: bytes) -> HttpStatu
         message = str(json.loads(text)["error"])
     except (ValueError, KeyError, TypeError):
         message = text or reply.reason or ""
-    return HttpStatusFailure(reply.status, message, retry_after_s(reply.headers.get("Retry-After")))
+    return HttpStatusError(reply.status, message, retry_after_s(reply.headers.get("Retry-After")))
 
 
 def retry_after_s(value: str | None, now_s: float | None = None) -> float | None:

@@ -22,6 +22,7 @@ SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Build the ``mlapi`` parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="mlapi", description="Call the project's models on a Triton server."
     )
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``mlapi`` command line; return its exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

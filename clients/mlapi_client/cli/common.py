@@ -27,7 +27,7 @@ _USER_ERRORS = (InvalidInputError, ModelNotFoundError, UnsupportedRequestError)
 
 
 def connection_options() -> argparse.ArgumentParser:
-    """A parent parser with --url, --protocol, --timeout-s and --json."""
+    """Build a parent parser with --url, --protocol, --timeout-s and --json."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("connection")
     group.add_argument(
@@ -45,6 +45,7 @@ def connection_options() -> argparse.ArgumentParser:
 
 
 def open_client(args: argparse.Namespace) -> Client:
+    """Open a Client from the connection options (else the environment's settings)."""
     if args.url:
         settings = ClientSettings(Endpoint.parse(args.url, args.protocol))
     else:
@@ -55,6 +56,7 @@ def open_client(args: argparse.Namespace) -> Client:
 
 
 def exit_code(error: MlapiError) -> int:
+    """Return the exit status that tells scripts what kind of failure ``error`` is."""
     if isinstance(error, ConnectionFailedError):
         return EXIT_CONNECTION_FAILED
     if isinstance(error, _USER_ERRORS):

@@ -16,7 +16,8 @@ from mlapi_client.cli.common import EXIT_OK, EXIT_USER_ERROR
 DEFAULT_KEYS_FILE = "build/gateway/keys.json"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``mlapi keys`` to the command line."""
     keys = subparsers.add_parser("keys", help="manage the gateway's API keys")
     actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     create = actions.add_parser("create", help="create a key and print it (shown only once)")
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
+    """Create a gateway API key, store its record and print the key once."""
     # The key format and file layout belong to the gateway; the CLI only drives them.
     from mlapi_gateway.keys import add_key, new_key
 

@@ -11,7 +11,8 @@ from mlapi_client.results import ModelContract, ModelEntry
 from mlapi_client.sync_client import Client
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``mlapi models`` to the command line."""
     models = subparsers.add_parser(
         "models",
         parents=[connection_options()],
@@ -23,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    """List the repository's models, or show one model's contract."""
     if args.name:
 
         def contract(client: Client) -> ModelContract:
@@ -37,6 +39,7 @@ def _entries_json(entries: list[ModelEntry]) -> list[dict[str, Any]]:
 
 
 def render_entries(entries: list[ModelEntry]) -> str:
+    """Render repository entries as an aligned text table."""
     rows = [("MODEL", "VERSION", "STATE", "REASON")]
     rows += [(e.name, e.version or "-", e.state or "-", e.reason or "") for e in entries]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
@@ -48,6 +51,7 @@ def render_entries(entries: list[ModelEntry]) -> str:
 
 
 def render_contract(contract: ModelContract) -> str:
+    """Render a model's contract (versions, batching, tensors) as text."""
     lines = [
         f"model: {contract.name}",
         f"versions: {', '.join(contract.versions) or '-'}",

@@ -9,7 +9,8 @@ from mlapi_client.cli.common import connection_options, run_command
 from mlapi_client.results import DigitsResult
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``mlapi predict`` to the command line."""
     predict = subparsers.add_parser("predict", help="run a public model on an input")
     models = predict.add_subparsers(dest="model", metavar="MODEL", required=True)
     digits = models.add_parser(
@@ -22,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_digits(args: argparse.Namespace) -> int:
+    """Classify one digit image and print the result."""
     return run_command(
         args,
         lambda client: client.digits(args.image, top_k=args.top_k, version=args.version),
@@ -31,6 +33,7 @@ def run_digits(args: argparse.Namespace) -> int:
 
 
 def render_digits(result: DigitsResult) -> str:
+    """Render a digits result (label, score, ranking, confidence flag) as text."""
     flag = "yes" if result.low_confidence else "no"
     lines = [
         f"prediction: {result.label} (score {result.score:.4f}, classifier version {result.model_version})",

@@ -12,7 +12,8 @@ from mlapi_client.errors import MlapiError
 from mlapi_client.traffic import TrafficController, TrafficStatus, parse_weights
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``mlapi traffic`` to the command line."""
     parser = subparsers.add_parser(
         "traffic", help="show or change how traffic is split between model versions"
     )
@@ -42,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Show or change a public model's traffic policy."""
     url = args.url or f"localhost:{os.environ.get('TRITON_HTTP_PORT', '8000')}"
     try:
         with TrafficController(url, args.model) as controller:

@@ -12,9 +12,9 @@ from mlapi_client import access
 from mlapi_client.error_mapping import (
     DEAD_STUB_RETRY_AFTER_S,
     CallContext,
-    ChannelUnreachable,
-    HttpStatusFailure,
-    StreamFailure,
+    ChannelUnreachableError,
+    HttpStatusError,
+    StreamError,
     not_found_or_unavailable,
     translate,
     translated,
@@ -73,7 +73,7 @@ def test_full_queue_is_overloaded(status: str, message: str) -> None:
 
 def test_backend_invalid_input_fields_are_parsed() -> None:
     message = "input 'top_k': expected an integer in 1..10, got 50"
-    error = translate(HttpStatusFailure(400, message), CTX)
+    error = translate(HttpStatusError(400, message), CTX)
     assert isinstance(error, InvalidInputError)
     assert (error.field, error.expected, error.got) == ("top_k", "an integer in 1..10", "50")
     assert not error.retryable
@@ -91,14 +91,14 @@ def test_core_dtype_message_is_parsed() -> None:
 
 
 def test_unparseable_invalid_input_keeps_the_message() -> None:
-    error = translate(HttpStatusFailure(400, "something odd"), CTX)
+    error = translate(HttpStatusError(400, "something odd"), CTX)
     assert isinstance(error, InvalidInputError)
     assert error.field is None
     assert "something odd" in str(error)
 
 
 def test_retry_after_travels_with_unavailable() -> None:
-    error = translate(HttpStatusFailure(503, "busy", retry_after_s=7.0), CTX)
+    error = translate(HttpStatusError(503, "busy", retry_after_s=7.0), CTX)
     assert isinstance(error, ModelUnavailableError)
     assert error.retry_after_s == 7.0
 
@@ -115,7 +115,7 @@ def test_timeouts_name_the_remedy() -> None:
 @pytest.mark.parametrize(
     "exc",
     [
-        ChannelUnreachable("failed to connect to all addresses"),
+        ChannelUnreachableError("failed to connect to all addresses"),
         ConnectionRefusedError(111, "refused"),
         aiohttp.ServerDisconnectedError(),
     ],
@@ -142,11 +142,11 @@ def test_mlapi_errors_pass_through() -> None:
 def test_translated_chains_the_cause() -> None:
     async def fail() -> None:
         async with translated(CTX):
-            raise HttpStatusFailure(404, "Request for unknown model: 'digits' is not found")
+            raise HttpStatusError(404, "Request for unknown model: 'digits' is not found")
 
     with pytest.raises(ModelNotFoundError) as info:
         asyncio.run(fail())
-    assert isinstance(info.value.__cause__, HttpStatusFailure)
+    assert isinstance(info.value.__cause__, HttpStatusError)
 
 
 def test_translated_lets_cancellation_through() -> None:
@@ -178,14 +178,12 @@ def test_model_or_version_absent_from_the_index_stays_not_found(model: str, vers
 
 
 def test_statusless_stream_errors_are_classified_by_tritons_message_forms() -> None:
-    unknown = translate(StreamFailure("Request for unknown model: 'x' is not found"), CTX)
+    unknown = translate(StreamError("Request for unknown model: 'x' is not found"), CTX)
     assert type(unknown) is ModelNotFoundError
-    invalid = translate(
-        StreamFailure("input 'count': expected INT32 [1], got no 'count' input"), CTX
-    )
+    invalid = translate(StreamError("input 'count': expected INT32 [1], got no 'count' input"), CTX)
     assert isinstance(invalid, InvalidInputError)
     assert invalid.field == "count"
-    assert type(translate(StreamFailure("model crashed"), CTX)) is ServerError
+    assert type(translate(StreamError("model crashed"), CTX)) is ServerError
 
 
 # Triton 2.51's messages, as a restricted server and a dead Python stub send them.
@@ -209,12 +207,12 @@ def test_a_dead_stub_is_a_retryable_unavailable_model(status: str) -> None:
 
 def test_a_dead_stub_named_inside_a_bls_models_message_is_unavailable_too() -> None:
     message = f"digits_classifier version 2 failed: {DEAD_STUB}"
-    assert type(translate(HttpStatusFailure(500, message), CTX)) is ModelCrashedError
-    assert type(translate(StreamFailure(DEAD_STUB), CTX)) is ModelCrashedError
+    assert type(translate(HttpStatusError(500, message), CTX)) is ModelCrashedError
+    assert type(translate(StreamError(DEAD_STUB), CTX)) is ModelCrashedError
 
 
 def test_other_internal_errors_stay_server_errors() -> None:
-    error = translate(HttpStatusFailure(500, "Stub process is healthy but the model raised"), CTX)
+    error = translate(HttpStatusError(500, "Stub process is healthy but the model raised"), CTX)
     assert type(error) is ServerError
     assert not error.retryable
 
@@ -222,10 +220,10 @@ def test_other_internal_errors_stay_server_errors() -> None:
 @pytest.mark.parametrize(
     ("exc", "status"),
     [
-        (HttpStatusFailure(403, HTTP_REFUSED), "403"),
+        (HttpStatusError(403, HTTP_REFUSED), "403"),
         (InferenceServerException(HTTP_REFUSED, status="403"), "403"),
         (InferenceServerException(GRPC_REFUSED, status="StatusCode.UNAVAILABLE"), "UNAVAILABLE"),
-        (StreamFailure(GRPC_REFUSED), None),
+        (StreamError(GRPC_REFUSED), None),
     ],
 )
 def test_a_restricted_api_refusal_names_the_key_and_is_not_retried(
@@ -260,16 +258,16 @@ def test_other_grpc_unavailable_stays_an_unavailable_model() -> None:
     ],
 )
 def test_tritons_own_request_checks_on_a_stream_are_invalid_input(message: str) -> None:
-    from mlapi_client.error_mapping import StreamFailure
+    from mlapi_client.error_mapping import StreamError
 
-    error = translate(StreamFailure(message), CallContext("stream", "text_generator"))
+    error = translate(StreamError(message), CallContext("stream", "text_generator"))
     assert isinstance(error, InvalidInputError), error
 
 
 def test_a_dead_stub_reported_as_a_400_by_generate_stream_is_a_crash_not_bad_input() -> None:
-    from mlapi_client.error_mapping import HttpStatusFailure
+    from mlapi_client.error_mapping import HttpStatusError
     from mlapi_client.errors import ModelCrashedError
 
-    failure = HttpStatusFailure(400, "Stub process 'text_generator_0_0' is not healthy.")
+    failure = HttpStatusError(400, "Stub process 'text_generator_0_0' is not healthy.")
     error = translate(failure, CallContext("stream", "text_generator"))
     assert isinstance(error, ModelCrashedError) and error.retryable
