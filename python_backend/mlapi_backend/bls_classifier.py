@@ -5,12 +5,19 @@ The model passes ``triton_python_backend_utils`` in, so this library module neve
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from mlapi_backend.digits_pipeline import CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, ClassifierError
+
+# A classifier whose Python stub died (the CPU stand-in runs in one): python_backend
+# (python_be.cc, r24.10) fails each call with INTERNAL "Stub process '<instance>' is not
+# healthy." while readiness still says ready, until the model is reloaded. The status is the
+# one any model failure gets, so this fixed message is the only signal.
+DEAD_STUB = re.compile(r"Stub process '[^']+' is not healthy")
 
 
 class BlsClassifier:
@@ -41,15 +48,24 @@ class BlsClassifier:
         ).exec()
         if response.has_error():
             error = response.error()
-            ready = self.pb.is_model_ready(self.classifier, str(version))
+            message = error.message()
+            crashed = DEAD_STUB.search(message) is not None
+            ready = crashed or self._ready(version)
             # A ready classifier answering UNAVAILABLE shed the call from its queue (full or
             # timed out): the caller's request is then unavailable too, not broken.
             raise ClassifierError(
-                f"{self.classifier} version {version} failed: {error.message()}",
+                f"{self.classifier} version {version} failed: {message}",
                 unavailable=not ready,
                 overloaded=ready and error.code() == self.pb.TritonError.UNAVAILABLE,
+                crashed=crashed,
             )
         return np.asarray(self.pb.get_output_tensor_by_name(response, CLASSIFIER_OUTPUT).as_numpy())
+
+    def _ready(self, version: int) -> bool:
+        try:
+            return bool(self.pb.is_model_ready(self.classifier, str(version)))
+        except self.pb.TritonModelException:  # "Server not ready": still starting or stopping
+            return False
 
     def live_versions(self, candidates: Iterable[int]) -> list[int]:
         try:

@@ -51,13 +51,21 @@ class ClassifierError(MlapiBackendError):
     """A classifier call failed.
 
     ``unavailable``: the version is not loaded (unknown, unloaded, failed to load);
-    ``overloaded``: the classifier is up but shed the call (full queue, queue timeout).
+    ``overloaded``: the classifier is up but shed the call (full queue, queue timeout);
+    ``crashed``: the version is loaded but its backend process died (until it is reloaded).
     """
 
-    def __init__(self, message: str, unavailable: bool = False, overloaded: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        unavailable: bool = False,
+        overloaded: bool = False,
+        crashed: bool = False,
+    ) -> None:
         super().__init__(message)
         self.unavailable = unavailable
         self.overloaded = overloaded
+        self.crashed = crashed
 
 
 class ClassifierBackend(Protocol):
@@ -289,7 +297,7 @@ class DigitsPipeline:
         except ClassifierError as exc:
             if exc.overloaded:
                 return [(index, UnavailableError(str(exc))) for index, _ in members]
-            if not exc.unavailable:
+            if not (exc.unavailable or exc.crashed):
                 return [(index, exc) for index, _ in members]
             return self._version_unavailable(version, members, backend, exc, tried | {version})
         except Exception as exc:  # never let one group's failure escape and fail the batch
@@ -329,7 +337,12 @@ class DigitsPipeline:
         outcomes: list[tuple[int, Outputs | Exception]] = []
         pinned = [(i, r) for i, r in members if r.route.reason == "pinned"]
         pinned_error: Exception
-        if version in s.configured_versions:
+        if error.crashed:
+            pinned_error = UnavailableError(
+                f"model_version {version}: {error} (its backend process died; it serves again "
+                "once reloaded)"
+            )
+        elif version in s.configured_versions:
             pinned_error = UnavailableError(
                 f"model_version {version}: {s.classifier_name} version {version} is configured "
                 f"but not ready (it failed to load, or is loading); live versions: {live}"
@@ -352,7 +365,10 @@ class DigitsPipeline:
             ]
             outcomes.extend(self._serve_group(alternatives[0], rerouted, backend, tried))
         else:
-            unavailable = UnavailableError(f"{error}; no live version to fall back to: {live}")
+            unavailable = UnavailableError(
+                f"{error}; no live version to fall back to (policy versions {sorted(by_weight)}, "
+                f"tried {sorted(tried)}, live {live})"
+            )
             outcomes.extend((i, unavailable) for i, _ in routed)
         return outcomes
 

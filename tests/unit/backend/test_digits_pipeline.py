@@ -394,6 +394,54 @@ def test_digits_batch_never_exceeds_classifier_batch():
     assert _config().max_batch_size <= classifier.max_batch_size
 
 
+class _DeadStub(FakeBackend):
+    """Versions in ``dead`` are loaded (ready) but their backend process died."""
+
+    def __init__(self, dead=(2,), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.dead = set(dead)
+
+    def classify(self, version, pixels):
+        if version in self.dead:
+            self.calls.append((version, pixels.shape))
+            raise ClassifierError(
+                f"digits_classifier version {version} failed: Stub process "
+                f"'digits_classifier_0_{version - 1}' is not healthy.",
+                crashed=True,
+            )
+        return super().classify(version, pixels)
+
+
+def test_a_crashed_classifier_version_is_unavailable_not_a_server_error(pipeline):
+    """Shipped policy (version 2 only): routed and pinned requests are 503, naming the cause."""
+    pinned = pipeline.parse(_image(), None, {"model_version": "2"})
+    routed, pinned_result, other = pipeline.run(
+        [
+            pipeline.parse(_image(), None),
+            pinned,
+            pipeline.parse(_image(), None, {"model_version": "1"}),
+        ],
+        _DeadStub(dead=(2,)),
+    )
+    assert isinstance(routed, UnavailableError) and "not healthy" in str(routed)
+    assert "no live version to fall back to" in str(routed)
+    assert isinstance(pinned_result, UnavailableError)
+    assert "backend process died" in str(pinned_result) and "not healthy" in str(pinned_result)
+    assert other["labels"][0, 0] == b"7"  # version 1 still serves
+
+
+def test_routed_requests_fall_back_from_a_crashed_version():
+    pipeline = _pipeline(traffic_policy='{"weights": {"1": 10, "2": 90}}')
+    backend = _DeadStub(dead=(2,))
+    parsed = [pipeline.parse(_image(), None, {"routing_key": f"user-{i}"}) for i in range(30)]
+    assert {p.route.version for p in parsed} == {1, 2}
+    metas = [json.loads(r["metadata"][0, 0]) for r in pipeline.run(parsed, backend)]
+    assert {m["classifier"]["version"] for m in metas} == {"1"}
+    assert "fallback" in {m["routing"] for m in metas}
+    everything_dead = pipeline.run(parsed[:3], _DeadStub(dead=(1, 2)))
+    assert all(isinstance(r, UnavailableError) for r in everything_dead)
+
+
 def test_a_bug_building_one_answer_fails_only_that_request(pipeline, monkeypatch):
     backend = FakeBackend()
     parsed = [pipeline.parse(_image(), top_k) for top_k in (None, np.array([[4]]), None)]
