@@ -93,7 +93,7 @@ def url(request: pytest.FixtureRequest, triton: TritonServer) -> str:
 
 def metric_value(server: TritonServer, name: str) -> float:
     """Sum of a Prometheus metric's samples on the server's metrics port (0 when absent)."""
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as reply:
+    with urllib.request.urlopen(server.metrics_url, timeout=30) as reply:
         text = reply.read().decode()
     return sum(
         float(line.rsplit(" ", 1)[1])

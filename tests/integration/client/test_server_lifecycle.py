@@ -24,6 +24,7 @@ from .conftest import PATIENT, Api, PrivateServers, url_of
 
 STYLES = [("http", "sync"), ("http", "async"), ("grpc", "sync"), ("grpc", "async")]
 DELAY_0 = {"delay_ms": np.array([[0]], np.int32)}
+CALLERS = 4  # the late-server test: async and sync, over HTTP and gRPC
 
 
 def test_unloaded_model_then_stopped_server(private_servers: PrivateServers) -> None:
@@ -67,7 +68,7 @@ def test_unloaded_model_then_stopped_server(private_servers: PrivateServers) -> 
 
 
 def wait_for_state(admin: httpclient.InferenceServerClient, model: str, state: str) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if any(
             m["name"] == model and m.get("state") == state
@@ -82,7 +83,25 @@ def test_retries_until_a_late_server_comes_up(
     private_servers: PrivateServers, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = private_servers.create()
-    starter = threading.Timer(2.0, private_servers.start, args=(server,))
+
+    def connection_failures() -> int:
+        """Callers whose first retry followed a refused connection (one "retry 1" each)."""
+        return sum(
+            1
+            for record in list(caplog.records)
+            if record.getMessage().startswith("retry 1 ")
+            and "ConnectionFailedError" in record.getMessage()
+        )
+
+    def start_once_every_caller_failed() -> None:
+        # The server comes up only after all four callers were refused (not after a fixed
+        # delay that a loaded machine could outlast before the calls even began).
+        deadline = time.monotonic() + 60
+        while connection_failures() < CALLERS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        private_servers.start(server)
+
+    starter = threading.Thread(target=start_once_every_caller_failed)
 
     def sync_call(protocol: str) -> list[list[int]]:
         with Client(url_of(server, protocol), retry=PATIENT) as client:
@@ -100,15 +119,13 @@ def test_retries_until_a_late_server_comes_up(
             asyncio.to_thread(sync_call, "grpc"),
         )
 
-    started = time.monotonic()
-    starter.start()
-    try:
-        with caplog.at_level(logging.INFO, logger="mlapi_client.retry"):
+    with caplog.at_level(logging.INFO, logger="mlapi_client.retry"):
+        starter.start()
+        try:
             results = asyncio.run(all_styles())
-    finally:
-        starter.cancel()
-        starter.join()
-    assert results == [[[0]]] * 4
-    assert time.monotonic() - started > 2.0  # the calls began before the server existed
+        finally:
+            starter.join()
+    assert results == [[[0]]] * CALLERS
+    assert connection_failures() == CALLERS  # every call began before the server existed
     retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retry ")]
     assert any("ConnectionFailedError" in message for message in retries), retries
