@@ -7,35 +7,37 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from fastapi import FastAPI
 
 from mlapi_gateway import routes
 from mlapi_gateway.access import AccessLogMiddleware
-from mlapi_gateway.inference import DIGITS
 from mlapi_gateway.jobs import routes as job_routes
 from mlapi_gateway.metrics import MetricsMiddleware
 from mlapi_gateway.problems import register_error_handlers
 from mlapi_gateway.ratelimit import RequestGuard
-from mlapi_gateway.schemas import (
-    DigitsAnswer,
-    DigitsPredict,
-    JobCreate,
-    TensorAnswer,
-    TensorPredict,
-)
+from mlapi_gateway.schemas import JobCreate, TensorAnswer, TensorPredict
 from mlapi_gateway.services import Services
 from mlapi_gateway.settings import GatewaySettings
 
-DOCUMENTED = (DigitsPredict, TensorPredict, DigitsAnswer, TensorAnswer, JobCreate)
+# The core's bodies; each exposed model's adapter documents its own (typed ones first).
+DOCUMENTED = (TensorPredict, TensorAnswer, JobCreate)
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
-    settings = settings or GatewaySettings()
+def create_app(
+    settings: GatewaySettings | None = None, services: Services | None = None
+) -> FastAPI:
+    """Build the ASGI app; ``services`` (e.g. over a fake client) replace those of ``settings``.
+
+    The app owns its services either way: its lifespan starts them and closes them.
+    """
+    settings = settings or (services.settings if services else GatewaySettings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        svc = Services.build(settings)
+        svc = services or Services.build(settings)
         app.state.services = svc
+        await svc.inference.discover(settings.ready_timeout_s)
         svc.runner.start()
         try:
             yield
@@ -61,9 +63,23 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
 
 def _openapi(app: FastAPI, settings: GatewaySettings) -> dict[str, Any]:
-    """FastAPI's schema plus the bodies the routes validate themselves, the Bearer scheme, and
-    the error answers every route can give (problem+json)."""
-    if app.openapi_schema:
+    """Return FastAPI's schema plus the bodies the routes validate themselves, the Bearer
+    scheme, and the error answers every route can give (problem+json).
+
+    The models' bodies carry the limits their adapters last read, so the document is rebuilt
+    when those change.
+    """
+    svc: Services | None = getattr(app.state, "services", None)
+    adapters = list(svc.inference.adapters.values()) if svc else []
+    documented: dict[str, dict[str, Any]] = {}
+    for adapter in sorted(adapters, key=lambda a: not a.typed):
+        documented.update(adapter.documented_schemas())
+    for model in DOCUMENTED:
+        documented[model.__name__] = model.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+    revision = orjson.dumps(documented, option=orjson.OPT_SORT_KEYS)
+    if app.openapi_schema and app.state.openapi_revision == revision:
         return app.openapi_schema
     from fastapi.openapi.utils import get_openapi
 
@@ -72,18 +88,19 @@ def _openapi(app: FastAPI, settings: GatewaySettings) -> dict[str, Any]:
     )
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    for model in DOCUMENTED:
-        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, body in copy.deepcopy(documented).items():
         schemas.update(body.pop("$defs", {}))
-        schemas[model.__name__] = body
+        schemas[name] = body
     schemas["Problem"] = PROBLEM_SCHEMA
     for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422, never sent here
         schemas.pop(name, None)
     components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     schema["security"] = [{"bearer": []}]
     paths = schema["paths"]
-    if DIGITS in settings.models:
-        _typed_paths(paths, DIGITS, "DigitsPredict", "DigitsAnswer")
+    for adapter in adapters:
+        if adapter.typed:
+            body_name, answer_name = adapter.body_schema.__name__, adapter.answer_schema.__name__
+            _typed_paths(paths, adapter.name, body_name, answer_name)
     for path, operations in paths.items():
         for operation in operations.values():
             _document_errors(path, operation)
@@ -95,6 +112,7 @@ def _openapi(app: FastAPI, settings: GatewaySettings) -> dict[str, Any]:
                     }
                     parameter["schema"] = {"type": "number", **bounds}
     app.openapi_schema = schema
+    app.state.openapi_revision = revision
     return schema
 
 

@@ -13,10 +13,9 @@ from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
 
 from mlapi_gateway import errors
-from mlapi_gateway.inference import parse_as, parse_body
 from mlapi_gateway.metrics import exposition
 from mlapi_gateway.request_id import request_id_of
-from mlapi_gateway.schemas import DigitsAnswer, ModelList, TensorAnswer, TensorPredict
+from mlapi_gateway.schemas import ModelList, TensorPredict, parse_as
 from mlapi_gateway.services import read_body, services
 from mlapi_gateway.streaming import END, next_within, relay
 
@@ -34,7 +33,7 @@ PREDICT_BODY = {
         {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}},
         TIMEOUT_PARAMETER,
     ],
-    # Tensors by name; typed adapters (digits) get paths of their own in the document.
+    # Tensors by name; models with a typed adapter get paths of their own in the document.
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TensorPredict"}}},
@@ -53,6 +52,10 @@ STREAM_BODY = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TensorPredict"}}},
     }
 }
+# The published description of the versioned route (its docstring would have to read so).
+VERSION_PREDICT_DESCRIPTION = (
+    "Like predict, pinned to ``version`` (digits: the classifier version)."
+)
 PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "the output tensors; X-Model-Version names the served version",
@@ -66,7 +69,6 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "Triton or the model is not ready (Retry-After)"},
     504: {"description": "deadline exceeded: smaller input or POST /v1/jobs"},
 }
-EXTRA_SCHEMAS = (DigitsAnswer, TensorAnswer)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -140,13 +142,11 @@ async def _predict(request: Request, version: str | None) -> Response:
     svc = services(request)
     model = request.path_params["model"]
     await svc.gate.admit(request, "predict")
-    svc.inference.check_exposed(model)
+    adapter = svc.inference.adapter(model)
     request.state.model = model  # a metrics label: only once the caller and the model are known
     deadline_s = svc.inference.deadline(_timeout_s(request))
-    body = parse_body(model, await read_body(request))
-    answer = await svc.inference.predict(
-        model, body, version, deadline_s, request_id_of(request.scope)
-    )
+    body = adapter.parse(await read_body(request))
+    answer = await adapter.predict(body, version, deadline_s, request_id_of(request.scope))
     served = str(answer["model_version"])
     request.state.model_version = served
     return json_response(answer, headers={"X-Model-Version": served})
@@ -158,7 +158,7 @@ async def predict(request: Request) -> Response:
 
 
 async def predict_version(request: Request) -> Response:
-    """Like predict, pinned to ``version`` (digits: the classifier version)."""
+    """Run ``model`` pinned to ``version`` (see VERSION_PREDICT_DESCRIPTION)."""
     return await _predict(request, request.path_params["version"])
 
 
@@ -198,15 +198,15 @@ async def stream(request: Request, model: str) -> StreamingResponse:
     """Relay a streaming model's responses as server-sent events as they are generated."""
     svc = services(request)
     caller = (await svc.gate.admit(request, "predict")).id
-    svc.inference.check_exposed(model)
+    adapter = svc.inference.adapter(model)
     request.state.model = model
     svc.streams.acquire(caller)
     try:
         body = parse_as(TensorPredict, await read_body(request))
         assert isinstance(body, TensorPredict)
         await svc.inference.contract(model)  # 404/503 before the stream starts
-        source = svc.inference.stream(
-            model, body, None, svc.settings.sse_max_duration_s, request_id_of(request.scope)
+        source = adapter.stream(
+            body, None, svc.settings.sse_max_duration_s, request_id_of(request.scope)
         )
         # Pull the first item eagerly so a refused request (400/404/503) is an HTTP error, not an event.
         try:
@@ -246,15 +246,21 @@ def add_routes(app: FastAPI) -> None:
     add("/readyz", readyz, methods=["GET"], tags=["operations"])
     add("/metrics", metrics, methods=["GET"], tags=["operations"])
     add("/v1/models", list_models, methods=["GET"], tags=["models"], response_model=ModelList)
-    for path, endpoint, extra in (
-        ("/v1/models/{model}/predict", predict, PREDICT_BODY),
-        ("/v1/models/{model}/versions/{version}/predict", predict_version, VERSION_PREDICT_BODY),
+    for path, endpoint, extra, description in (
+        ("/v1/models/{model}/predict", predict, PREDICT_BODY, None),
+        (
+            "/v1/models/{model}/versions/{version}/predict",
+            predict_version,
+            VERSION_PREDICT_BODY,
+            VERSION_PREDICT_DESCRIPTION,
+        ),
     ):
         add(
             path,
             endpoint,
             methods=["POST"],
             tags=["models"],
+            description=description,
             openapi_extra=extra,
             responses=PREDICT_RESPONSES,
             route_class_override=DirectRoute,

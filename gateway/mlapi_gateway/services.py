@@ -17,6 +17,7 @@ from mlapi_gateway.jobs.store import JobStore
 from mlapi_gateway.keys import KeyStore
 from mlapi_gateway.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter, StreamSlots
 from mlapi_gateway.settings import GatewaySettings
+from mlapi_gateway.upstream import TritonClient
 
 JobBackend = JobStore | RedisJobStore
 
@@ -34,7 +35,8 @@ class Services:
     streams: StreamSlots
 
     @classmethod
-    def build(cls, settings: GatewaySettings) -> Services:
+    def build(cls, settings: GatewaySettings, client: TritonClient | None = None) -> Services:
+        """Build the services of ``settings``; ``client`` replaces the Triton clients (tests)."""
         if settings.auth_mode == "open":
             log.warning(
                 "\n%s\nAUTHENTICATION IS OFF (MLAPI_GATEWAY_AUTH_MODE=open): every caller gets every "
@@ -48,7 +50,7 @@ class Services:
             limiter = RedisRateLimiter(settings.redis_url, settings.plans)
         else:
             limiter = MemoryRateLimiter(settings.plans)
-        inference = Inference(settings)
+        inference = Inference(settings, client)
         jobs: JobBackend
         if settings.jobs_store == "redis":
             assert settings.redis_url is not None

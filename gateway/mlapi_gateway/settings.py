@@ -68,10 +68,11 @@ class GatewaySettings(BaseSettings):
     # never shed.
     max_in_flight: int = Field(default=128, ge=1)
     max_streams_per_key: int = Field(default=8, ge=1)
-    # digits images: sides and pixels are checked from the header before anything is decoded
-    # (the digits model's own limits: 8..1024 per side); decoding runs in this many threads.
-    image_max_side_px: int = Field(default=1024, ge=8)
-    image_max_pixels: int = Field(default=1024 * 1024, ge=64)
+    # Images (digits): sides and pixels are checked from the header before anything is
+    # decoded, against the model's own limits (read from its config). These may only lower
+    # them (unset: the model's); decoding runs in image_decode_threads threads.
+    image_max_side_px: int | None = Field(default=None, ge=8)
+    image_max_pixels: int | None = Field(default=None, ge=64)
     image_decode_threads: int = Field(default=2, ge=1)
     # Readiness (/readyz): how long Triton and Redis each get to answer.
     ready_timeout_s: float = Field(default=2.0, gt=0)

@@ -14,10 +14,9 @@ from fastapi.responses import Response
 
 from mlapi_gateway import errors
 from mlapi_gateway.auth import Principal
-from mlapi_gateway.inference import parse_as, parse_body, tensors_for
 from mlapi_gateway.jobs.store import Job, StoreUnavailable
 from mlapi_gateway.routes import json_response
-from mlapi_gateway.schemas import JobCreate, JobView, TensorPredict
+from mlapi_gateway.schemas import JobCreate, JobView, parse_as
 from mlapi_gateway.services import Services, read_body, services
 from mlapi_gateway.webhooks import FIELD, check_target
 
@@ -69,7 +68,7 @@ async def create_job(request: Request) -> Response:
     job = parse_as(JobCreate, await read_body(request, svc.settings.max_body_bytes))
     assert isinstance(job, JobCreate)
     request.state.model = job.model
-    svc.inference.check_exposed(job.model)
+    adapter = svc.inference.adapter(job.model)
     if len(job.inputs) > svc.settings.jobs_max_inputs:
         raise errors.RequestInvalid(
             "too many inputs",
@@ -86,9 +85,7 @@ async def create_job(request: Request) -> Response:
     problems: list[errors.FieldError] = []
     for index, item in enumerate(job.inputs):
         try:
-            body = parse_body(job.model, item)
-            if isinstance(body, TensorPredict):  # check the tensors against the model now
-                tensors_for(await svc.inference.contract(job.model, job.version), body.inputs)
+            await adapter.check(adapter.parse(item), job.version)  # what the model would refuse
         except errors.RequestInvalid as exc:
             problems += [
                 errors.FieldError(

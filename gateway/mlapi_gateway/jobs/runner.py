@@ -20,24 +20,23 @@ from typing import Any
 import orjson
 
 from mlapi_gateway import errors, webhooks
-from mlapi_gateway.inference import Inference, parse_body
+from mlapi_gateway.inference import Inference
 from mlapi_gateway.jobs.redis_store import RedisJobStore
 from mlapi_gateway.jobs.store import Job, JobStore, StoreUnavailable
 from mlapi_gateway.metrics import JOBS, WEBHOOKS
-from mlapi_gateway.problems import log_server_error, render
+from mlapi_gateway.problems import log_server_error, problem_body
 from mlapi_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 STORE_BACKOFF_MAX_S = 5.0
 
 
-def problem_dict(error: errors.GatewayError) -> dict[str, Any]:
-    """The problem document of ``error``, exactly as an HTTP answer would carry it."""
-    return orjson.loads(render(error).body)  # type: ignore[no-any-return]
+def result_of(error: errors.GatewayError, request_id: str | None = None) -> dict[str, Any]:
+    """Return an input's failed result: its status and the problem an HTTP answer would carry.
 
-
-def result_of(error: errors.GatewayError) -> dict[str, Any]:
-    problem = problem_dict(error)
+    ``request_id`` (``<job id>.<input index>``) is the id Triton saw for that input.
+    """
+    problem = problem_body(error, None, request_id)
     return {"status": problem["status"], "problem": problem}
 
 
@@ -151,7 +150,9 @@ class JobRunner:
             "the gateway stopped); its remaining inputs were not run",
             self.settings.retry_after_s,
         )
-        results = list(job.results) + [result_of(error)] * (job.total - len(job.results))
+        results = list(job.results) + [
+            result_of(error, f"{job.id}.{index}") for index in range(len(job.results), job.total)
+        ]
         if await self.store.finish(job, "failed", results):
             JOBS.labels("failed").inc()
             log.warning("job %s failed after %d attempts", job.id, attempts)
@@ -169,7 +170,7 @@ class JobRunner:
             if lost.is_set():
                 raise _Stop(requeue=False)
             try:
-                body = parse_body(job.model, raw)
+                body = self.inference.parse(job.model, raw)
                 prediction = await self.inference.predict(
                     job.model, body, job.version, timeout_s, request_id
                 )
@@ -190,7 +191,7 @@ class JobRunner:
                 delay = min(delay * 2, settings.jobs_retry_backoff_max_s)
             except errors.GatewayError as exc:
                 log_server_error(exc, request_id, f"job {job.id} ({job.model})")
-                return result_of(exc)
+                return result_of(exc, request_id)
 
     async def _renew(self, job: Job, lost: asyncio.Event) -> None:
         """Keep the lease while the job runs; set ``lost`` once another owns it or it ended."""

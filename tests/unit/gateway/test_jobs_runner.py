@@ -28,6 +28,9 @@ class ScriptedInference:
         self.calls = 0
         self.request_ids: list[str] = []
 
+    def parse(self, model: str, raw: dict[str, Any]) -> dict[str, Any]:
+        return raw
+
     async def predict(self, *args: Any) -> dict[str, Any]:
         self.calls += 1
         self.request_ids.append(args[-1])
@@ -110,7 +113,8 @@ def test_client_errors_and_model_failures_are_not_retried(tmp_path: Path) -> Non
     runner = runner_for(tmp_path, inference)
 
     async def run() -> None:
-        job = await runner.store.get(await run_one(runner, inputs=2))
+        job_id = await run_one(runner, inputs=2)
+        job = await runner.store.get(job_id)
         assert job is not None and job.status == "failed" and job.finish_count == 1
         first, second = job.results
         assert first["status"] == 400 and second["status"] == 502
@@ -119,9 +123,11 @@ def test_client_errors_and_model_failures_are_not_retried(tmp_path: Path) -> Non
             "title": "Invalid request",
             "status": 400,
             "detail": "model 'slow' refused the input",
+            "request_id": f"{job_id}.0",  # as an HTTP answer names its request
             "errors": [{"field": "body.inputs.delay_ms", "message": "too big"}],
         }
         assert second["problem"]["type"] == TYPE_BASE + "model-error"
+        assert second["problem"]["request_id"] == f"{job_id}.1"
         assert {"type", "title", "status", "detail"} <= second["problem"].keys()
         await runner.stop()
         await runner.store.close()
@@ -149,6 +155,7 @@ def test_a_job_claimed_too_often_fails_with_503_problems(tmp_path: Path) -> None
         problem = done.results[0]["problem"]
         assert problem["type"] == TYPE_BASE + "unavailable"
         assert "started 2 times" in problem["detail"]
+        assert [r["problem"]["request_id"] for r in done.results] == [f"{job.id}.0", f"{job.id}.1"]
         await runner.stop()
         await store.close()
 
