@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mlapi_backend.digits_pipeline import CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, ClassifierError
 
@@ -39,7 +40,7 @@ class BlsClassifier:
         )
         self._metrics: dict[tuple[Any, ...], Any] = {}
 
-    def classify(self, version: int, pixels: np.ndarray) -> np.ndarray:
+    def classify(self, version: int, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
         response = self.pb.InferenceRequest(
             model_name=self.classifier,
             model_version=version,

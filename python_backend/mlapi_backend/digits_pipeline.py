@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mlapi_backend import traffic_policy
 from mlapi_backend.errors import (
@@ -44,7 +45,9 @@ CLASSIFIER_INPUT = "pixels"
 CLASSIFIER_OUTPUT = "probabilities"
 DEFAULT_POLICY = '{"weights": {"1": 100}}'
 
-Outputs = dict[str, np.ndarray]
+Outputs = dict[str, NDArray[Any]]
+Pixels = NDArray[np.float32]  # [images, 64]
+Probabilities = NDArray[np.float32]  # [images, classes]
 
 
 class ClassifierError(MlapiBackendError):
@@ -71,7 +74,7 @@ class ClassifierError(MlapiBackendError):
 class ClassifierBackend(Protocol):
     """What the pipeline needs from the server (model.py implements it with BLS and metrics)."""
 
-    def classify(self, version: int, pixels: np.ndarray) -> np.ndarray: ...
+    def classify(self, version: int, pixels: Pixels) -> Probabilities: ...
 
     def live_versions(self, candidates: Iterable[int]) -> list[int]: ...
 
@@ -84,6 +87,8 @@ class ClassifierBackend(Protocol):
 
 @dataclass(frozen=True)
 class DigitsSettings:
+    """What ``digits`` reads from its config and the classifier's, checked at load."""
+
     model_name: str
     classifier_name: str
     classifier_dir: Path
@@ -169,7 +174,7 @@ def _repository_policy(path: Path, model: str) -> TrafficPolicy | None:
 
 
 def _repository_versions(classifier_dir: Path) -> frozenset[int]:
-    """The versions the classifier's config.pbtxt asks Triton to serve, if the file is there."""
+    """Read the versions the classifier's config.pbtxt asks Triton to serve, if it is there."""
     path = classifier_dir / "config.pbtxt"
     if not path.is_file():
         return frozenset()
@@ -203,19 +208,21 @@ class ParsedRequest:
     route: Route
 
     @property
-    def pixels(self) -> np.ndarray:
+    def pixels(self) -> Pixels:
         return np.stack([d.pixels for d in self.digits])
 
 
 class DigitsPipeline:
+    """Parse, route and classify ``digits`` requests; build their responses."""
+
     def __init__(self, settings: DigitsSettings, rng: random.Random | None = None) -> None:
         self.settings = settings
         self.rng = rng or random.Random()
 
     def parse(
         self,
-        image: np.ndarray | None,
-        top_k: np.ndarray | None,
+        image: NDArray[np.uint8] | None,
+        top_k: NDArray[Any] | None,
         parameters: Mapping[str, Any] | None = None,
     ) -> ParsedRequest:
         """Validate one request's tensors (batch axis first) and parameters; preprocess; route."""
@@ -327,8 +334,11 @@ class DigitsPipeline:
         error: ClassifierError,
         tried: frozenset[int],
     ) -> list[tuple[int, Outputs | Exception]]:
-        """Pinned requests get a 503 naming a configured version that is not ready, else a 400
-        naming the live versions; routed ones fall back to a live version, else 503."""
+        """Answer the requests of a version that cannot serve: fall back, 503 or 400.
+
+        Pinned requests get a 503 naming a configured (or crashed) version, else a 400 naming
+        the live versions; routed ones fall back to a live version, else 503.
+        """
         s = self.settings
         try:
             live = sorted(backend.live_versions(s.candidate_versions()))
@@ -373,7 +383,7 @@ class DigitsPipeline:
         return outcomes
 
     def _shadow(
-        self, version: int, pixels: np.ndarray, served: np.ndarray, backend: ClassifierBackend
+        self, version: int, pixels: Pixels, served: Probabilities, backend: ClassifierBackend
     ) -> None:
         """Send a copy to the shadow version, compare top-1 labels, discard its answers."""
         shadow = self.settings.policy.shadow
@@ -387,7 +397,7 @@ class DigitsPipeline:
         agreed = int((shadowed.argmax(axis=1) == served.argmax(axis=1)).sum())
         backend.record_shadow(version, shadow, agreed, len(pixels) - agreed, 0)
 
-    def respond(self, request: ParsedRequest, probabilities: np.ndarray) -> Outputs:
+    def respond(self, request: ParsedRequest, probabilities: Probabilities) -> Outputs:
         """Ranked labels/scores, low-confidence flag and metadata for each image of a request."""
         s = self.settings
         labels, scores, flags, metadata = [], [], [], []

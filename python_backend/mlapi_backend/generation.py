@@ -9,15 +9,17 @@ session.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mlapi_backend import tokenizer
 from mlapi_backend.errors import MlapiBackendError, ModelConfigError, UnavailableError
+from mlapi_backend.generation_batching import Logits, States, StreamStep, Tokens
 from mlapi_backend.generation_request import INPUTS, OUTPUTS, GenerationLimits, GenerationRequest
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.sampling import Sampler, StopMatcher
@@ -29,10 +31,12 @@ LOGITS_OUTPUT = "logits"
 STATE_OUTPUT = "new_state"
 
 # (token [1, 1] int64, state [1, layers, hidden] fp32) -> (logits [vocab], new state)
-DecodeStep = Callable[[np.ndarray, np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]]
+DecodeStep = StreamStep
 
 
 class FinishReason(str, enum.Enum):
+    """Why a stream ended (the ``finish_reason`` output of its last response)."""
+
     LENGTH = "length"
     STOP = "stop"
     CANCELLED = "cancelled"
@@ -106,9 +110,11 @@ class Chunk:
     def is_last(self) -> bool:
         return self.finish_reason is not None
 
-    def outputs(self) -> dict[str, np.ndarray]:
-        """The response tensors: text_output, plus the finish reason and counts when last."""
-        tensors = {"text_output": np.array([self.text.encode()], dtype=np.object_)}
+    def outputs(self) -> dict[str, NDArray[Any]]:
+        """Return the response tensors: text_output, plus the finish reason and counts when last."""
+        tensors: dict[str, NDArray[Any]] = {
+            "text_output": np.array([self.text.encode()], dtype=np.object_)
+        }
         if self.finish_reason is not None:
             tensors["finish_reason"] = np.array(
                 [self.finish_reason.value.encode()], dtype=np.object_
@@ -156,7 +162,7 @@ async def generate(
         logits, state = await step(_token(token), state)
 
 
-def _token(token: int) -> np.ndarray:
+def _token(token: int) -> Tokens:
     return np.array([[token]], dtype=np.int64)
 
 
@@ -166,7 +172,7 @@ async def responses(
     state_shape: tuple[int, int],
     is_cancelled: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[Chunk]:
-    """What to send for ``request``: every chunk when streaming, else one chunk with all the text."""
+    """Yield what to send: every chunk when streaming, else one chunk with all the text."""
     chunks = generate(request, step, state_shape, is_cancelled)
     if request.stream:
         async for chunk in chunks:
@@ -177,7 +183,7 @@ async def responses(
 
 
 async def collect(chunks: AsyncIterator[Chunk]) -> tuple[str, Chunk]:
-    """The whole text of a stream and its last chunk (for non-streaming callers and tests)."""
+    """Return the whole text of a stream and its last chunk (non-streaming callers, tests)."""
     pieces = []
     last = Chunk("")
     async for chunk in chunks:
@@ -201,13 +207,13 @@ class LocalDecoder:
         dims = self.session.get_inputs()[1].shape
         self.state_shape: tuple[int, int] = (int(dims[1]), int(dims[2]))
 
-    def run(self, tokens: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, tokens: Tokens, states: States) -> tuple[Logits, States]:
         """One batched step: tokens [batch, 1], states [batch, layers, hidden]."""
         outputs: list[Any] = self.session.run(
             [LOGITS_OUTPUT, STATE_OUTPUT], {TOKEN_INPUT: tokens, STATE_INPUT: states}
         )
         return outputs[0], outputs[1]
 
-    async def step(self, token: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    async def step(self, token: Tokens, state: States) -> tuple[Logits, States]:
         logits, new_state = self.run(token, state)
         return logits[0], new_state

@@ -14,9 +14,17 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import numpy as np
+from numpy.typing import NDArray
+
+Tokens = NDArray[np.int64]
+States = NDArray[np.float32]
+Logits = NDArray[np.float32]
 
 # (tokens [k, 1] int64, states [k, layers, hidden] fp32) -> (logits [k, vocab], new states)
-BatchStep = Callable[[np.ndarray, np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]]
+BatchStep = Callable[[Tokens, States], Awaitable[tuple[Logits, States]]]
+# (token [1, 1], state [1, layers, hidden]) -> (logits [vocab], new state [1, layers, hidden])
+StreamStep = Callable[[Tokens, States], Awaitable[tuple[Logits, States]]]
+_Pending = tuple[Tokens, States, asyncio.Future[tuple[Logits, States]]]
 
 
 class StepCoalescer:
@@ -27,18 +35,16 @@ class StepCoalescer:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.run_batch = run_batch
         self.max_batch = max_batch
-        self._pending: list[
-            tuple[np.ndarray, np.ndarray, asyncio.Future[tuple[np.ndarray, np.ndarray]]]
-        ] = []
+        self._pending: list[_Pending] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.steps = 0
 
-    async def step(self, token: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    async def step(self, token: Tokens, state: States) -> tuple[Logits, States]:
         """One stream's step: token [1, 1], state [1, layers, hidden] -> (logits [vocab], state)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[np.ndarray, np.ndarray]] = loop.create_future()
+        future: asyncio.Future[tuple[Logits, States]] = loop.create_future()
         self._pending.append((token, state, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -55,10 +61,7 @@ class StepCoalescer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(
-        self,
-        group: list[tuple[np.ndarray, np.ndarray, asyncio.Future[tuple[np.ndarray, np.ndarray]]]],
-    ) -> None:
+    async def _run(self, group: list[_Pending]) -> None:
         live = [item for item in group if not item[2].cancelled()]
         if not live:
             return
@@ -78,14 +81,12 @@ class StepCoalescer:
                 future.set_result((logits[index], new_states[index : index + 1]))
 
 
-def stream_step(
-    run_batch: BatchStep, coalesce: bool, max_batch: int
-) -> Callable[[np.ndarray, np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]]:
-    """The per-stream decode step over ``run_batch``: coalesced, or one call per stream step."""
+def stream_step(run_batch: BatchStep, coalesce: bool, max_batch: int) -> StreamStep:
+    """Return the per-stream decode step over ``run_batch``: coalesced, or one call per step."""
     if coalesce:
         return StepCoalescer(run_batch, max_batch).step
 
-    async def single(token: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    async def single(token: Tokens, state: States) -> tuple[Logits, States]:
         logits, new_state = await run_batch(token, state)
         return logits[0], new_state
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mlapi_backend import tokenizer
 from mlapi_backend.errors import InvalidInputError
@@ -67,8 +69,10 @@ class GenerationLimits:
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """One checked ``text_generator`` request."""
+
     prompt: str
-    prompt_ids: np.ndarray
+    prompt_ids: NDArray[np.int64]
     max_tokens: int
     temperature: float
     top_p: float
@@ -79,7 +83,7 @@ class GenerationRequest:
 
 
 def parse_request(
-    tensors: Mapping[str, np.ndarray | None], limits: GenerationLimits
+    tensors: Mapping[str, NDArray[Any] | None], limits: GenerationLimits
 ) -> GenerationRequest:
     """Check every field of one request; raise InvalidInputError on the first bad one."""
     prompt = _text(tensors.get("text_input"), "text_input")
@@ -120,7 +124,7 @@ def parse_request(
     )
 
 
-def _scalar(array: np.ndarray, field: str) -> object:
+def _scalar(array: NDArray[Any], field: str) -> Any:
     if array.size != 1:
         raise InvalidInputError(
             field, "exactly one value", f"{array.size} values (shape {list(array.shape)})"
@@ -139,7 +143,7 @@ def _decode(value: object, field: str) -> str:
     raise InvalidInputError(field, "a string (BYTES)", type(value).__name__)
 
 
-def _text(array: np.ndarray | None, field: str) -> str:
+def _text(array: NDArray[Any] | None, field: str) -> str:
     if array is None:
         raise InvalidInputError(field, "a string", "nothing")
     if array.dtype != np.object_:
@@ -147,26 +151,26 @@ def _text(array: np.ndarray | None, field: str) -> str:
     return _decode(_scalar(array, field), field)
 
 
-def _integer(array: np.ndarray | None, field: str, default: int) -> int:
+def _integer(array: NDArray[Any] | None, field: str, default: int) -> int:
     if array is None:
         return default
     if array.dtype.kind not in "iu":
         raise InvalidInputError(field, "an integer", str(array.dtype))
-    return int(_scalar(array, field))  # type: ignore[call-overload]
+    return int(_scalar(array, field))
 
 
-def _real(array: np.ndarray | None, field: str, default: float) -> float:
+def _real(array: NDArray[Any] | None, field: str, default: float) -> float:
     if array is None:
         return default
     if array.dtype.kind not in "fiu":
         raise InvalidInputError(field, "a number", str(array.dtype))
-    value = float(_scalar(array, field))  # type: ignore[arg-type]
+    value = float(_scalar(array, field))
     if not math.isfinite(value):
         raise InvalidInputError(field, "a finite number", str(value))
     return value
 
 
-def _flag(array: np.ndarray | None, field: str, default: bool) -> bool:
+def _flag(array: NDArray[Any] | None, field: str, default: bool) -> bool:
     if array is None:
         return default
     if array.dtype != np.bool_:
@@ -174,7 +178,7 @@ def _flag(array: np.ndarray | None, field: str, default: bool) -> bool:
     return bool(_scalar(array, field))
 
 
-def _stops(array: np.ndarray | None, limits: GenerationLimits) -> tuple[str, ...]:
+def _stops(array: NDArray[Any] | None, limits: GenerationLimits) -> tuple[str, ...]:
     if array is None:
         return ()
     if array.dtype != np.object_:

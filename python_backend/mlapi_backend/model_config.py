@@ -67,6 +67,8 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """A model's config (Triton's JSON form) with typed access to what the code uses."""
+
     name: str
     max_batch_size: int
     inputs: tuple[TensorSpec, ...]
@@ -139,7 +141,7 @@ class ModelConfig:
 
 
 def read_pbtxt(path: Path) -> dict[str, Any]:
-    """A config.pbtxt as the JSON form Triton uses (for the load API and for ModelConfig)."""
+    """Read a config.pbtxt as the JSON form Triton uses (for the load API and ModelConfig)."""
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
 

@@ -21,9 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mlapi_backend.errors import InvalidInputError, ModelConfigError
 from mlapi_backend.model_config import ModelConfig, TensorSpec
+
+Tensors = Mapping[str, NDArray[Any]]
+Outputs = dict[str, NDArray[Any]]
 
 ORT_TO_TRITON = {
     "tensor(bool)": "TYPE_BOOL",
@@ -103,6 +107,7 @@ def check_supported(config: ModelConfig, instance_kind: str) -> None:
 
 
 def session_options(config: ModelConfig) -> Any:
+    """Build ONNX Runtime session options with the config's thread counts (0: runtime default)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -184,7 +189,7 @@ class OnnxModel:
     def output_names(self) -> list[str]:
         return [spec.name for spec in self.config.outputs]
 
-    def check_request(self, inputs: Mapping[str, np.ndarray]) -> None:
+    def check_request(self, inputs: Tensors) -> None:
         """Reject a request whose tensors do not fit the config (Triton core checks most of this)."""
         for spec in self.config.inputs:
             array = inputs.get(spec.name)
@@ -193,15 +198,13 @@ class OnnxModel:
             if array.dtype != spec.numpy_dtype:
                 raise InvalidInputError(spec.name, spec.data_type, str(array.dtype))
 
-    def run(
-        self, requests: Sequence[Mapping[str, np.ndarray]]
-    ) -> list[dict[str, np.ndarray] | Exception]:
+    def run(self, requests: Sequence[Tensors]) -> list[Outputs | Exception]:
         """Run every request; batched requests with equal non-batch shapes share one session run.
 
         Returns, per request, its outputs or the exception that failed it (so one bad request
         never fails its batch-mates).
         """
-        results: list[dict[str, np.ndarray] | Exception] = [RuntimeError("not run")] * len(requests)
+        results: list[Outputs | Exception] = [RuntimeError("not run")] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = {}
         for index, inputs in enumerate(requests):
             try:
@@ -220,9 +223,7 @@ class OnnxModel:
                 results[index] = outputs
         return results
 
-    def _run_group(
-        self, requests: Sequence[Mapping[str, np.ndarray]]
-    ) -> list[dict[str, np.ndarray] | Exception]:
+    def _run_group(self, requests: Sequence[Tensors]) -> list[Outputs | Exception]:
         feed = {
             spec.name: np.concatenate([r[spec.name] for r in requests])
             if len(requests) > 1

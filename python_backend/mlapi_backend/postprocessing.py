@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 DEFAULT_LOW_CONFIDENCE_THRESHOLD = 0.5
 
@@ -13,13 +15,13 @@ DEFAULT_LOW_CONFIDENCE_THRESHOLD = 0.5
 class Ranked:
     """Top-k of one probability row, best first."""
 
-    indices: np.ndarray  # int64 (k,)
-    scores: np.ndarray  # float32 (k,)
+    indices: NDArray[np.intp]  # (k,)
+    scores: NDArray[np.float32]  # (k,)
     top1_margin: float  # top score minus the runner-up's (over all classes, not only the top k)
     rest_probability: float  # 1 - sum(probabilities): the mass the model gives to "not a digit"
 
 
-def rank(probabilities: np.ndarray, k: int) -> Ranked:
+def rank(probabilities: NDArray[Any], k: int) -> Ranked:
     """Rank one row of class probabilities; ties keep the lower class index first."""
     row = np.asarray(probabilities, dtype=np.float32).reshape(-1)
     if not 1 <= k <= row.size:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mlapi_backend.errors import InvalidInputError
 
@@ -40,7 +41,7 @@ RANGE_PERCENTILE = 1.0
 class PreprocessedDigit:
     """The classifier input for one image plus a record of what was done to produce it."""
 
-    pixels: np.ndarray  # float32, shape (64,), range 0..16
+    pixels: NDArray[np.float32]  # shape (64,), range 0..16
     original_size: tuple[int, int]
     inverted: bool
     background_level: float
@@ -60,7 +61,7 @@ class PreprocessedDigit:
         }
 
 
-def validate_image(image: np.ndarray, field: str = "image") -> None:
+def validate_image(image: NDArray[Any], field: str = "image") -> None:
     """Raise InvalidInputError unless ``image`` is a 2-D uint8 array with sides in 8..1024."""
     if image.dtype != np.uint8:
         raise InvalidInputError(field, "UINT8 pixels", f"{image.dtype}")
@@ -77,7 +78,7 @@ def validate_image(image: np.ndarray, field: str = "image") -> None:
         )
 
 
-def area_weights(size_in: int, size_out: int) -> np.ndarray:
+def area_weights(size_in: int, size_out: int) -> NDArray[np.float64]:
     """Matrix W (size_out x size_in) such that W @ v is the exact area average of v.
 
     Output cell i covers the input interval [i*s, (i+1)*s) with s = size_in / size_out; each input
@@ -87,23 +88,26 @@ def area_weights(size_in: int, size_out: int) -> np.ndarray:
     starts = np.arange(size_out)[:, None] * scale
     ends = starts + scale
     pixel_lo = np.arange(size_in)[None, :]
-    overlap = np.clip(np.minimum(ends, pixel_lo + 1) - np.maximum(starts, pixel_lo), 0.0, None)
+    overlap: NDArray[np.float64] = np.clip(
+        np.minimum(ends, pixel_lo + 1) - np.maximum(starts, pixel_lo), 0.0, None
+    )
     return overlap / scale
 
 
-def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def area_resize(image: NDArray[Any], height: int, width: int) -> NDArray[np.float64]:
     """Area-average ``image`` (2-D) to ``height`` x ``width`` (float64); works for up- or downscale."""
     rows = area_weights(image.shape[0], height)
     cols = area_weights(image.shape[1], width)
-    return rows @ image.astype(np.float64) @ cols.T
+    resized: NDArray[np.float64] = rows @ image.astype(np.float64) @ cols.T
+    return resized
 
 
-def border_pixels(image: np.ndarray) -> np.ndarray:
-    """The one-pixel frame of a 2-D image, as a flat array."""
+def border_pixels(image: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Return the one-pixel frame of a 2-D image, as a flat array."""
     return np.concatenate([image[0, :], image[-1, :], image[1:-1, 0], image[1:-1, -1]])
 
 
-def preprocess_digit(image: np.ndarray) -> PreprocessedDigit:
+def preprocess_digit(image: NDArray[np.uint8]) -> PreprocessedDigit:
     """Turn one validated grayscale image into the classifier's (64,) float32 input."""
     validate_image(image)
     grey = image.astype(np.float32)
@@ -133,11 +137,12 @@ def preprocess_digit(image: np.ndarray) -> PreprocessedDigit:
     )
 
 
-def digits_to_images(pixels: np.ndarray) -> np.ndarray:
+def digits_to_images(pixels: NDArray[Any]) -> NDArray[np.uint8]:
     """scikit-learn digits rows (N, 64) in 0..16 -> uint8 images (N, 8, 8), ink bright.
 
     The inverse of the training-range scaling, used to feed the dataset through the served
     pipeline exactly as a user's image would go.
     """
     scaled = np.rint(np.asarray(pixels, dtype=np.float64) * (255.0 / TRAINING_MAX))
-    return scaled.clip(0, 255).astype(np.uint8).reshape(-1, OUTPUT_SIDE, OUTPUT_SIDE)
+    images: NDArray[np.uint8] = scaled.clip(0, 255).astype(np.uint8)
+    return images.reshape(-1, OUTPUT_SIDE, OUTPUT_SIDE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mlapi_backend.tokenizer import UNK
 
@@ -25,7 +26,7 @@ class Sampler:
         self.top_p = top_p
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, logits: np.ndarray) -> int:
+    def __call__(self, logits: NDArray[np.float32]) -> int:
         scores = np.asarray(logits, dtype=np.float64).reshape(-1).copy()
         scores[UNK] = -np.inf
         if self.temperature == 0.0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+from numpy.typing import NDArray
 
 UNK = 0
 # id 0 is UNK; ids 1.. are "\n" then the printable ASCII characters " " (32) to "~" (126).
@@ -35,13 +36,13 @@ def normalize(text: str) -> str:
     return text.translate(FOLDED)
 
 
-def encode(text: str) -> np.ndarray:
+def encode(text: str) -> NDArray[np.int64]:
     """Token ids (int64) of ``text``; characters outside the vocabulary become ``UNK``."""
     return np.fromiter((_IDS.get(char, UNK) for char in normalize(text)), dtype=np.int64)
 
 
 def decode(ids: Iterable[int]) -> str:
-    """The text of token ids; ``UNK`` decodes to nothing."""
+    """Return the text of token ids; ``UNK`` decodes to nothing."""
     return "".join(CHARACTERS[i - 1] for i in ids if 0 < i <= len(CHARACTERS))
 
 

@@ -41,12 +41,16 @@ WEIGHT_SUM_TOLERANCE = 1e-3
 
 @dataclass(frozen=True)
 class Route:
+    """Where one request goes and why."""
+
     version: int
     reason: str  # pinned | default | sticky | weighted | fallback
 
 
 @dataclass(frozen=True)
 class TrafficPolicy:
+    """How unpinned requests split between classifier versions, and the shadow version."""
+
     weights: tuple[tuple[int, float], ...]  # (version, share), sorted by version, shares sum to 1
     shadow: int | None = None
 
@@ -130,7 +134,7 @@ class TrafficPolicy:
             )
 
     def pick(self, unit: float) -> int:
-        """The version whose cumulative-share bucket contains ``unit`` in [0, 1)."""
+        """Return the version whose cumulative-share bucket contains ``unit`` in [0, 1)."""
         edges = []
         total = 0.0
         for _, share in self.weights:
@@ -153,7 +157,7 @@ class TrafficPolicy:
 def default_version(
     weights: Mapping[Any, float] | Iterable[tuple[Any, float]], live: Iterable[Any] = ()
 ) -> str | None:
-    """The one rule for a model's "default version", shared by the model, client and gateway.
+    """Return a model's "default version": one rule for the model, client and gateway.
 
     With a traffic policy (``weights``: version -> share, in any unit), the version most
     unpinned traffic goes to, ties to the newer version. Without one, the newest ``live``
@@ -168,7 +172,7 @@ def default_version(
 
 
 def key_unit(key: str) -> float:
-    """A stable uniform number in [0, 1) for a routing key (same key, same number, any process)."""
+    """Map a routing key to a stable uniform number in [0, 1) (same key, same number, anywhere)."""
     digest = hashlib.sha256(key.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 

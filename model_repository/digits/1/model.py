@@ -19,6 +19,8 @@ from mlapi_backend.triton_responses import respond
 
 
 class TritonPythonModel:
+    """``digits`` in Triton: a batch goes through the pipeline, one call per classifier version."""
+
     def initialize(self, args: dict[str, str]) -> None:
         config = ModelConfig.from_json(json.loads(args["model_config"]))
         settings = DigitsSettings.from_config(config, Path(args["model_repository"]))

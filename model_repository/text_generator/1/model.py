@@ -34,6 +34,8 @@ from mlapi_backend.triton_responses import request_id, send_stream
 
 
 class TritonPythonModel:
+    """``text_generator`` in Triton: one coroutine per stream, decode steps batched by BLS."""
+
     def initialize(self, args: dict[str, str]) -> None:
         config = ModelConfig.from_json(json.loads(args["model_config"]))
         self.settings = settings = GeneratorSettings.from_config(config)

@@ -18,6 +18,8 @@ from mlapi_backend.triton_responses import respond
 
 
 class TritonPythonModel:
+    """One instance of a model served by the stand-in: an ONNX Runtime session on CPU."""
+
     def initialize(self, args: dict[str, str]) -> None:
         config = ModelConfig.from_json(json.loads(args["model_config"]))
         self.model = OnnxModel.load(
