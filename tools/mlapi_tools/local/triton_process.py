@@ -223,3 +223,35 @@ def terminate_with_parent() -> None:
 
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+# `make serve` gives the server this much time to finish in-flight requests on SIGTERM
+# (mlapi_tools.local.__main__.serve); images and the chart use the same.
+SERVE_EXIT_TIMEOUT_S = 10
+
+
+def server_args(
+    repositories: Sequence[Path],
+    backend_dir: Path,
+    install_root: Path,
+    access_key: str,
+    ports: Ports | None = None,
+    bind_address: str = "0.0.0.0",
+    exit_timeout_s: int = SERVE_EXIT_TIMEOUT_S,
+) -> list[str]:
+    """The flags (no binary) that ``TritonServer.command()`` gives a server at these paths.
+
+    For places that start tritonserver without the launcher (the images' entrypoint, the Helm
+    chart), so they can be checked against, or generated from, the one definition of the flags.
+    ``install_root`` is the tritonserver install (``bin/``, ``caches/``), e.g. /opt/tritonserver.
+    """
+    server = TritonServer(
+        repositories,
+        backend_dir,
+        ports=ports if ports is not None else Ports(),
+        exit_timeout_s=exit_timeout_s,
+        install=TritonInstall(install_root),
+        access_key=access_key,
+        bind_address=bind_address,
+    )
+    return server.command()[1:]
