@@ -86,8 +86,8 @@ def _run_isolated(
     try:
         return _checked(run(prepared), len(prepared))
     except Exception as exc:
-        if len(prepared) == 1:
-            return [exc]
+        if len(prepared) == 1:  # a request that failed to prepare keeps its own error
+            return [prepared[0] if isinstance(prepared[0], Exception) else exc]
         pb_utils.Logger.log_warn(
             f"{model}: a batch of {len(prepared)} failed ({type(exc).__name__}: {exc}); "
             "running its requests one by one"

@@ -269,3 +269,15 @@ def test_a_stream_that_ends_without_a_last_chunk_is_closed():
 
     asyncio.run(send_stream(sender, chunks(), pb, "gen", "s"))
     assert [(r is None, flags) for r, flags in sender.sent] == [(False, 0), (True, 1)]
+
+
+def test_a_lone_request_keeps_its_own_error_when_the_batch_step_also_raises():
+    pb = _pb_utils()
+
+    def run(prepared):
+        raise ZeroDivisionError("a bug in the batch step")
+
+    (invalid,) = respond([_Request("a", -3)], _prepare, run, pb, "m")
+    assert invalid.error.code == "INVALID_ARG"
+    (bug,) = respond([_Request("b", 1)], _prepare, run, pb, "m")
+    assert bug.error.code == "INTERNAL" and "ZeroDivisionError" in bug.error.message
