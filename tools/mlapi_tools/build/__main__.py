@@ -1,4 +1,4 @@
-"""`python -m mlapi_backend.build [--repository DIR] [--only digits|text]`: build the default models."""
+"""`python -m mlapi_tools.build [--repository DIR] [--only digits|text]`: build the default models."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlapi_backend.build import digits_models, text_lm
+from mlapi_tools.build import digits_models, text_lm
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build the default models into a model repository.")
+    parser = argparse.ArgumentParser(
+        description="Build the default models into a model repository."
+    )
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--only", choices=("digits", "text"), help="build one family (default: all)")
+    parser.add_argument(
+        "--only", choices=("digits", "text"), help="build one family (default: all)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.only in (None, "digits"):

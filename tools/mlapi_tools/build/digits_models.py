@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mlapi_backend.build.digits_data import (
+from mlapi_tools.build.digits_data import (
     NOT_A_DIGIT,
     DigitsSplit,
     junk_images,
