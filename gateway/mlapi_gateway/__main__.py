@@ -15,6 +15,7 @@ from mlapi_gateway.access import logging_config
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve the gateway with uvicorn; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default=os.environ.get("GATEWAY_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", 8080)))

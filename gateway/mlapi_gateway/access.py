@@ -100,8 +100,11 @@ class AccessLogMiddleware:
 
 
 def logging_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging configuration plus the gateway's loggers: ``mlapi.access`` writes bare
-    JSON lines to stdout, ``mlapi_gateway`` names level and logger on stderr."""
+    """Return uvicorn's logging configuration plus the gateway's loggers.
+
+    ``mlapi.access`` writes bare JSON lines to stdout, ``mlapi_gateway`` names level and logger
+    on stderr.
+    """
     from uvicorn.config import LOGGING_CONFIG
 
     config: dict[str, Any] = {

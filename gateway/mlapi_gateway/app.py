@@ -63,10 +63,10 @@ def create_app(
 
 
 def _openapi(app: FastAPI, settings: GatewaySettings) -> dict[str, Any]:
-    """Return FastAPI's schema plus the bodies the routes validate themselves, the Bearer
-    scheme, and the error answers every route can give (problem+json).
+    """Return the OpenAPI document: FastAPI's, completed by the gateway.
 
-    The models' bodies carry the limits their adapters last read, so the document is rebuilt
+    It adds the bodies the routes validate themselves, the Bearer scheme and the error answers
+    every route can give (problem+json). The models' bodies carry the limits their adapters last read, so the document is rebuilt
     when those change.
     """
     svc: Services | None = getattr(app.state, "services", None)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from mlapi_gateway.errors import AuthenticationRequired, RateLimited, ScopeMissing
+from mlapi_gateway.errors import AuthenticationRequiredError, RateLimitedError, ScopeMissingError
 from mlapi_gateway.keys import SCOPES, KeyStore
 from mlapi_gateway.ratelimit import RateLimiter
 from mlapi_gateway.settings import GatewaySettings
@@ -22,6 +22,8 @@ class Principal:
 
 
 class Gatekeeper:
+    """Admits a request to a route: its key, the route's scope, the key's rate limit."""
+
     def __init__(self, settings: GatewaySettings, keys: KeyStore, limiter: RateLimiter) -> None:
         self.open = settings.auth_mode == "open"
         self.open_plan = settings.open_mode_plan
@@ -35,10 +37,10 @@ class Gatekeeper:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise AuthenticationRequired("send an API key as 'Authorization: Bearer <key>'")
+            raise AuthenticationRequiredError("send an API key as 'Authorization: Bearer <key>'")
         record = self.keys.lookup(key.strip())
         if record is None:
-            raise AuthenticationRequired("the API key is not valid")
+            raise AuthenticationRequiredError("the API key is not valid")
         return Principal(record.id, record.scopes, record.plan)
 
     async def admit(self, request: Request, scope: str) -> Principal:
@@ -46,13 +48,13 @@ class Gatekeeper:
         principal = self.authenticate(request)
         request.state.key_id = principal.id  # the access log names the key id, never the key
         if scope not in principal.scopes:
-            raise ScopeMissing(
+            raise ScopeMissingError(
                 f"this key lacks the '{scope}' scope (it has: {', '.join(sorted(principal.scopes))})"
             )
         wait_s = await self.limiter.take(principal.id, principal.plan)
         if wait_s > 0:
             retry_after_s = max(1, int(-(-wait_s // 1)))
-            raise RateLimited(
+            raise RateLimitedError(
                 f"rate limit of plan '{principal.plan}' exceeded; retry in {retry_after_s} s",
                 retry_after_s,
             )

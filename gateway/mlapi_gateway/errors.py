@@ -1,5 +1,8 @@
-"""The gateway's exception tree. Each class knows its problem type; ``problems.register``
-pairs every class with its HTTP status in one place."""
+"""The gateway's exception tree.
+
+Each class knows its problem type; ``problems.register_error_handlers`` pairs every class with
+its HTTP status in one place.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +35,9 @@ class GatewayError(Exception):
         self.detail = detail
 
 
-class RequestInvalid(GatewayError):
+class RequestInvalidError(GatewayError):
+    """A request the gateway or the model refuses; ``errors`` name the fields."""
+
     title = "Invalid request"
     error_type = "validation"
 
@@ -41,31 +46,35 @@ class RequestInvalid(GatewayError):
         self.errors = errors
 
 
-class BodyTooLarge(RequestInvalid):
+class BodyTooLargeError(RequestInvalidError):
     """A body over ``max_body_bytes``: refused by its Content-Length or once that much arrived."""
 
     title = "Request body too large"
     error_type = "body_too_large"
 
 
-class BodyTimeout(GatewayError):
+class BodyTimeoutError(GatewayError):
     """The body was still arriving ``body_timeout_s`` after the gateway started reading it."""
 
     title = "Request body timeout"
     error_type = "body_timeout"
 
 
-class AuthenticationRequired(GatewayError):
+class AuthenticationRequiredError(GatewayError):
+    """No API key, or one the gateway does not know."""
+
     title = "Authentication required"
     error_type = "auth"
 
 
-class ScopeMissing(GatewayError):
+class ScopeMissingError(GatewayError):
+    """The key is valid but lacks the route's scope."""
+
     title = "Forbidden"
     error_type = "auth"
 
 
-class NotFound(GatewayError):
+class NotFoundError(GatewayError):
     """An unknown model, version or job; ``available`` names what exists."""
 
     title = "Not found"
@@ -76,12 +85,16 @@ class NotFound(GatewayError):
         self.available = available
 
 
-class Conflict(GatewayError):
+class ConflictError(GatewayError):
+    """The request contradicts the resource's state (e.g. cancelling a finished job)."""
+
     title = "Conflict"
     error_type = "conflict"
 
 
-class RateLimited(GatewayError):
+class RateLimitedError(GatewayError):
+    """The caller's bucket is empty; worth retrying after ``retry_after_s``."""
+
     title = "Too many requests"
     error_type = "rate_limit"
 
@@ -90,14 +103,14 @@ class RateLimited(GatewayError):
         self.retry_after_s = retry_after_s
 
 
-class TooManyStreams(RateLimited):
+class TooManyStreamsError(RateLimitedError):
     """The caller already holds ``max_streams_per_key`` open streams on this worker."""
 
     title = "Too many open streams"
     error_type = "stream_limit"
 
 
-class Unavailable(GatewayError):
+class UnavailableError(GatewayError):
     """Triton is unreachable or the model is not ready; worth retrying after ``retry_after_s``."""
 
     title = "Model unavailable"
@@ -108,32 +121,39 @@ class Unavailable(GatewayError):
         self.retry_after_s = retry_after_s
 
 
-class AccessKeyRefused(Unavailable):
-    """Triton refused the gateway's own access key: a 503 to callers (retrying may help once
-    an operator fixes the key), but logged as an error, since only an operator can fix it."""
+class AccessKeyRefusedError(UnavailableError):
+    """Triton refused the gateway's own access key.
+
+    A 503 to callers (retrying may help once an operator fixes the key), but logged as an
+    error, since only an operator can fix it.
+    """
 
 
-class Overloaded(Unavailable):
+class OverloadedError(UnavailableError):
     """This worker already serves ``max_in_flight`` requests: shed before any work is done."""
 
     title = "Gateway overloaded"
     error_type = "overloaded"
 
 
-class SlowClient(GatewayError):
-    """A stream's caller read so slowly that its event buffer stayed full (an SSE error event
-    only: the HTTP status of the stream was 200 long before)."""
+class SlowClientError(GatewayError):
+    """A stream's caller read so slowly that its event buffer stayed full.
+
+    An SSE error event only: the HTTP status of the stream was 200 long before.
+    """
 
     title = "Slow client"
     error_type = "slow_client"
 
 
-class DeadlineExceeded(GatewayError):
+class DeadlineExceededError(GatewayError):
+    """The model did not answer within the request's deadline."""
+
     title = "Inference deadline exceeded"
     error_type = "timeout"
 
 
-class ModelFailed(GatewayError):
+class ModelFailedError(GatewayError):
     """The model failed on a valid request (Triton 5xx, a response outside the contract)."""
 
     title = "Model error"

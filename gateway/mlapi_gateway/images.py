@@ -40,7 +40,7 @@ class ImageDecoder:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
     async def decode(self, data: bytes, max_side_px: int, max_pixels: int) -> Pixels:
-        """Decode ``data``, or raise RequestInvalid naming ``body.image`` and the limits."""
+        """Decode ``data``, or raise RequestInvalidError naming ``body.image`` and the limits."""
         if len(data) <= INLINE_MAX_BYTES:
             return _decode(data, max_side_px, max_pixels)
         loop = asyncio.get_running_loop()
@@ -58,7 +58,7 @@ def _decode(data: bytes, max_side_px: int, max_pixels: int) -> Pixels:
             if max(width, height) > max_side_px or width * height > max_pixels:
                 raise _refused(f"the image is {width}x{height} pixels", expected)
             return np.asarray(image.convert("L"), dtype=np.uint8)
-    except errors.RequestInvalid:
+    except errors.RequestInvalidError:
         raise
     except Image.DecompressionBombError as exc:
         raise _refused(f"the image is too large: {exc}", expected) from exc
@@ -69,7 +69,7 @@ def _decode(data: bytes, max_side_px: int, max_pixels: int) -> Pixels:
         ) from exc
 
 
-def _refused(message: str, expected: str) -> errors.RequestInvalid:
-    return errors.RequestInvalid(
+def _refused(message: str, expected: str) -> errors.RequestInvalidError:
+    return errors.RequestInvalidError(
         "the image was refused", [errors.FieldError("body.image", message, expected)]
     )

@@ -1,5 +1,7 @@
-"""The gateway core's door to Triton: the clients, the translation of their errors, cached
-discovery, and the dispatch of each call to the model's adapter.
+"""The gateway core's door to Triton.
+
+It holds the clients, translates their errors, caches discovery, and hands each call to the
+model's adapter.
 
 Each worker holds two clients of the library: one for unary calls, HTTP by default (its
 keep-alive connections answer a digits call about 0.3 ms sooner than gRPC's Python client,
@@ -84,16 +86,18 @@ class Inference:
     ) -> errors.GatewayError:
         if isinstance(exc, client_errors.InvalidInputError):
             field = f"body.{exc.field}" if exc.field else "body"
-            return errors.RequestInvalid(
+            return errors.RequestInvalidError(
                 f"model '{model}' refused the input",
                 [errors.FieldError(field, exc.message, exc.expected)],
             )
         if isinstance(exc, client_errors.ModelNotFoundError):
             if version:
-                return errors.NotFound(f"model '{model}' has no version '{version}'")
-            return errors.NotFound(f"model '{model}' is not on the server", self.settings.models)
+                return errors.NotFoundError(f"model '{model}' has no version '{version}'")
+            return errors.NotFoundError(
+                f"model '{model}' is not on the server", self.settings.models
+            )
         if isinstance(exc, client_errors.UnsupportedRequestError):
-            return errors.RequestInvalid(
+            return errors.RequestInvalidError(
                 f"model '{model}' does not support this call: {exc.message}",
                 [errors.FieldError("path.model", "use /stream for streaming models")],
             )
@@ -102,23 +106,23 @@ class Inference:
         ):
             hint = getattr(exc, "retry_after_s", None)
             retry = max(self.settings.retry_after_s, int(hint or 0))
-            return errors.Unavailable(
+            return errors.UnavailableError(
                 f"model '{model}' cannot serve now ({type(exc).__name__}); retry later", retry
             )
         if isinstance(exc, client_errors.AccessDeniedError):
             # The gateway's own configuration, not the caller's request nor the model; the
             # error handler logs it (once, at error level, with the cause and the request id).
-            return errors.AccessKeyRefused(
+            return errors.AccessKeyRefusedError(
                 "the gateway cannot call Triton now (its access key was refused); retry later",
                 self.settings.retry_after_s,
             )
         if isinstance(exc, client_errors.InferenceTimeoutError):
-            return errors.DeadlineExceeded(
+            return errors.DeadlineExceededError(
                 f"model '{model}' did not answer within the deadline: send a smaller input, "
                 "raise ?timeout_s= (up to the gateway's maximum), or use the async route "
                 "POST /v1/jobs and poll GET /v1/jobs/{id}"
             )
-        return errors.ModelFailed(f"model '{model}' failed: {exc.message}")
+        return errors.ModelFailedError(f"model '{model}' failed: {exc.message}")
 
     def deadline(self, timeout_s: float | None) -> float:
         """Return the deadline of a request: the default, or its ``timeout_s`` within bounds."""
@@ -126,7 +130,7 @@ class Inference:
             return self.settings.deadline_s
         low, high = self.settings.deadline_min_s, self.settings.deadline_max_s
         if not low <= timeout_s <= high:
-            raise errors.RequestInvalid(
+            raise errors.RequestInvalidError(
                 "timeout_s is out of range",
                 [
                     errors.FieldError(
@@ -137,10 +141,10 @@ class Inference:
         return timeout_s
 
     def adapter(self, model: str) -> ModelAdapter:
-        """Return the adapter of an exposed model, or raise NotFound naming the exposed ones."""
+        """Return the adapter of an exposed model, or raise NotFoundError naming the exposed ones."""
         adapter = self.adapters.get(model)
         if adapter is None:
-            raise errors.NotFound(f"no model '{model}' on this API", self.settings.models)
+            raise errors.NotFoundError(f"no model '{model}' on this API", self.settings.models)
         return adapter
 
     # --- discovery -----------------------------------------------------------------------

@@ -30,6 +30,8 @@ PREFIX = "mlapi"
 
 @dataclass(frozen=True)
 class KeyRecord:
+    """One API key as stored: its id, the SHA-256 of the key, scopes and plan."""
+
     id: str
     sha256: str
     scopes: frozenset[str]
@@ -62,10 +64,12 @@ class KeyRecord:
 
 
 def digest(key: str) -> str:
+    """Return the SHA-256 (hex) under which a key is stored."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 
 def key_id(key: str) -> str | None:
+    """Return the id part of a well-formed key, else None."""
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
         return None
@@ -73,6 +77,7 @@ def key_id(key: str) -> str | None:
 
 
 def new_key(scopes: list[str], plan: str = "default", name: str = "") -> tuple[str, KeyRecord]:
+    """Return a fresh key and the record to store for it (the key itself is never stored)."""
     unknown = set(scopes) - set(SCOPES)
     if unknown or not scopes:
         raise ValueError(f"scopes must be among {list(SCOPES)}, got {scopes}")
@@ -99,6 +104,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
+    """Return the key records of a keys file (none when it does not exist)."""
     if not path.exists():
         return []
     data = json.loads(path.read_text() or "{}")

@@ -36,13 +36,15 @@ CLIENT_CLOSED = 499  # the caller went away before its answer (nginx's code)
 
 
 def count_error(error_type: str) -> None:
+    """Count one error answer of ``error_type``."""
     ERRORS.labels(error_type).inc()
 
 
 def exposition() -> tuple[bytes, str]:
+    """Return the metrics text and its content type (all workers' under multiprocess mode)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
 

@@ -33,6 +33,7 @@ def problem(
     request_id: str | None = None,
     **extra: Any,
 ) -> Response:
+    """Return a problem+json response from its fields (for errors outside the tree)."""
     body: dict[str, Any] = {
         "type": TYPE_BASE + error_type.replace("_", "-"),
         "title": title,
@@ -62,22 +63,23 @@ def field_errors_from_pydantic(errors_: list[Any], prefix: str = "body") -> list
 
 # (exception class, status). Order matters only for subclasses, listed before their parents.
 STATUS_BY_ERROR: tuple[tuple[type[errors.GatewayError], int], ...] = (
-    (errors.BodyTooLarge, 413),
-    (errors.RequestInvalid, 400),
-    (errors.BodyTimeout, 408),
-    (errors.AuthenticationRequired, 401),
-    (errors.ScopeMissing, 403),
-    (errors.NotFound, 404),
-    (errors.Conflict, 409),
-    (errors.RateLimited, 429),
-    (errors.ModelFailed, 502),
-    (errors.Unavailable, 503),
-    (errors.DeadlineExceeded, 504),
-    (errors.SlowClient, CLIENT_CLOSED),  # in SSE error events only
+    (errors.BodyTooLargeError, 413),
+    (errors.RequestInvalidError, 400),
+    (errors.BodyTimeoutError, 408),
+    (errors.AuthenticationRequiredError, 401),
+    (errors.ScopeMissingError, 403),
+    (errors.NotFoundError, 404),
+    (errors.ConflictError, 409),
+    (errors.RateLimitedError, 429),
+    (errors.ModelFailedError, 502),
+    (errors.UnavailableError, 503),
+    (errors.DeadlineExceededError, 504),
+    (errors.SlowClientError, CLIENT_CLOSED),  # in SSE error events only
 )
 
 
 def status_of(error: errors.GatewayError) -> int:
+    """Return the HTTP status of ``error`` (STATUS_BY_ERROR; 500 for anything else)."""
     for cls, status in STATUS_BY_ERROR:
         if isinstance(error, cls):
             return status
@@ -87,8 +89,11 @@ def status_of(error: errors.GatewayError) -> int:
 def problem_body(
     error: errors.GatewayError, instance: str | None = None, request_id: str | None = None
 ) -> dict[str, Any]:
-    """The problem document of a gateway error as a dict: HTTP answers, SSE error events and
-    job results all carry this one shape (``request_id`` lets a caller quote the request)."""
+    """Return the problem document of a gateway error as a dict.
+
+    HTTP answers, SSE error events and job results all carry this one shape (``request_id``
+    lets a caller quote the request).
+    """
     status = status_of(error)
     body: dict[str, Any] = {
         "type": TYPE_BASE + error.error_type.replace("_", "-"),
@@ -100,11 +105,11 @@ def problem_body(
         body["instance"] = instance
     if request_id:
         body["request_id"] = request_id
-    if isinstance(error, errors.RequestInvalid):
+    if isinstance(error, errors.RequestInvalidError):
         body["errors"] = [e.to_dict() for e in error.errors]
-    if isinstance(error, errors.NotFound) and error.available is not None:
+    if isinstance(error, errors.NotFoundError) and error.available is not None:
         body["available"] = error.available
-    if isinstance(error, (errors.RateLimited, errors.Unavailable)):
+    if isinstance(error, (errors.RateLimitedError, errors.UnavailableError)):
         body["retry_after_s"] = error.retry_after_s
     return body
 
@@ -112,11 +117,11 @@ def problem_body(
 def render(
     error: errors.GatewayError, instance: str | None = None, request_id: str | None = None
 ) -> Response:
-    """The problem response for a gateway error (also used by the job runner for results)."""
+    """Return the problem+json response of a gateway error, with its headers."""
     headers: dict[str, str] = {}
-    if isinstance(error, (errors.RateLimited, errors.Unavailable)):
+    if isinstance(error, (errors.RateLimitedError, errors.UnavailableError)):
         headers["Retry-After"] = str(error.retry_after_s)
-    if isinstance(error, errors.AuthenticationRequired):
+    if isinstance(error, errors.AuthenticationRequiredError):
         headers["WWW-Authenticate"] = 'Bearer realm="mlapi"'
     body = problem_body(error, instance, request_id)
     return Response(orjson.dumps(body), body["status"], headers=headers, media_type=PROBLEM_JSON)
@@ -137,7 +142,7 @@ def log_server_error(error: errors.GatewayError, request_id: str | None, where: 
     because = f"{type(cause).__name__}: {cause}" if cause is not None else "no upstream cause"
     log.log(
         logging.WARNING
-        if status == 503 and not isinstance(error, errors.AccessKeyRefused)
+        if status == 503 and not isinstance(error, errors.AccessKeyRefusedError)
         else logging.ERROR,
         "%s -> %d %s: %s (request %s; cause %s)",
         where, status, error.error_type, error.detail, request_id, because,
@@ -147,8 +152,11 @@ def log_server_error(error: errors.GatewayError, request_id: str | None, where: 
 def internal_error(
     scope: Any, exc: BaseException, request_id: str | None, answer: bool
 ) -> Response:
-    """Log an unexpected exception once, with its traceback and the request id, and return the
-    500 problem (``answer``: the caller still waits for one) that names no detail of it."""
+    """Log an unexpected exception once and return the 500 problem that names no detail of it.
+
+    The log line has the traceback and the request id; ``answer``: the caller still waits for
+    the problem (it is counted then).
+    """
     log.error(
         "%s %s -> 500 internal: unhandled %s: %s (request %s)",
         scope.get("method"), scope.get("path"), type(exc).__name__, exc, request_id,
@@ -163,8 +171,10 @@ def internal_error(
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette's 405 names only the first route's;
-    an included router's routes count too)."""
+    """Return every method some route serves at this path, included routers' routes too.
+
+    Starlette's 405 names only the first matching route's.
+    """
     probe = {**request.scope, "method": "GET"}
     methods: set[str] = set()
     for route in _leaf_routes(request.app.router.routes):
@@ -197,7 +207,7 @@ def register_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         count_error("validation")
-        invalid = errors.RequestInvalid(
+        invalid = errors.RequestInvalidError(
             "the request does not match the schema", field_errors_from_pydantic(list(exc.errors()))
         )
         return render(invalid, request.url.path, request_id_of(request.scope))

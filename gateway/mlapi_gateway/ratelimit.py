@@ -1,5 +1,7 @@
-"""Admission control: token-bucket rate limits per caller (in memory, or shared in Redis),
-open streams per caller, and the per-worker in-flight cap with the request-body guard.
+"""Admission control of the gateway.
+
+Token-bucket rate limits per caller (in memory, or shared in Redis), open streams per caller,
+and the per-worker in-flight cap with the request-body guard.
 
 ``take`` returns 0 when a token was taken, else the seconds until one will be available.
 """
@@ -14,7 +16,7 @@ from typing import Any, Protocol
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlapi_gateway import errors
-from mlapi_gateway.errors import Unavailable
+from mlapi_gateway.errors import UnavailableError
 from mlapi_gateway.metrics import count_error
 from mlapi_gateway.problems import log_server_error, render
 from mlapi_gateway.request_id import request_id_of
@@ -25,6 +27,8 @@ CLOSE = (b"connection", b"close")
 
 
 class RateLimiter(Protocol):
+    """Token buckets per caller and plan, wherever they are kept."""
+
     async def take(self, caller: str, plan: str) -> float: ...
 
     async def ready(self) -> bool: ...
@@ -42,6 +46,8 @@ def bucket_take(tokens: float, updated_s: float, now_s: float, plan: Plan) -> tu
 
 @dataclass
 class MemoryRateLimiter:
+    """Token buckets in this process (each worker limits on its own)."""
+
     plans: dict[str, Plan]
     clock: Any = time.monotonic
     _buckets: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
@@ -106,7 +112,7 @@ class RedisRateLimiter:
         except RedisError as exc:
             # Fail closed: without the shared bucket the limits could not be enforced. Logged
             # with the request id by the error handler, like every 5xx.
-            raise Unavailable("the rate limiter is unavailable; retry later", 1) from exc
+            raise UnavailableError("the rate limiter is unavailable; retry later", 1) from exc
         return int(wait_us) / 1e6
 
     async def ready(self) -> bool:
@@ -134,7 +140,7 @@ class StreamSlots:
     def acquire(self, caller: str) -> None:
         held = self._open.get(caller, 0)
         if held >= self.limit:
-            raise errors.TooManyStreams(
+            raise errors.TooManyStreamsError(
                 f"this key already has {held} open {'stream' if held == 1 else 'streams'} "
                 f"(at most {self.limit}); close one or retry later",
                 self.retry_after_s,
@@ -176,13 +182,13 @@ class RequestGuard:
         declared = _declared_body(scope)
         refusal: errors.GatewayError | None = None
         if self.in_flight >= self.max_in_flight:
-            refusal = errors.Overloaded(
+            refusal = errors.OverloadedError(
                 f"the gateway is serving {self.in_flight} requests (at most "
                 f"{self.max_in_flight} per worker); retry later",
                 self.retry_after_s,
             )
         elif declared is not None and declared > self.max_body_bytes:
-            refusal = errors.BodyTooLarge(
+            refusal = errors.BodyTooLargeError(
                 "the request body is too large",
                 [
                     errors.FieldError(
@@ -227,7 +233,7 @@ class RequestGuard:
 
 
 def _declared_body(scope: Scope) -> int | None:
-    """The Content-Length (0 without one), or None for a body of unknown length (chunked)."""
+    """Return the Content-Length (0 without one), or None for a body of unknown length."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             return int(value) if value.isdigit() else None

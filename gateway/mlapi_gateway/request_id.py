@@ -19,12 +19,12 @@ _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 def new_request_id() -> str:
-    """A fresh request id: 32 hex digits (16 random bytes)."""
+    """Return a fresh request id: 32 hex digits (16 random bytes)."""
     return os.urandom(16).hex()
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
-    """The caller's ``X-Request-ID`` when it is safe to echo and log, else a fresh id."""
+    """Return the caller's ``X-Request-ID`` when it is safe to echo and log, else a fresh id."""
     for name, value in headers:
         if name == HEADER_KEY:
             if _SAFE_ID.fullmatch(value):
@@ -34,6 +34,6 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 def request_id_of(scope: Scope) -> str | None:
-    """The id the middleware gave this request (None outside it, e.g. in a bare test app)."""
+    """Return the id the middleware gave this request (None outside it, e.g. a bare test app)."""
     state = scope.get("state")
     return state.get("request_id") if state else None

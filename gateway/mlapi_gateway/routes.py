@@ -52,10 +52,15 @@ STREAM_BODY = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TensorPredict"}}},
     }
 }
-# The published description of the versioned route (its docstring would have to read so).
+# Descriptions in /openapi.json as published, where the docstring now reads otherwise.
 VERSION_PREDICT_DESCRIPTION = (
     "Like predict, pinned to ``version`` (digits: the classifier version)."
 )
+READYZ_DESCRIPTION = (
+    "Readiness: Triton is ready and Redis (when configured) answers; 503 with Retry-After\n"
+    "naming what is not."
+)
+LIST_MODELS_DESCRIPTION = "The exposed models with their live and default versions."
 PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "the output tensors; X-Model-Version names the served version",
@@ -72,6 +77,7 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Return ``body`` as a JSON response (orjson)."""
     return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
 
 
@@ -81,8 +87,7 @@ async def healthz() -> dict[str, str]:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: Triton is ready and Redis (when configured) answers; 503 with Retry-After
-    naming what is not."""
+    """Answer 200 once Triton is ready and Redis (when configured) answers, else 503."""
     svc = services(request)
     timeout_s = svc.settings.ready_timeout_s
 
@@ -108,7 +113,9 @@ async def readyz(request: Request) -> Response:
     triton, redis = await asyncio.gather(triton_ready(), redis_ready())
     failing = [name for name, ok in (("Triton", triton), ("Redis", redis)) if not ok]
     if failing:
-        raise errors.Unavailable(f"not ready: {' and '.join(failing)}", svc.settings.retry_after_s)
+        raise errors.UnavailableError(
+            f"not ready: {' and '.join(failing)}", svc.settings.retry_after_s
+        )
     return json_response({"status": "ready"})
 
 
@@ -119,7 +126,7 @@ async def metrics() -> Response:
 
 
 async def list_models(request: Request) -> Response:
-    """The exposed models with their live and default versions."""
+    """List the exposed models with their live and default versions."""
     svc = services(request)
     await svc.gate.admit(request, "predict")
     return json_response({"models": await svc.inference.list_models()})
@@ -132,7 +139,7 @@ def _timeout_s(request: Request) -> float | None:
     try:
         return float(raw)
     except ValueError as exc:
-        raise errors.RequestInvalid(
+        raise errors.RequestInvalidError(
             "timeout_s is not a number",
             [errors.FieldError("query.timeout_s", f"got {raw!r}", "a number of seconds")],
         ) from exc
@@ -236,16 +243,23 @@ async def stream(request: Request, model: str) -> StreamingResponse:
 
 
 def add_routes(app: FastAPI) -> None:
-    """The model and operations routes, in the order /openapi.json lists them.
+    """Add the model and operations routes, in the order /openapi.json lists them.
 
     They go straight onto the app's router: an included router (include_router) matches every
     request twice over all of its routes before it hands the request on.
     """
     add = app.router.add_api_route
     add("/healthz", healthz, methods=["GET"], tags=["operations"])
-    add("/readyz", readyz, methods=["GET"], tags=["operations"])
+    add("/readyz", readyz, methods=["GET"], tags=["operations"], description=READYZ_DESCRIPTION)
     add("/metrics", metrics, methods=["GET"], tags=["operations"])
-    add("/v1/models", list_models, methods=["GET"], tags=["models"], response_model=ModelList)
+    add(
+        "/v1/models",
+        list_models,
+        methods=["GET"],
+        tags=["models"],
+        response_model=ModelList,
+        description=LIST_MODELS_DESCRIPTION,
+    )
     for path, endpoint, extra, description in (
         ("/v1/models/{model}/predict", predict, PREDICT_BODY, None),
         (

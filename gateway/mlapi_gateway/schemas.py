@@ -14,13 +14,13 @@ from mlapi_gateway.problems import field_errors_from_pydantic
 
 
 def parse_as(schema: type[BaseModel], raw: bytes | dict[str, Any]) -> BaseModel:
-    """Validate ``raw`` (JSON bytes or a parsed dict) as ``schema``, or raise RequestInvalid."""
+    """Validate ``raw`` (JSON bytes or a parsed dict) as ``schema``, or raise RequestInvalidError."""
     try:
         if isinstance(raw, dict):
             return schema.model_validate(raw)
         return schema.model_validate_json(raw)
     except ValidationError as exc:
-        raise errors.RequestInvalid(
+        raise errors.RequestInvalidError(
             "the request body is invalid", field_errors_from_pydantic(list(exc.errors()))
         ) from exc
 
@@ -37,12 +37,16 @@ class TensorPredict(BaseModel):
 
 
 class TensorAnswer(BaseModel):
+    """A model's output tensors by name, with the model and version that served them."""
+
     model: str
     model_version: str
     outputs: dict[str, Any]
 
 
 class ModelInfo(BaseModel):
+    """One exposed model: its state, versions, default version, whether it streams."""
+
     name: str
     state: str
     versions: list[str]
@@ -52,10 +56,14 @@ class ModelInfo(BaseModel):
 
 
 class ModelList(BaseModel):
+    """The exposed models that are on the server."""
+
     models: list[ModelInfo]
 
 
 class JobCreate(BaseModel):
+    """A job: predict bodies of one model, run in the background, optionally a webhook."""
+
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(examples=["digits"])
@@ -67,6 +75,8 @@ class JobCreate(BaseModel):
 
 
 class JobView(BaseModel):
+    """A job's status, progress and, once finished, its results (until they expire)."""
+
     id: str
     model: str
     version: str | None

@@ -26,6 +26,8 @@ log = logging.getLogger("mlapi_gateway")
 
 @dataclass
 class Services:
+    """What the routes and the job runner share: settings, auth, limits, inference, jobs."""
+
     settings: GatewaySettings
     gate: Gatekeeper
     limiter: RateLimiter
@@ -72,18 +74,22 @@ class Services:
 
 
 def services(request: Request) -> Services:
+    """Return the services of the app serving ``request``."""
     return request.app.state.services  # type: ignore[no-any-return]
 
 
 async def read_body(request: Request, limit_bytes: int | None = None) -> bytes:
-    """The request body: 413 once it passes ``limit_bytes`` (default ``max_body_bytes``; declared
-    or counted, never read further), 408 while still arriving ``body_timeout_s`` after reading
-    began (the guard middleware then closes the connection: the rest is never read)."""
+    """Return the request body, refused while it is too large or too slow.
+
+    413 once it passes ``limit_bytes`` (default ``max_body_bytes``; declared or counted, never
+    read further), 408 while still arriving ``body_timeout_s`` after reading began (the guard
+    middleware then closes the connection: the rest is never read).
+    """
     settings = services(request).settings
     limit_bytes = limit_bytes or settings.max_body_bytes
 
-    def too_large(size: str) -> errors.BodyTooLarge:
-        return errors.BodyTooLarge(
+    def too_large(size: str) -> errors.BodyTooLargeError:
+        return errors.BodyTooLargeError(
             "the request body is too large",
             [errors.FieldError("body", f"{size} bytes", f"at most {limit_bytes} bytes")],
         )
@@ -101,7 +107,7 @@ async def read_body(request: Request, limit_bytes: int | None = None) -> bytes:
                     raise too_large(f"more than {limit_bytes}")
                 chunks.append(chunk)
     except TimeoutError as exc:
-        raise errors.BodyTimeout(
+        raise errors.BodyTimeoutError(
             f"the request body did not arrive within {settings.body_timeout_s:g} s "
             f"({size} bytes came); send it at once"
         ) from exc

@@ -122,7 +122,7 @@ class GatewaySettings(BaseSettings):
     @field_validator("webhook_secret", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
-        """An empty value (as a chart leaves an unset secret) means no secret."""
+        """Read an empty value (as a chart leaves an unset secret) as no secret."""
         return None if value == "" else value
 
     # Server-sent events.

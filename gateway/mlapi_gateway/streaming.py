@@ -28,20 +28,23 @@ END = object()  # what next_within returns once a source is exhausted
 
 
 def event(name: str, data: Any, event_id: int | None = None) -> bytes:
+    """Return one server-sent event whose data is ``data`` as JSON."""
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {name}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 async def next_within(source: AsyncIterator[Any], settings: GatewaySettings) -> Any:
-    """The next item of ``source`` (``END`` at its end), or Unavailable once the model has
-    been silent for ``sse_idle_timeout_s``."""
+    """Return the next item of ``source`` (``END`` at its end).
+
+    Raise UnavailableError once the model has been silent for ``sse_idle_timeout_s``.
+    """
     try:
         async with asyncio.timeout(settings.sse_idle_timeout_s):
             return await anext(source)
     except StopAsyncIteration:
         return END
     except TimeoutError as exc:
-        raise errors.Unavailable(
+        raise errors.UnavailableError(
             f"the model sent nothing for {settings.sse_idle_timeout_s:g} s; the stream is "
             "closed, retry later",
             settings.retry_after_s,
@@ -54,9 +57,12 @@ async def relay(
     request_id: str | None = None,
     where: str = "stream",
 ) -> AsyncIterator[bytes]:
-    """SSE bytes for ``source``: message events, then done, or an error event whose data is
-    the same problem document an HTTP error carries (with ``request_id``). A 5xx there is
-    logged once, like any 5xx of the gateway; ``where`` names the request in that line."""
+    """Yield the SSE bytes of ``source``: message events, then done or an error event.
+
+    An error event's data is the same problem document an HTTP error carries (with
+    ``request_id``). A 5xx there is logged once, like any 5xx of the gateway; ``where`` names
+    the request in that line.
+    """
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=settings.sse_buffer_events)
     overflow = asyncio.Event()
 
@@ -82,7 +88,7 @@ async def relay(
     try:
         while True:
             if overflow.is_set() and queue.empty():
-                slow = errors.SlowClient(
+                slow = errors.SlowClientError(
                     f"the client read too slowly (buffer of {settings.sse_buffer_events} "
                     "events full)"
                 )

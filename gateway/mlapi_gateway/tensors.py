@@ -32,7 +32,7 @@ async def infer(
     """Run a non-streaming model on ``body``'s tensors; its outputs as JSON."""
     contract = await upstream.contract(model, version)
     if contract.decoupled:
-        raise errors.RequestInvalid(
+        raise errors.RequestInvalidError(
             f"model '{model}' streams its answer",
             [errors.FieldError("path.model", "streaming model", f"POST /v1/models/{model}/stream")],
         )
@@ -61,7 +61,7 @@ async def stream(
     """Relay a decoupled model's responses as JSON (errors already translated)."""
     contract = await upstream.contract(model, version)
     if not contract.decoupled:
-        raise errors.RequestInvalid(
+        raise errors.RequestInvalidError(
             f"model '{model}' does not stream",
             [
                 errors.FieldError(
@@ -109,7 +109,7 @@ def tensors_for(contract: ModelContract, values: dict[str, Any]) -> dict[str, Te
             continue
         tensors[name] = array
     if problems:
-        raise errors.RequestInvalid(f"inputs do not match model '{contract.name}'", problems)
+        raise errors.RequestInvalidError(f"inputs do not match model '{contract.name}'", problems)
     return tensors
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from mlapi_gateway.errors import FieldError, RequestInvalid
+from mlapi_gateway.errors import FieldError, RequestInvalidError
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Mlapi-Signature"
@@ -47,17 +47,22 @@ _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """Return the signature header value: HMAC-SHA256 of ``<timestamp>.<body>``."""
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
 
 
 def verify(secret: str, timestamp: int, body: bytes, signature: str) -> bool:
+    """Tell whether ``signature`` is the one ``sign`` gives (compared in constant time)."""
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
 def is_public(address: Address) -> bool:
-    """True for a public unicast address: ``is_global``, not multicast, and for IPv6 inside
-    2000::/3 and outside 6to4. An IPv4-mapped IPv6 address is judged by its IPv4 address."""
+    """Tell whether ``address`` is a public unicast address.
+
+    That is ``is_global``, not multicast, and for IPv6 inside 2000::/3 and outside 6to4. An
+    IPv4-mapped IPv6 address is judged by its IPv4 address.
+    """
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if not address.is_global or address.is_multicast:
@@ -75,8 +80,9 @@ def is_allowed(address: Address, allow: list[Network]) -> bool:
     return is_public(address) or any(a in network for a in forms for network in allow)
 
 
-def refused(message: str, field: str = FIELD) -> RequestInvalid:
-    return RequestInvalid(
+def refused(message: str, field: str = FIELD) -> RequestInvalidError:
+    """Return the 400 of a webhook URL the gateway will not call."""
+    return RequestInvalidError(
         "webhook_url is not an allowed target", [FieldError(field, message, EXPECTED)]
     )
 
@@ -92,7 +98,7 @@ class Target:
 
 
 def parse_target(url: str, field: str = FIELD) -> Target:
-    """``url`` as a Target, or RequestInvalid naming ``field`` and what is wrong with it.
+    """``url`` as a Target, or RequestInvalidError naming ``field`` and what is wrong with it.
 
     Parsed by httpx, the parser that delivery uses, so no two parsers disagree on the host.
     """
@@ -155,7 +161,7 @@ async def resolve(host: str, port: int) -> list[Address]:
 
 
 async def checked_addresses(host: str, port: int, allow: list[Network]) -> list[Address]:
-    """The addresses of ``host`` if every one is allowed; RequestInvalid otherwise."""
+    """Return the addresses of ``host`` if every one is allowed; RequestInvalidError otherwise."""
     try:
         addresses = await resolve(host, port)
     except (OSError, UnicodeError) as exc:
@@ -179,7 +185,7 @@ class PinnedTransport(httpx.AsyncBaseTransport):
     """Resolves each request's host, checks every address, and connects to a checked address.
 
     The request keeps its Host header, and TLS its SNI name and certificate check, so only the
-    IP a connection goes to is pinned. Raises RequestInvalid for a refused target.
+    IP a connection goes to is pinned. Raises RequestInvalidError for a refused target.
     """
 
     def __init__(self, allow: list[Network], verify: ssl.SSLContext | bool = True) -> None:
@@ -214,8 +220,10 @@ class PinnedTransport(httpx.AsyncBaseTransport):
 def client(
     allow: list[Network], timeout_s: float, verify: ssl.SSLContext | bool = True
 ) -> httpx.AsyncClient:
-    """The HTTP client of webhook delivery: pinned, no redirects, no proxies from the env.
-    ``verify``: the trusted certificates (default: the system's)."""
+    """Return the HTTP client of webhook delivery: pinned, no redirects, no proxies from the env.
+
+    ``verify``: the trusted certificates (default: the system's).
+    """
     return httpx.AsyncClient(
         transport=PinnedTransport(allow, verify),
         timeout=timeout_s,
@@ -269,7 +277,7 @@ async def deliver(
             outcome = f"HTTP {status}"
             if 200 <= status < 300:
                 return True, attempt, outcome
-        except RequestInvalid as exc:
+        except RequestInvalidError as exc:
             log.warning("webhook to %s refused: %s", url, exc.errors[0].message)
             return False, attempt, exc.errors[0].message
         except httpx.HTTPError as exc:

@@ -36,12 +36,12 @@ class ModelAdapter(ABC):
         self.upstream = upstream
 
     def parse(self, raw: Body) -> BaseModel:
-        """Validate a predict body (JSON bytes or a parsed dict), or raise RequestInvalid."""
+        """Validate a predict body (JSON bytes or a parsed dict), or raise RequestInvalidError."""
         return parse_as(self.body_schema, raw)
 
     @abstractmethod
     async def check(self, body: BaseModel, version: str | None) -> None:
-        """Refuse now (RequestInvalid) what the model would refuse, e.g. for a job's inputs."""
+        """Refuse now (RequestInvalidError) what the model would refuse, e.g. for a job's inputs."""
 
     @abstractmethod
     async def predict(

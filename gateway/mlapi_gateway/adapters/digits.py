@@ -77,7 +77,7 @@ class DigitsLimits:
         )
 
     def check(self, body: DigitsPredict) -> None:
-        """Refuse a ``top_k`` or a ``pixels`` grid over the limits (RequestInvalid)."""
+        """Refuse a ``top_k`` or a ``pixels`` grid over the limits (RequestInvalidError)."""
         problems: list[errors.FieldError] = []
         if self.max_top_k is not None and body.top_k is not None and body.top_k > self.max_top_k:
             problems.append(
@@ -98,7 +98,7 @@ class DigitsLimits:
                     )
                 )
         if problems:
-            raise errors.RequestInvalid("the request body is invalid", problems)
+            raise errors.RequestInvalidError("the request body is invalid", problems)
 
 
 class DigitsPredict(BaseModel):
@@ -155,11 +155,15 @@ class DigitsPredict(BaseModel):
 
 
 class Prediction(BaseModel):
+    """One ranked label and its score."""
+
     label: str
     score: float
 
 
 class DigitsAnswer(BaseModel):
+    """``digits``' answer: ranked labels, the low-confidence flag, the model's metadata."""
+
     model: str
     model_version: str
     predictions: list[Prediction]
@@ -211,7 +215,7 @@ class DigitsAdapter(ModelAdapter):
     async def check(self, body: BaseModel, version: str | None) -> None:
         assert isinstance(body, DigitsPredict)
         limits = self.known
-        with contextlib.suppress(errors.Unavailable):  # the job's run checks it again
+        with contextlib.suppress(errors.UnavailableError):  # the job's run checks it again
             limits = await self.limits()
         limits.check(body)
 
@@ -224,7 +228,7 @@ class DigitsAdapter(ModelAdapter):
         if version is not None:
             live = (await self.traffic()).live_versions
             if version not in live:
-                raise errors.NotFound(
+                raise errors.NotFoundError(
                     f"model '{self.name}' has no live version '{version}'",
                     [f"{self.name}/versions/{v}" for v in live],
                 )

@@ -6,7 +6,7 @@ script, so claims, lease checks and the exactly-once finish are atomic across re
 jobs get a Redis expiry at ``expires_at``. Single Redis instance (the scripts touch keys they
 compute, which Redis Cluster does not allow). Each claim writes its own lease token, and
 progress, renewal, release and finish check it. Redis being unreachable surfaces as
-``StoreUnavailable``; persistence across a Redis restart is Redis's own (AOF or RDB).
+``StoreUnavailableError``; persistence across a Redis restart is Redis's own (AOF or RDB).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from mlapi_gateway.jobs.store import Job, StoreUnavailable
+from mlapi_gateway.jobs.store import Job, StoreUnavailableError
 
 _CLAIM = """
 local now, lease, worker, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
@@ -89,6 +89,8 @@ return id
 
 
 class RedisJobStore:
+    """The job store in Redis, for replicas on several hosts (same contract as JobStore)."""
+
     def __init__(
         self, url: str, result_ttl_s: float, lease_s: float, prefix: str = "mlapi:"
     ) -> None:
@@ -119,7 +121,7 @@ class RedisJobStore:
         try:
             yield
         except self._errors as exc:
-            raise StoreUnavailable(f"Redis cannot be reached: {exc}") from exc
+            raise StoreUnavailableError(f"Redis cannot be reached: {exc}") from exc
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from mlapi_gateway import errors
 from mlapi_gateway.auth import Principal
-from mlapi_gateway.jobs.store import Job, StoreUnavailable
+from mlapi_gateway.jobs.store import Job, StoreUnavailableError
 from mlapi_gateway.routes import json_response
 from mlapi_gateway.schemas import JobCreate, JobView, parse_as
 from mlapi_gateway.services import Services, read_body, services
@@ -27,15 +27,15 @@ router = APIRouter(tags=["jobs"])
 def _store(svc: Services) -> Iterator[None]:
     try:
         yield
-    except StoreUnavailable as exc:
-        raise errors.Unavailable(
+    except StoreUnavailableError as exc:
+        raise errors.UnavailableError(
             "the job store is unavailable; retry later", svc.settings.retry_after_s
         ) from exc
 
 
 async def _check_webhook(svc: Services, url: str) -> None:
     if not svc.settings.webhook_secret:
-        raise errors.RequestInvalid(
+        raise errors.RequestInvalidError(
             "webhooks are disabled on this gateway",
             [
                 errors.FieldError(
@@ -70,7 +70,7 @@ async def create_job(request: Request) -> Response:
     request.state.model = job.model
     adapter = svc.inference.adapter(job.model)
     if len(job.inputs) > svc.settings.jobs_max_inputs:
-        raise errors.RequestInvalid(
+        raise errors.RequestInvalidError(
             "too many inputs",
             [
                 errors.FieldError(
@@ -86,7 +86,7 @@ async def create_job(request: Request) -> Response:
     for index, item in enumerate(job.inputs):
         try:
             await adapter.check(adapter.parse(item), job.version)  # what the model would refuse
-        except errors.RequestInvalid as exc:
+        except errors.RequestInvalidError as exc:
             problems += [
                 errors.FieldError(
                     e.field.replace("body", f"body.inputs.{index}", 1), e.message, e.expected
@@ -94,7 +94,7 @@ async def create_job(request: Request) -> Response:
                 for e in exc.errors
             ]
     if problems:
-        raise errors.RequestInvalid("some inputs are invalid", problems)
+        raise errors.RequestInvalidError("some inputs are invalid", problems)
     with _store(svc):
         created = await svc.jobs.create(
             principal.id, job.model, job.version, job.inputs, job.webhook_url
@@ -107,7 +107,7 @@ async def _owned(svc: Services, principal: Principal, job_id: str) -> Job:
     with _store(svc):
         job = await svc.jobs.get(job_id)
     if job is None or (job.owner != principal.id and "admin" not in principal.scopes):
-        raise errors.NotFound(f"no job '{job_id}' (it may have expired)")
+        raise errors.NotFoundError(f"no job '{job_id}' (it may have expired)")
     return job
 
 
@@ -128,6 +128,6 @@ async def cancel_job(request: Request, job_id: str) -> Response:
     job = await _owned(svc, principal, job_id)
     with _store(svc):
         if not await svc.jobs.cancel(job_id):
-            raise errors.Conflict(f"job '{job_id}' already finished as {job.status}")
+            raise errors.ConflictError(f"job '{job_id}' already finished as {job.status}")
         cancelled = await svc.jobs.get(job_id)
     return json_response(cancelled.view() if cancelled else {"id": job_id, "status": "cancelled"})

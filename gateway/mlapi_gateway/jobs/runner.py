@@ -1,5 +1,7 @@
-"""The background worker of one gateway process: runs claimed jobs, delivers webhooks, expires
-old results. Several processes may run it against the same store.
+"""The background worker of one gateway process.
+
+It runs claimed jobs, delivers webhooks and expires old results. Several processes may run it
+against the same store.
 
 An input that finds Triton unavailable waits and retries (exponential backoff with jitter) for
 up to ``jobs_retry_budget_s``, longer than a Triton restart; a job that still cannot go on is
@@ -22,7 +24,7 @@ import orjson
 from mlapi_gateway import errors, webhooks
 from mlapi_gateway.inference import Inference
 from mlapi_gateway.jobs.redis_store import RedisJobStore
-from mlapi_gateway.jobs.store import Job, JobStore, StoreUnavailable
+from mlapi_gateway.jobs.store import Job, JobStore, StoreUnavailableError
 from mlapi_gateway.metrics import JOBS, WEBHOOKS
 from mlapi_gateway.problems import log_server_error, problem_body
 from mlapi_gateway.settings import GatewaySettings
@@ -40,7 +42,7 @@ def result_of(error: errors.GatewayError, request_id: str | None = None) -> dict
     return {"status": problem["status"], "problem": problem}
 
 
-class _Stop(Exception):
+class _JobStopError(Exception):
     """This worker gives the job up: its lease is lost, or Triton stayed away too long."""
 
     def __init__(self, requeue: bool) -> None:
@@ -49,6 +51,8 @@ class _Stop(Exception):
 
 
 class JobRunner:
+    """Runs the jobs of a store with ``jobs_concurrency`` workers, plus webhooks and expiry."""
+
     def __init__(
         self, settings: GatewaySettings, store: JobStore | RedisJobStore, inference: Inference
     ) -> None:
@@ -94,13 +98,13 @@ class JobRunner:
                 await self.run(job)
             except asyncio.CancelledError:
                 raise
-            except StoreUnavailable as exc:
+            except StoreUnavailableError as exc:
                 await asyncio.sleep(self._store_down(exc))
             except Exception:  # keep the worker alive; the job's lease lets another take it
                 log.exception("job worker error")
                 await asyncio.sleep(self.settings.jobs_poll_s)
 
-    def _store_down(self, exc: StoreUnavailable) -> float:
+    def _store_down(self, exc: StoreUnavailableError) -> float:
         """Log an outage once; the pause before the next try (grows up to a few seconds)."""
         now = time.monotonic()
         if self._store_down_since is None:
@@ -125,8 +129,8 @@ class JobRunner:
             for body in job.inputs[len(results) :]:
                 results.append(await self._one(job, body, lost, f"{job.id}.{len(results)}"))
                 if not await self.store.progress(job, results):
-                    raise _Stop(requeue=False)
-        except _Stop as stop:
+                    raise _JobStopError(requeue=False)
+        except _JobStopError as stop:
             if stop.requeue and await self.store.release(job):
                 log.warning("job %s: Triton unavailable too long; back in the queue", job.id)
             else:
@@ -145,7 +149,7 @@ class JobRunner:
 
     async def _give_up(self, job: Job) -> None:
         attempts = self.settings.jobs_max_attempts
-        error = errors.Unavailable(
+        error = errors.UnavailableError(
             f"the job was started {attempts} times without finishing (Triton unavailable, or "
             "the gateway stopped); its remaining inputs were not run",
             self.settings.retry_after_s,
@@ -160,25 +164,27 @@ class JobRunner:
     async def _one(
         self, job: Job, raw: dict[str, Any], lost: asyncio.Event, request_id: str
     ) -> dict[str, Any]:
-        """One input's result; retries while Triton is unavailable, within the budget.
-        ``request_id`` (``<job id>.<input index>``) is the id Triton sees for it."""
+        """Return one input's result, retrying while Triton is unavailable, within the budget.
+
+        ``request_id`` (``<job id>.<input index>``) is the id Triton sees for it.
+        """
         settings = self.settings
         timeout_s = min(settings.jobs_item_timeout_s, settings.deadline_max_s)
         budget_ends = time.monotonic() + settings.jobs_retry_budget_s
         delay = settings.jobs_retry_backoff_s
         while True:
             if lost.is_set():
-                raise _Stop(requeue=False)
+                raise _JobStopError(requeue=False)
             try:
                 body = self.inference.parse(job.model, raw)
                 prediction = await self.inference.predict(
                     job.model, body, job.version, timeout_s, request_id
                 )
                 return {"status": 200, "body": prediction}
-            except errors.Unavailable as exc:
+            except errors.UnavailableError as exc:
                 remaining = budget_ends - time.monotonic()
                 if remaining <= 0:
-                    raise _Stop(requeue=True) from exc
+                    raise _JobStopError(requeue=True) from exc
                 pause = min(random.uniform(delay / 2, delay), remaining)
                 if delay == settings.jobs_retry_backoff_s:  # the first retry of this input
                     log.warning(
@@ -201,7 +207,7 @@ class JobRunner:
                 if not await self.store.renew(job):
                     lost.set()
                     return
-            except StoreUnavailable as exc:
+            except StoreUnavailableError as exc:
                 log.warning("job %s: cannot renew its lease: %s", job.id, exc)
 
     # --- webhooks and expiry -------------------------------------------------------------
@@ -216,7 +222,7 @@ class JobRunner:
                 await self._deliver(job)
             except asyncio.CancelledError:
                 raise
-            except StoreUnavailable:
+            except StoreUnavailableError:
                 await asyncio.sleep(STORE_BACKOFF_MAX_S)
             except Exception:
                 log.exception("webhook worker error")
@@ -240,15 +246,17 @@ class JobRunner:
     async def _record_delivery(
         self, job_id: str, delivered: bool, attempts: int, outcome: str
     ) -> None:
-        """Record a delivery, waiting out a store outage: left unrecorded, the webhook would
-        be claimed and sent again once its delivery lease ends (delivery stays at least once
-        only if the outage outlasts that lease)."""
+        """Record a delivery, waiting out a store outage.
+
+        Left unrecorded, the webhook would be claimed and sent again once its delivery lease
+        ends (delivery stays at least once only if the outage outlasts that lease).
+        """
         pause = self.settings.jobs_poll_s
         while True:
             try:
                 await self.store.webhook_done(job_id, delivered, attempts, outcome)
                 return
-            except StoreUnavailable as exc:
+            except StoreUnavailableError as exc:
                 log.warning("job %s: cannot record its webhook delivery yet: %s", job_id, exc)
                 await asyncio.sleep(pause)
                 pause = min(STORE_BACKOFF_MAX_S, pause * 2)

@@ -31,7 +31,7 @@ FINAL = ("succeeded", "failed", "cancelled")
 log = logging.getLogger(__name__)
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailableError(Exception):
     """The job store cannot be reached now (Redis down, SQLite locked or failing); transient."""
 
 
@@ -65,6 +65,8 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
 
 @dataclass(frozen=True)
 class Job:
+    """One job as stored: its inputs, progress, results, lease and webhook state."""
+
     id: str
     owner: str
     model: str
@@ -120,8 +122,11 @@ class Job:
 
 
 def _switch_to_wal(db: sqlite3.Connection, patience_s: float = 10.0) -> None:
-    """Enable WAL. Several workers opening a new database at once race for the lock that the
-    journal-mode switch needs, and SQLite answers "locked" at once instead of waiting: retry."""
+    """Enable WAL, retrying while the database is locked.
+
+    Several workers opening a new database at once race for the lock that the journal-mode
+    switch needs, and SQLite answers "locked" at once instead of waiting.
+    """
     deadline = time.monotonic() + patience_s
     while True:
         try:
@@ -134,8 +139,7 @@ def _switch_to_wal(db: sqlite3.Connection, patience_s: float = 10.0) -> None:
 
 
 def create_private(path: Path) -> None:
-    """Create ``path`` (and missing parents, 0700) as an empty 0600 file if it does not exist,
-    and make an existing one 0600."""
+    """Create ``path`` as an empty 0600 file (parents 0700), or make an existing one 0600."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     try:
@@ -145,6 +149,8 @@ def create_private(path: Path) -> None:
 
 
 class JobStore:
+    """The job store in SQLite: every process that opens the file shares the jobs."""
+
     def __init__(self, path: Path, result_ttl_s: float, lease_s: float) -> None:
         create_private(path)
         self.result_ttl_s = result_ttl_s
@@ -165,7 +171,7 @@ class JobStore:
         try:
             return await asyncio.to_thread(locked)
         except sqlite3.OperationalError as exc:  # locked past the timeout, disk I/O errors
-            raise StoreUnavailable(f"the jobs database failed: {exc}") from exc
+            raise StoreUnavailableError(f"the jobs database failed: {exc}") from exc
 
     async def close(self) -> None:
         with self._lock:

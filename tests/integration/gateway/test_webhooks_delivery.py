@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from mlapi_gateway import webhooks
-from mlapi_gateway.errors import RequestInvalid
+from mlapi_gateway.errors import RequestInvalidError
 
 from .harness import WebhookReceiver, wait_for
 from .test_jobs import _slow, _wait_final
@@ -166,7 +166,7 @@ def test_the_transport_refuses_before_connecting(names: dict[str, list[str]]) ->
 
         async def run() -> None:
             async with webhooks.client([], 5.0) as http:
-                with pytest.raises(RequestInvalid, match="webhook_url"):
+                with pytest.raises(RequestInvalidError, match="webhook_url"):
                     await http.post(f"http://metadata.example.test:{port}/x", content=b"{}")
 
         asyncio.run(run())

@@ -145,7 +145,7 @@ def test_stream_slots_are_per_caller_and_given_back() -> None:
     slots = StreamSlots(limit=2, retry_after_s=4)
     slots.acquire("a")
     slots.acquire("a")
-    with pytest.raises(errors.TooManyStreams) as refused:
+    with pytest.raises(errors.TooManyStreamsError) as refused:
         slots.acquire("a")
     assert refused.value.retry_after_s == 4
     slots.acquire("b")

@@ -47,7 +47,7 @@ def _decode(decoder: ImageDecoder, data: bytes, max_pixels: int = 1024 * 1024) -
 def _refusal(
     decoder: ImageDecoder, data: bytes, max_pixels: int = 1024 * 1024
 ) -> errors.FieldError:
-    with pytest.raises(errors.RequestInvalid) as refused:
+    with pytest.raises(errors.RequestInvalidError) as refused:
         _decode(decoder, data, max_pixels)
     (error,) = refused.value.errors
     assert error.field == "body.image"

@@ -156,7 +156,7 @@ def test_a_mapped_error_keeps_its_cause(tmp_path: Path) -> None:
 
         adapter = gw.services.inference.adapter("digits")
         body = adapter.parse(orjson.dumps(PIXELS))
-        with pytest.raises(errors.DeadlineExceeded) as raised:
+        with pytest.raises(errors.DeadlineExceededError) as raised:
             await adapter.predict(body, None, 1.0, "r")
         assert raised.value.__cause__ is cause
 

@@ -13,7 +13,7 @@ import pytest
 
 from mlapi_gateway import errors
 from mlapi_gateway.jobs.runner import JobRunner
-from mlapi_gateway.jobs.store import JobStore, StoreUnavailable
+from mlapi_gateway.jobs.store import JobStore, StoreUnavailableError
 from mlapi_gateway.problems import TYPE_BASE
 from mlapi_gateway.settings import GatewaySettings
 
@@ -40,8 +40,8 @@ class ScriptedInference:
         return step
 
 
-def unavailable() -> errors.Unavailable:
-    return errors.Unavailable("model 'slow' cannot serve now (ConnectionFailedError)", 1)
+def unavailable() -> errors.UnavailableError:
+    return errors.UnavailableError("model 'slow' cannot serve now (ConnectionFailedError)", 1)
 
 
 def runner_for(tmp_path: Path, inference: ScriptedInference, **settings: Any) -> JobRunner:
@@ -106,10 +106,10 @@ def test_a_spent_budget_requeues_the_job_with_its_progress(tmp_path: Path) -> No
 
 
 def test_client_errors_and_model_failures_are_not_retried(tmp_path: Path) -> None:
-    invalid = errors.RequestInvalid(
+    invalid = errors.RequestInvalidError(
         "model 'slow' refused the input", [errors.FieldError("body.inputs.delay_ms", "too big")]
     )
-    inference = ScriptedInference(iter([invalid, errors.ModelFailed("model 'slow' failed")]))
+    inference = ScriptedInference(iter([invalid, errors.ModelFailedError("model 'slow' failed")]))
     runner = runner_for(tmp_path, inference)
 
     async def run() -> None:
@@ -207,7 +207,7 @@ def test_a_delivery_is_recorded_once_the_store_is_back(tmp_path: Path) -> None:
     async def flaky_done(job_id: str, delivered: bool, attempts: int, outcome: str) -> None:
         calls.append((job_id, delivered))
         if len(calls) < 3:
-            raise StoreUnavailable("Redis cannot be reached")
+            raise StoreUnavailableError("Redis cannot be reached")
 
     runner.store.webhook_done = flaky_done  # type: ignore[method-assign]
 

@@ -32,7 +32,7 @@ class Source:
                 self.produced += 1
                 yield {"index": index}
             if self.fail:
-                raise errors.Unavailable("gone", 1)
+                raise errors.UnavailableError("gone", 1)
         finally:
             self.closed = True
 
@@ -71,7 +71,9 @@ def test_errors_end_the_stream_with_an_error_event() -> None:
     """The event's data is the problem document an HTTP 503 carries, with the request id."""
     chunks = asyncio.run(_collect(relay(aiter(Source(1, fail=True)), _settings(), "req-7")))
     assert chunks[-1].startswith(b"event: error")
-    assert _problem_of(chunks[-1]) == problem_body(errors.Unavailable("gone", 1), None, "req-7")
+    assert _problem_of(chunks[-1]) == problem_body(
+        errors.UnavailableError("gone", 1), None, "req-7"
+    )
     assert _problem_of(chunks[-1]) == {
         "type": TYPE_BASE + "unavailable",
         "title": "Model unavailable",

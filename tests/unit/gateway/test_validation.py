@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from mlapi_client.results import ModelContract, TensorSpec
 from mlapi_gateway.adapters.digits import DigitsPredict
-from mlapi_gateway.errors import RequestInvalid
+from mlapi_gateway.errors import RequestInvalidError
 from mlapi_gateway.inference import Inference
 from mlapi_gateway.schemas import TensorPredict
 from mlapi_gateway.settings import GatewaySettings
@@ -37,7 +37,7 @@ def parse_body(model: str, raw: bytes) -> object:
 
 
 def _fields(raw: bytes, model: str = "digits") -> list[str]:
-    with pytest.raises(RequestInvalid) as invalid:
+    with pytest.raises(RequestInvalidError) as invalid:
         parse_body(model, raw)
     return [e.field for e in invalid.value.errors]
 
@@ -82,11 +82,11 @@ def test_tensors_follow_the_contract() -> None:
 
 
 def test_tensor_errors_are_collected_per_field() -> None:
-    with pytest.raises(RequestInvalid) as invalid:
+    with pytest.raises(RequestInvalidError) as invalid:
         tensors_for(CONTRACT, {"x": [[1, 2]], "prompt": [[1]], "k": [["a"]], "y": 1})
     fields = sorted(e.field for e in invalid.value.errors)
     assert fields == ["body.inputs.k", "body.inputs.prompt", "body.inputs.x", "body.inputs.y"]
-    with pytest.raises(RequestInvalid) as missing:
+    with pytest.raises(RequestInvalidError) as missing:
         tensors_for(CONTRACT, {"x": [[1, 2, 3]]})
     assert missing.value.errors[0].message == "missing required input"
 

@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 from pydantic import ValidationError
 
-from mlapi_gateway.errors import RequestInvalid
+from mlapi_gateway.errors import RequestInvalidError
 from mlapi_gateway.settings import GatewaySettings
 from mlapi_gateway.webhooks import check_target, is_allowed, is_public, parse_target, sign, verify
 
@@ -113,7 +113,7 @@ def test_the_allow_list_admits_named_networks_only() -> None:
     ],
 )
 def test_malformed_urls_are_refused_naming_the_field(url: str) -> None:
-    with pytest.raises(RequestInvalid) as refused:
+    with pytest.raises(RequestInvalidError) as refused:
         parse_target(url)
     assert [e.field for e in refused.value.errors] == ["body.webhook_url"]
     assert refused.value.errors[0].message
@@ -148,7 +148,7 @@ def test_wellformed_urls_parse(url: str, host: str, port: int) -> None:
     ],
 )
 def test_check_target_refuses_where_the_url_points(url: str) -> None:
-    with pytest.raises(RequestInvalid) as refused:
+    with pytest.raises(RequestInvalidError) as refused:
         asyncio.run(check_target(url, []))
     assert refused.value.errors[0].field == "body.webhook_url"
     assert "not a public address" in refused.value.errors[0].message
@@ -158,7 +158,7 @@ def test_check_target_accepts_public_and_allow_listed_targets() -> None:
     asyncio.run(check_target("https://93.184.216.34/hook", []))
     allow = [ipaddress.ip_network("127.0.0.1/32")]
     assert asyncio.run(check_target("http://127.0.0.1:9999/hook", allow)).port == 9999
-    with pytest.raises(RequestInvalid):
+    with pytest.raises(RequestInvalidError):
         asyncio.run(check_target("http://127.0.0.2:9999/hook", allow))
 
 
