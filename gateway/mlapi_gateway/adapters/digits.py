@@ -184,6 +184,7 @@ class DigitsAdapter(ModelAdapter):
         self.images = ImageDecoder(settings.image_decode_threads)
         # Until the config is read: the library's sides, no top_k bound of the gateway's.
         self.known = DigitsLimits.from_config({}, settings)
+        self._config: dict[str, Any] | None = None
         self._traffic = Cached(settings.metadata_cache_s)
         # Reads only, not retried: a Triton that is down must reach the caller as a prompt 503.
         # The controller reads model_config and live_versions, both in the TritonClient surface.
@@ -197,7 +198,9 @@ class DigitsAdapter(ModelAdapter):
     async def limits(self) -> DigitsLimits:
         """Return the model's limits, from its config as last read (at most metadata_cache_s old)."""
         config = await self.upstream.model_config(self.name)
-        self.known = DigitsLimits.from_config(config, self.upstream.settings)
+        if config is not self._config:  # parsed once per read of the config, not per request
+            self.known = DigitsLimits.from_config(config, self.upstream.settings)
+            self._config = config
         return self.known
 
     async def discover(self) -> None:
