@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel
@@ -25,7 +25,6 @@ from mlapi_client.async_client import AsyncClient
 from mlapi_client.results import ModelContract
 from mlapi_gateway import errors
 from mlapi_gateway.adapters import ModelAdapter, adapters_for
-from mlapi_gateway.schemas import TensorPredict
 from mlapi_gateway.settings import GatewaySettings
 from mlapi_gateway.upstream import Cached, TritonClient
 
@@ -226,17 +225,6 @@ class Inference:
     ) -> dict[str, Any]:
         """Run one prediction; ``request_id`` is sent to Triton as the inference request's id."""
         return await self.adapter(model).predict(body, version, timeout_s, request_id)
-
-    def stream(
-        self,
-        model: str,
-        body: TensorPredict,
-        version: str | None,
-        timeout_s: float,
-        request_id: str | None = None,
-    ) -> AsyncGenerator[dict[str, Any], None]:
-        """Relay a decoupled model's responses as JSON-ready dicts (errors already translated)."""
-        return self.adapter(model).stream(body, version, timeout_s, request_id)
 
 
 def _num(version: str) -> tuple[int, str]:
