@@ -371,7 +371,7 @@ def test_triton_hpa_uses_autoscaling_v2_on_the_recorded_ratio() -> None:
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods"
     assert metric["pods"]["metric"]["name"] == "mlapi_triton_queue_compute_ratio"
-    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "0.5"}
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "0.3"}
     assert "replicas" not in rendered.one("Deployment", "-triton")["spec"]
     fixed = render_file("no-autoscaling-values.yaml")
     assert not fixed.of_kind("HorizontalPodAutoscaler")
