@@ -19,6 +19,8 @@ from mlapi_tools.local.triton_process import Ports
 
 from .conftest import MODEL_REPOSITORY, ROOT
 
+START_BOUND_S = 180.0  # start-up takes ~4 s idle; a loaded 2-CPU machine needs far more
+
 
 def _process_group_members(pgid: int) -> list[int]:
     members = []
@@ -48,8 +50,8 @@ def _server_pid(http_port: int) -> int | None:
 
 
 def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
+    try:  # a slow answer on a loaded machine is still an answer
+        with urllib.request.urlopen(url, timeout=10):
             return True
     except OSError:
         return False
@@ -81,11 +83,11 @@ def test_serve_runs_on_env_ports_and_stops_cleanly(tmp_path, stop_signal):
     log = (tmp_path / "serve.log").open("wb")
     launcher = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + START_BOUND_S
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(
-                    f"http://127.0.0.1:{ports.http}/v2/models/digits/ready", timeout=2
+                    f"http://127.0.0.1:{ports.http}/v2/models/digits/ready", timeout=10
                 ):
                     break
             except OSError:
@@ -99,7 +101,7 @@ def test_serve_runs_on_env_ports_and_stops_cleanly(tmp_path, stop_signal):
         while not _answers(metrics_url):
             assert time.monotonic() < deadline, "the metrics port never answered"
             time.sleep(0.2)
-        with urllib.request.urlopen(metrics_url, timeout=5) as reply:
+        with urllib.request.urlopen(metrics_url, timeout=30) as reply:
             assert b"nv_inference_count" in reply.read()
         server_pid = _server_pid(ports.http)
         assert server_pid is not None
@@ -111,7 +113,7 @@ def test_serve_runs_on_env_ports_and_stops_cleanly(tmp_path, stop_signal):
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(0.3)
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(f"{gateway_url}/v1/models", timeout=5)
+            urllib.request.urlopen(f"{gateway_url}/v1/models", timeout=30)
         assert refused.value.code == 401
         refused.value.close()
 
@@ -154,7 +156,7 @@ def test_a_killed_launcher_leaves_nothing_behind(tmp_path):
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + START_BOUND_S
         while _server_pid(ports.http) is None or not _ready(ports.http):
             assert launcher.poll() is None and time.monotonic() < deadline
             time.sleep(0.3)
@@ -174,7 +176,7 @@ def test_a_killed_launcher_leaves_nothing_behind(tmp_path):
 def _ready(http_port: int) -> bool:
     try:
         with urllib.request.urlopen(
-            f"http://127.0.0.1:{http_port}/v2/models/digits/ready", timeout=2
+            f"http://127.0.0.1:{http_port}/v2/models/digits/ready", timeout=10
         ):
             return True
     except OSError:

@@ -63,7 +63,7 @@ def live_config(server: TritonServer, model: str) -> dict:
 
 def metrics_text(port: int) -> str:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
             return str(reply.read().decode())
     except OSError:
         return ""

@@ -19,10 +19,8 @@ from mlapi_tools.local import stubs
 from mlapi_tools.local.triton_process import Ports
 
 from ..conftest import MODEL_REPOSITORY, ROOT
-from ..test_serve import _answers, _process_group_members, _serve, _server_pid
+from ..test_serve import START_BOUND_S, _answers, _process_group_members, _serve, _server_pid
 from .conftest import wait_until
-
-START_BOUND_S = 180.0  # start-up takes ~4 s idle; a loaded 2-CPU machine needs far more
 
 
 def _launch(tmp_path: Path, repository: Path, *flags: str) -> tuple[subprocess.Popen, Ports, Path]:
