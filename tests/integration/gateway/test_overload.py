@@ -150,11 +150,13 @@ def test_streams_per_key_are_capped_with_429(
     wait_for(  # the gateway re-reads the keys file every 0.2 s
         lambda: (
             httpx.get(
-                f"{shedding_gateway.url}/v1/models", headers={"Authorization": f"Bearer {other}"}
+                f"{shedding_gateway.url}/v1/models",
+                headers={"Authorization": f"Bearer {other}"},
+                timeout=30,
             ).status_code
             == 200
         ),
-        timeout_s=10,
+        timeout_s=60,
     )
     # stream_count has two instances: one stream of each key keeps both busy.
     headers = {"Authorization": f"Bearer {key}"}
@@ -193,15 +195,15 @@ def test_readiness_follows_redis(triton: TritonServer, tmp_path: Path) -> None:
     gateway = _gateway(triton, tmp_path, redis_url=redis.url)
     try:
         ready = f"{gateway.url}/readyz"
-        assert httpx.get(ready).status_code == 200
+        assert httpx.get(ready, timeout=30).status_code == 200
         redis.stop()
         reply = httpx.get(ready, timeout=30)
         assert reply.status_code == 503, reply.text
         assert int(reply.headers["Retry-After"]) >= 1
         assert "Redis" in reply.json()["detail"] and "Triton" not in reply.json()["detail"]
-        assert httpx.get(f"{gateway.url}/healthz").status_code == 200
+        assert httpx.get(f"{gateway.url}/healthz", timeout=30).status_code == 200
         redis.start()  # the same port again
-        wait_for(lambda: httpx.get(ready, timeout=30).status_code == 200, timeout_s=30)
+        wait_for(lambda: httpx.get(ready, timeout=30).status_code == 200, timeout_s=60)
     finally:
         gateway.stop()
         redis.stop()
