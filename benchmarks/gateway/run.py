@@ -4,12 +4,19 @@ and against Triton's own HTTP endpoint, on the same digits image, in one run.
 The direct-Triton target (``triton``) is the raw baseline: wrk posting KServe JSON straight to
 Triton, no client library. The gateway reaches Triton through the project's client.
 
-Figures: p50 latency at 1 connection (the gateway's added latency is the difference) and
-throughput at 16 connections (the gateway's share of direct Triton's). Targets: at most
-1 ms added to p50; at least 10% of direct throughput.
+Figures, all from one run of interleaved rounds (each a median over the rounds):
+- p50 ratio gateway/direct at 1 connection (target <= 1.3), each round's gateway run over
+  that round's direct run;
+- throughput ratio gateway/direct at 16 connections (target >= 0.8), likewise per round;
+- the gateway's own CPU time per request (target <= 0.3 ms): utime + stime of every gateway
+  process (the server and all its workers, from /proc/<pid>/stat) over each wrk window,
+  divided by the requests wrk counted in it.
+The added p50 in ms is reported as well.
 
-    python benchmarks/gateway/run.py [--duration-s 10] [--workers 2] [--protocols http,grpc]
+    python benchmarks/gateway/run.py [--duration-s 10] [--workers 1] [--protocols http,grpc]
                                      [--out build/bench]
+
+``--workers`` defaults to GATEWAY_WORKERS, else 1: what ``make serve`` runs.
 
 ``--protocols`` starts one gateway per protocol of its calls to Triton (settings'
 triton_infer_protocol) and measures them in the same interleaved rounds.
@@ -31,7 +38,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 LUA = Path(__file__).with_name("post_json.lua")
@@ -54,6 +61,43 @@ def _triton_serves_digits(http_port: int) -> bool:
             return client.is_ready("digits", retry=False)
         except MlapiError:
             return False
+
+
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+TARGET_P50_RATIO = 1.3  # gateway p50 over direct Triton's, at 1 connection
+TARGET_THROUGHPUT_RATIO = 0.8  # gateway req/s over direct Triton's, at 16 connections
+TARGET_CPU_MS = 0.3  # gateway CPU (all its processes) per request
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, utime + stime in clock ticks) of a process, None once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()  # the name may hold spaces; fields 3.. follow
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def _tree_cpu_ticks(root: int) -> dict[int, int]:
+    """CPU ticks of ``root`` and of every process below it (uvicorn's workers), by pid."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            stats[int(entry.name)] = stat
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent]
+        tree.update(children)
+        frontier += children
+    return {pid: stats[pid][1] for pid in tree if pid in stats}
+
+
+def _cpu_s_between(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds the processes alive at both readings spent between them."""
+    ticks = sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
+    return ticks / CLOCK_TICKS_PER_S
 
 
 def _wrk(url: str, body_file: Path, bearer: str, connections: int, duration_s: int) -> dict:
@@ -80,8 +124,8 @@ def _wrk(url: str, body_file: Path, bearer: str, connections: int, duration_s: i
 
 def _median(runs: list[dict]) -> dict:
     """Per-figure medians over rounds."""
-    keys = ("p50_us", "p90_us", "p99_us", "rps")
-    return {k: statistics.median(r[k] for r in runs) for k in keys} | {
+    keys = ("p50_us", "p90_us", "p99_us", "rps", "cpu_ms_per_request")
+    return {k: statistics.median(r[k] for r in runs) for k in keys if k in runs[0]} | {
         "connections": runs[0]["connections"]
     }
 
@@ -150,7 +194,12 @@ def _start_gateway(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration-s", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of the gateway")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("GATEWAY_WORKERS", 1)),
+        help="uvicorn workers of the gateway (default: GATEWAY_WORKERS, else 1, as make serve)",
+    )
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds; figures are their medians"
     )
@@ -191,39 +240,39 @@ def main() -> int:
         key, record = new_key(["predict"], plan="bench")
         add_key(workdir / "keys.json", record)
         gateway_body, triton_body = _bodies(workdir)
-        targets = {
-            "triton": (f"http://127.0.0.1:{ports.http}/v2/models/digits/infer", triton_body, "")
+        targets: dict[str, Target] = {
+            "triton": Target(
+                f"http://127.0.0.1:{ports.http}/v2/models/digits/infer", triton_body, "", None
+            )
         }
         for protocol in protocols:
             gateway, port = _start_gateway(workdir, ports, protocol, args.workers)
             gateways.append(gateway)
             url = f"http://127.0.0.1:{port}/v1/models/digits/predict"
-            targets[f"gateway-{protocol}"] = (url, gateway_body, key)
+            targets[f"gateway-{protocol}"] = Target(url, gateway_body, key, gateway.pid)
         rounds = _interleaved_rounds(targets, args.rounds, args.duration_s)
         results = {
             name: {level: _median(runs) for level, runs in levels.items()}
             for name, levels in rounds.items()
         }
+        print(f"figures: {_figures(rounds, protocols)}", flush=True)
     finally:
         for gateway in gateways:
             gateway.terminate()
             gateway.wait(timeout=30)
         if triton is not None:
             triton.stop()
-    direct = results["triton"]
-    by_protocol = {
-        protocol: {
-            "added_p50_ms": round(
-                (results[f"gateway-{protocol}"]["c1"]["p50_us"] - direct["c1"]["p50_us"]) / 1000, 3
-            ),
-            "throughput_share": round(
-                results[f"gateway-{protocol}"]["c16"]["rps"] / direct["c16"]["rps"], 4
-            ),
-        }
-        for protocol in protocols
-    }
+    by_protocol = _figures(rounds, protocols)
     headline = by_protocol[protocols[0]]
     added_p50_ms, share = headline["added_p50_ms"], headline["throughput_share"]
+    targets_met = {
+        "p50_ratio_le_1.3": headline["p50_ratio"] <= TARGET_P50_RATIO,
+        "throughput_ratio_ge_0.8": headline["throughput_ratio"] >= TARGET_THROUGHPUT_RATIO,
+        "cpu_per_request_le_0.3ms": max(headline["cpu_ms_per_request"].values()) <= TARGET_CPU_MS,
+        # Earlier targets, kept so that older results stay comparable.
+        "added_p50_le_1ms": added_p50_ms <= 1.0,
+        "throughput_share_ge_10pct": share >= 0.10,
+    }
     summary = {
         "git_revision": subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -240,38 +289,83 @@ def main() -> int:
         "by_protocol": by_protocol,
         "gateway_added_p50_ms": added_p50_ms,
         "gateway_throughput_share": share,
-        "targets_met": {
-            "added_p50_le_1ms": added_p50_ms <= 1.0,
-            "throughput_share_ge_10pct": share >= 0.10,
+        "targets": {
+            "p50_ratio_max": TARGET_P50_RATIO,
+            "throughput_ratio_min": TARGET_THROUGHPUT_RATIO,
+            "cpu_ms_per_request_max": TARGET_CPU_MS,
         },
+        "targets_met": targets_met,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     out = args.out / f"gateway-{stamp}.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
-    from mlapi_bench.plots import gateway_overhead
-
-    png = gateway_overhead(
+    workers = f"{args.workers} worker{'s' if args.workers != 1 else ''}"
+    png = _plot(
         results,
+        by_protocol,
         args.out / f"gateway-{stamp}.png",
-        f"gateway ({args.workers} workers) vs direct Triton, digits 8x8, medians of {args.rounds}",
+        f"gateway ({workers}) vs direct Triton, digits 8x8, medians of {args.rounds} rounds",
     )
     _print_table(results)
     for protocol, figures in by_protocol.items():
+        cpu = figures["cpu_ms_per_request"]
         print(
-            f"gateway ({protocol} to Triton) adds {figures['added_p50_ms']:.2f} ms to p50 at "
-            f"1 connection (target <= 1 ms); sustains {figures['throughput_share']:.1%} of "
-            "direct Triton throughput at 16 connections (target >= 10%)"
+            f"gateway ({protocol} to Triton, {workers}): p50 {figures['p50_ratio']:.2f}x direct "
+            f"at 1 connection (+{figures['added_p50_ms']:.2f} ms; target <= "
+            f"{TARGET_P50_RATIO}x), {figures['throughput_ratio']:.2f}x direct throughput at 16 "
+            f"connections (target >= {TARGET_THROUGHPUT_RATIO}x), CPU {cpu['c1']:.3f} ms a "
+            f"request at 1 connection and {cpu['c16']:.3f} ms at 16 (target <= "
+            f"{TARGET_CPU_MS} ms)"
         )
+    print(f"targets met: {targets_met}")
     print(f"written: {out}, {png}")
     return 0
 
 
+class Target(NamedTuple):
+    """What wrk posts where; ``pid``: the gateway's server process (None: direct Triton)."""
+
+    url: str
+    body: Path
+    bearer: str
+    pid: int | None
+
+
+def _figures(rounds: dict[str, dict[str, list[dict]]], protocols: list[str]) -> dict[str, dict]:
+    """Per protocol: medians of the per-round ratios to direct Triton, and of CPU per request."""
+    direct = rounds["triton"]
+    figures = {}
+    for protocol in protocols:
+        runs = rounds[f"gateway-{protocol}"]
+        c1 = list(zip(runs["c1"], direct["c1"], strict=True))  # (gateway, direct) per round
+        c16 = list(zip(runs["c16"], direct["c16"], strict=True))
+        p50_ratios = [g["p50_us"] / d["p50_us"] for g, d in c1]
+        rps_ratios = [g["rps"] / d["rps"] for g, d in c16]
+        added_us = [g["p50_us"] - d["p50_us"] for g, d in c1]
+        figures[protocol] = {
+            "p50_ratio": round(statistics.median(p50_ratios), 3),
+            "throughput_ratio": round(statistics.median(rps_ratios), 3),
+            "cpu_ms_per_request": {
+                level: round(statistics.median(r["cpu_ms_per_request"] for r in level_runs), 4)
+                for level, level_runs in runs.items()
+            },
+            "added_p50_ms": round(statistics.median(added_us) / 1000, 3),
+            # Ratio of the medians (the figure of earlier runs).
+            "throughput_share": round(
+                statistics.median(r["rps"] for r in runs["c16"])
+                / statistics.median(r["rps"] for r in direct["c16"]),
+                4,
+            ),
+        }
+    return figures
+
+
 def _interleaved_rounds(
-    targets: dict[str, tuple[str, Path, str]], rounds: int, duration_s: int
+    targets: dict[str, Target], rounds: int, duration_s: int
 ) -> dict[str, dict[str, list[dict]]]:
     """wrk runs of every target at 1 and 16 connections, ``rounds`` times, after a warm-up."""
-    for url, body, bearer in targets.values():  # warm up every path
+    for url, body, bearer, _ in targets.values():  # warm up every path
         _wrk(url, body, bearer, 4, 2)
     runs: dict[str, dict[str, list[dict]]] = {n: {"c1": [], "c16": []} for n in targets}
     # Interleaved so that drift on a shared machine hits every target alike.
@@ -279,13 +373,20 @@ def _interleaved_rounds(
     done = 0
     for round_number in range(rounds):
         for connections in (1, 16):
-            for name, (url, body, bearer) in targets.items():
+            for name, (url, body, bearer, pid) in targets.items():
+                before = _tree_cpu_ticks(pid) if pid is not None else {}
                 run = _wrk(url, body, bearer, connections, duration_s)
+                cpu = ""
+                if pid is not None:
+                    cpu_s = _cpu_s_between(before, _tree_cpu_ticks(pid))
+                    run["cpu_s"] = cpu_s
+                    run["cpu_ms_per_request"] = cpu_s * 1000 / run["requests"]
+                    cpu = f", gateway CPU {run['cpu_ms_per_request']:.3f} ms a request"
                 runs[name][f"c{connections}"].append(run)
                 done += 1
                 print(
                     f"[{done}/{steps}] round {round_number + 1} {name} @{connections}: "
-                    f"p50 {run['p50_us'] / 1000:.2f} ms, {run['rps']:.0f} req/s",
+                    f"p50 {run['p50_us'] / 1000:.2f} ms, {run['rps']:.0f} req/s{cpu}",
                     flush=True,
                 )
     return runs
@@ -307,6 +408,53 @@ def _print_table(results: dict[str, dict[str, dict]]) -> None:
         )
     for row in rows:
         print(f"{row[0]:<13} {row[1]:>17} {row[2]:>17} {row[3]:>15} {row[4]:>18}")
+
+
+def _plot(
+    results: dict[str, dict[str, dict]], figures: dict[str, dict], path: Path, title: str
+) -> Path:
+    """Three panels: p50 at 1 connection, req/s at 16, gateway CPU per request; ratios noted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    gateways = [n for n in names if n != "triton"]
+    fig, (p50_ax, rps_ax, cpu_ax) = plt.subplots(1, 3, figsize=(14, 4.8))
+    colors = {n: f"C{i}" for i, n in enumerate(names)}
+    panels = (
+        (p50_ax, names, [results[n]["c1"]["p50_us"] / 1e3 for n in names], "{:.2f}",
+         "p50 latency at 1 connection (ms)", "p50_ratio", f"<= {TARGET_P50_RATIO}"),
+        (rps_ax, names, [results[n]["c16"]["rps"] for n in names], "{:.0f}",
+         "throughput at 16 connections (req/s)", "throughput_ratio", f">= {TARGET_THROUGHPUT_RATIO}"),
+    )  # fmt: skip
+    for ax, labels, values, fmt, ylabel, ratio, target in panels:
+        bars = ax.bar(labels, values, color=[colors[n] for n in labels])
+        notes = [fmt.format(v) for v in values]
+        for i, name in enumerate(labels):
+            if name in gateways:
+                notes[i] += f"\n{figures[name.removeprefix('gateway-')][ratio]:.2f}x direct"
+        ax.bar_label(bars, labels=notes, fontsize=8)
+        ax.set(ylabel=ylabel, title=f"target: {target}x direct")
+    width = 0.35
+    for i, name in enumerate(gateways):
+        cpu = figures[name.removeprefix("gateway-")]["cpu_ms_per_request"]
+        xs = [j + (i - (len(gateways) - 1) / 2) * width for j in range(2)]
+        bars = cpu_ax.bar(xs, [cpu["c1"], cpu["c16"]], width, label=name, color=colors[name])
+        cpu_ax.bar_label(bars, labels=[f"{cpu['c1']:.3f}", f"{cpu['c16']:.3f}"], fontsize=8)
+    cpu_ax.axhline(TARGET_CPU_MS, color="k", linestyle="--", linewidth=1)
+    cpu_ax.set_xticks([0, 1], ["1 connection", "16 connections"])
+    cpu_ax.set(ylabel="gateway CPU per request (ms)", title=f"target: <= {TARGET_CPU_MS} ms")
+    cpu_ax.legend(fontsize=8)
+    for ax in (p50_ax, rps_ax, cpu_ax):
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.margins(y=0.2)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
