@@ -46,10 +46,11 @@ test: models backends ## Run the whole test suite (unit + integration against a 
 test-unit: $(INSTALLED) ## Unit tests only (no server)
 	$(BIN)/python -m pytest tests/unit
 
-lint: $(INSTALLED) ## ruff and mypy
+lint: $(INSTALLED) ## ruff, mypy and codespell (the pre-commit hooks run the same)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/codespell
 
 format: $(INSTALLED) ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .

@@ -11,7 +11,7 @@ from mlapi_backend.bls_classifier import BlsClassifier
 from mlapi_backend.digits_pipeline import ClassifierError
 
 
-class _ModelException(Exception):
+class _ModelException(Exception):  # noqa: N818 - named after Triton's TritonModelException
     pass
 
 

@@ -28,7 +28,7 @@ from mlapi_tools.local.healing import (
     reload_config,
     verdict,
 )
-from mlapi_tools.local.probes import ProbeUnsupported, is_decoupled, probe_inputs
+from mlapi_tools.local.probes import ProbeUnsupportedError, is_decoupled, probe_inputs
 from mlapi_tools.local.stubs import StubProcess
 from mlapi_tools.local.supervisor_settings import SupervisorSettings
 
@@ -181,7 +181,7 @@ def test_probe_inputs_follow_the_config() -> None:
 
 def test_probe_inputs_refuse_a_type_they_cannot_make() -> None:
     config = {"name": "m", "input": [{"name": "x", "data_type": "TYPE_BF16", "dims": ["2"]}]}
-    with pytest.raises(ProbeUnsupported, match="'x'"):
+    with pytest.raises(ProbeUnsupportedError, match="'x'"):
         probe_inputs(config)
 
 

@@ -139,43 +139,12 @@ def serve(
     try:
         _start_triton(server, repositories, lambda: stopping)
         if with_supervisor and not stopping:
-            settings = SupervisorSettings.from_env(triton_url=f"http://{server.http_url}")
-            supervisor = SupervisorThread(
-                settings, server_pid=lambda: server.pid, restart_server=restart_for
-            ).start()
+            supervisor = _start_supervisor(server, restart_for)
         if with_gateway and not stopping:
             gateway = start_gateway(server)
-        while not stopping:
-            if gateway is not None and gateway.poll() is not None:
-                log.error("the gateway exited (status %s): stopping", gateway.returncode)
-                failed = True
-                break
-            alive = server.process is not None and server.process.poll() is None
-            if alive and not restart_requested.is_set():
-                time.sleep(0.2)
-                continue
-            restart_requested.clear()
-            code = server.stop()  # also ends what is left of its process group (stubs)
-            delay_s = restarts.delay_s("tritonserver", time.monotonic())
-            if delay_s is None:
-                log.error(
-                    "tritonserver exited (status %s) after %d restarts in 10 minutes: stopping",
-                    code,
-                    max_restarts,
-                )
-                failed = True
-                break
-            log.error(
-                "tritonserver %s (status %s): restarting it in %.0f s on the same ports with "
-                "the same key",
-                "was stopped" if alive else "exited on its own",
-                code,
-                delay_s,
-            )
-            time.sleep(delay_s)
-            restarts.record("tritonserver", time.monotonic())
-            if not stopping:
-                _start_triton(server, repositories, lambda: stopping)
+        failed = not _keep_serving(
+            server, gateway, repositories, restarts, restart_requested, lambda: stopping
+        )
     except _Interrupted:
         pass
     except (RuntimeError, TimeoutError) as exc:
@@ -185,9 +154,68 @@ def serve(
         stop_gateway(gateway)
         if supervisor is not None:
             supervisor.stop()
-        code = server.stop()
-        log.info("tritonserver stopped (exit status %s)", code)
+        log.info("tritonserver stopped (exit status %s)", server.stop())
     return 1 if failed else 0
+
+
+def _start_supervisor(server: TritonServer, restart: Callable[[str], None]) -> SupervisorThread:
+    """The stub supervisor, in a thread, watching ``server`` (``restart`` when a reload cannot heal)."""
+    settings = SupervisorSettings.from_env(triton_url=f"http://{server.http_url}")
+    return SupervisorThread(settings, server_pid=lambda: server.pid, restart_server=restart).start()
+
+
+def _keep_serving(
+    server: TritonServer,
+    gateway: subprocess.Popen[bytes] | None,
+    repositories: list[Path],
+    restarts: ReloadLimiter,
+    restart_requested: threading.Event,
+    stopping: Callable[[], bool],
+) -> bool:
+    """Watch the server and the gateway until a stop is requested, restarting a dead server.
+
+    False when serving had to end: the gateway exited, or the restart budget is spent.
+    """
+    while not stopping():
+        if gateway is not None and gateway.poll() is not None:
+            log.error("the gateway exited (status %s): stopping", gateway.returncode)
+            return False
+        alive = server.process is not None and server.process.poll() is None
+        if alive and not restart_requested.is_set():
+            time.sleep(0.2)
+            continue
+        restart_requested.clear()
+        if not _stop_for_restart(server, restarts, alive):
+            return False
+        if not stopping():
+            _start_triton(server, repositories, stopping)
+    return True
+
+
+def _stop_for_restart(server: TritonServer, restarts: ReloadLimiter, alive: bool) -> bool:
+    """Stop what is left of the server and wait out the restart backoff.
+
+    False when the restart budget (``restarts``) is spent: the launcher then gives up.
+    """
+    code = server.stop()  # also ends what is left of its process group (stubs)
+    delay_s = restarts.delay_s("tritonserver", time.monotonic())
+    if delay_s is None:
+        log.error(
+            "tritonserver exited (status %s) after %d restarts in %.0f minutes: stopping",
+            code,
+            restarts.max_reloads,
+            restarts.window_s / 60,
+        )
+        return False
+    log.error(
+        "tritonserver %s (status %s): restarting it in %.0f s on the same ports with the same key",
+        "was stopped" if alive else "exited on its own",
+        code,
+        delay_s,
+    )
+    time.sleep(delay_s)
+    restarts.record("tritonserver", time.monotonic())
+    return True
 
 
 def _start_triton(
@@ -237,7 +265,7 @@ def supervise(settings: SupervisorSettings) -> int:
     return 0
 
 
-class _Interrupted(Exception):
+class _Interrupted(Exception):  # noqa: N818 - a stop request, not an error
     """Ctrl-C or SIGTERM arrived while waiting for the server to become ready."""
 
 
@@ -283,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S"
     )
     if args.command == "backends":
-        print(assemble(args.backend_dir))
+        print(assemble(args.backend_dir))  # noqa: T201 - the command's output
         return 0
     if args.command == "supervise":
         url = args.triton_url

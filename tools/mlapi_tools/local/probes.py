@@ -24,7 +24,7 @@ from mlapi_tools.local.healing import Verdict, verdict
 _VARIABLE_DIM = 8
 
 
-class ProbeUnsupported(Exception):
+class ProbeUnsupportedError(Exception):
     """The model has an input no synthetic value can be made for (e.g. BF16)."""
 
 
@@ -37,7 +37,7 @@ def probe_inputs(config: Mapping[str, Any]) -> dict[str, np.ndarray]:
             continue
         dtype = TRITON_TO_NUMPY.get(str(tensor.get("data_type")))
         if dtype is None:
-            raise ProbeUnsupported(
+            raise ProbeUnsupportedError(
                 f"model '{config.get('name')}': no probe value for input "
                 f"'{tensor.get('name')}' of type {tensor.get('data_type')}"
             )

@@ -38,7 +38,7 @@ from mlapi_tools.local.healing import (
     instance_count,
     reload_config,
 )
-from mlapi_tools.local.probes import ProbeUnsupported, probe
+from mlapi_tools.local.probes import ProbeUnsupportedError, probe
 from mlapi_tools.local.supervisor_metrics import SupervisorMetrics
 from mlapi_tools.local.supervisor_settings import SupervisorSettings
 
@@ -172,7 +172,7 @@ class Supervisor:
                         config,
                         self.settings.probe_timeout_s,
                     )
-                except ProbeUnsupported:
+                except ProbeUnsupportedError:
                     continue
                 if answer is Verdict.DEAD:
                     self._suspect(entry.name, entry.version or "", "probe")
@@ -200,7 +200,8 @@ class Supervisor:
             outcome = await self._reload(model, version)
         self.metrics.reloads.labels(model=model, outcome=outcome).inc()
 
-    async def _reload(self, model: str, version: str) -> str:
+    async def _wait_for_turn(self, model: str) -> str | None:
+        """Wait out the backoff and a previous load; the outcome when no reload may start now."""
         now = time.monotonic()
         delay = self.limiter.delay_s(model, now)
         if delay is None:
@@ -223,6 +224,12 @@ class Supervisor:
             await asyncio.wait({previous}, timeout=_PREVIOUS_LOAD_WAIT_S)
             if not previous.done():
                 return self._blocked(model)
+        return None
+
+    async def _reload(self, model: str, version: str) -> str:
+        refused = await self._wait_for_turn(model)
+        if refused is not None:
+            return refused
         started = time.monotonic()
         self.limiter.record(model, started)
         config = await self._config(model)
@@ -249,7 +256,7 @@ class Supervisor:
                         config,
                         self.settings.probe_timeout_s,
                     )
-                except ProbeUnsupported:
+                except ProbeUnsupportedError:
                     answer = Verdict.UNKNOWN  # only the load's answer can tell
                 if answer is Verdict.ALIVE:
                     log.info("%s version %s serves again, %.2f s after the reload began",
