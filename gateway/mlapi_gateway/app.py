@@ -20,7 +20,7 @@ from mlapi_gateway.schemas import JobCreate, TensorAnswer, TensorPredict
 from mlapi_gateway.services import Services
 from mlapi_gateway.settings import GatewaySettings
 
-# The core's bodies; each exposed model's adapter documents its own (typed ones first).
+# The core's bodies; each exposed model's adapter documents its own.
 DOCUMENTED = (TensorPredict, TensorAnswer, JobCreate)
 
 
@@ -66,13 +66,13 @@ def _openapi(app: FastAPI, settings: GatewaySettings) -> dict[str, Any]:
     """Return the OpenAPI document: FastAPI's, completed by the gateway.
 
     It adds the bodies the routes validate themselves, the Bearer scheme and the error answers
-    every route can give (problem+json). The models' bodies carry the limits their adapters last read, so the document is rebuilt
-    when those change.
+    every route can give (problem+json). The models' bodies carry the limits their adapters
+    last read, so the document is rebuilt when those change.
     """
     svc: Services | None = getattr(app.state, "services", None)
     adapters = list(svc.inference.adapters.values()) if svc else []
     documented: dict[str, dict[str, Any]] = {}
-    for adapter in sorted(adapters, key=lambda a: not a.typed):
+    for adapter in adapters:
         documented.update(adapter.documented_schemas())
     for model in DOCUMENTED:
         documented[model.__name__] = model.model_json_schema(
