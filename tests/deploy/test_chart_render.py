@@ -228,9 +228,9 @@ def test_gateway_env_is_valid_gateway_settings(
     settings = GatewaySettings()
     if settings.jobs_store == "redis":
         assert settings.redis_url
-    assert settings.triton_http_url == "mlapi-triton-mlapi-triton:8000" or values_file.startswith(
-        "registry"
-    )
+    triton = render_file(values_file).one("Service", "-triton")["metadata"]["name"]
+    assert settings.triton_http_url == f"{triton}:8000"
+    assert settings.triton_grpc_url == f"{triton}:8001"
 
 
 def test_the_test_key_is_accepted_by_the_gateways_key_store() -> None:
