@@ -98,6 +98,13 @@ download "$OUT/wheels/triton-cpu" -c "$OUT/constraints.txt" -r docker/triton-cpu
 download "$OUT/wheels/triton-cpu" --no-deps -r docker/triton-cpu/pytriton.txt
 download "$OUT/wheels/gateway" -c "$OUT/constraints.txt" -r docker/gateway/requirements.txt
 
+# The NGC-based triton image is not built here (its base cannot be pulled); what can be checked
+# of its pip step is that its pins resolve to wheels for that container's Python (3.10).
+step "triton (NGC 24.10): its pins resolve to binary wheels for Python 3.10"
+rm -rf "$OUT/wheels/triton-ngc-check"
+download "$OUT/wheels/triton-ngc-check" --python-version 3.10 -r docker/triton/requirements.txt
+report "triton (NGC) pins: $(find "$OUT/wheels/triton-ngc-check" -name '*.whl' | wc -l) wheels resolve for cp310"
+
 # --- the images -------------------------------------------------------------------------------
 test -n "$(find model_repository -name '*.onnx')" || { echo "run make models first" >&2; exit 1; }
 for image in "${IMAGES[@]}"; do
