@@ -1,8 +1,8 @@
 """HTTP/REST transport: tritonclient.http.aio for metadata, our own connections for the rest.
 
 Inference goes through a lean keep-alive connection pool (http_pool) with tritonclient's
-public request/response codecs: it is the hot path, and tritonclient.http.aio both costs more
-(aiohttp) and drops the response headers, where a Retry-After from a proxy or gateway in front
+wire format (mlapi_client.tensors): it is the hot path, and tritonclient.http.aio both costs
+more (aiohttp) and drops the response headers, where a Retry-After from a proxy or gateway in front
 of Triton must reach the retry logic. generate_stream (SSE), which tritonclient.http.aio does
 not support at all, goes through an aiohttp session.
 """
@@ -18,7 +18,6 @@ from urllib.parse import quote
 
 import aiohttp
 import numpy.typing as npt
-import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 
 from mlapi_client import access
@@ -26,16 +25,8 @@ from mlapi_client.error_mapping import HttpStatusError, StreamError
 from mlapi_client.http_pool import HttpPool, Reply
 from mlapi_client.results import InferResponse
 from mlapi_client.settings import Endpoint
-from mlapi_client.tensors import (
-    from_json_event,
-    http_response,
-    infer_inputs,
-    json_value,
-    requested_outputs,
-)
+from mlapi_client.tensors import from_json_event, http_infer_body, http_infer_response, json_value
 from mlapi_client.transport import Parameters
-
-_CODEC = httpclient.InferenceServerClient  # its request/response codecs are static methods
 
 
 class HttpTransport:
@@ -44,6 +35,9 @@ class HttpTransport:
     def __init__(self, endpoint: Endpoint, triton_key: str | None = None) -> None:
         self._base = endpoint.url
         self._key_headers = access.http_headers(triton_key)
+        # The headers of an all-JSON infer body, and of a JSON header followed by tensors.
+        self._json_headers = {"Content-Type": "application/json", **self._key_headers}
+        self._binary_headers = {"Content-Type": "application/octet-stream", **self._key_headers}
         self._pool = HttpPool(endpoint.address, tls=endpoint.ssl)
         # Timeouts are applied per call by the client (asyncio), so the sessions have none.
         self._triton = httpaio.InferenceServerClient(
@@ -103,28 +97,22 @@ class HttpTransport:
         timeout_s: float | None,
         request_id: str | None = None,
     ) -> InferResponse:
-        body, json_size = _CODEC.generate_request_body(
-            infer_inputs(httpclient, inputs),
-            outputs=requested_outputs(httpclient, outputs),
-            request_id=request_id or "",  # the KServe "id" member ("" leaves it out)
-            parameters=dict(parameters) if parameters else None,
-        )
-        headers = {"Content-Type": "application/json", **self._key_headers}
+        # request_id: the KServe "id" member ("" leaves it out).
+        body, json_size = http_infer_body(inputs, outputs, request_id or "", parameters)
+        headers = self._json_headers
         if json_size is not None:  # a JSON header followed by binary tensors
             headers = {
-                "Content-Type": "application/octet-stream",
+                **self._binary_headers,
                 "Inference-Header-Content-Length": str(json_size),
-                **self._key_headers,
             }
         reply = await self._pool.request("POST", self._path(model, version, "infer"), headers, body)
         if reply.status != 200:
             raise _failure(reply, reply.body)
-        result = _CODEC.parse_response_body(
+        return http_infer_response(
             reply.body,
-            header_length=reply.headers.get("Inference-Header-Content-Length"),
-            content_encoding=reply.headers.get("Content-Encoding"),
+            reply.headers.get("Inference-Header-Content-Length"),
+            reply.headers.get("Content-Encoding"),
         )
-        return http_response(result)
 
     async def stream(
         self,

@@ -1,15 +1,31 @@
-"""The keep-alive connection pool against a raw asyncio server whose bytes each test controls."""
+"""The keep-alive connection pool against a raw asyncio server whose bytes each test controls,
+and the infer bodies it carries for the HTTP transport (tritonclient's wire format)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
+import json
+import struct
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import numpy as np
 import pytest
+import tritonclient.http as httpclient
 import uvloop
+from tritonclient.utils import deserialize_bytes_tensor, np_to_triton_dtype, serialize_byte_tensor
 
 from mlapi_client.http_pool import Headers, HttpPool, _Connection
+from mlapi_client.tensors import (
+    bytes_tensor,
+    http_infer_body,
+    http_infer_response,
+    http_response,
+    infer_inputs,
+    requested_outputs,
+)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
 
@@ -461,3 +477,167 @@ def test_headers_ignore_case() -> None:
     headers = Headers({"content-encoding": "gzip"})
     assert headers.get("Content-Encoding") == "gzip" and headers["CONTENT-ENCODING"] == "gzip"
     assert headers.get("Retry-After") is None and "retry-after" not in headers
+
+
+# --- the infer bodies the pool carries (mlapi_client.tensors' HTTP wire format) -----------
+
+_CODEC = httpclient.InferenceServerClient
+
+
+def _tritonclient_request(
+    inputs: dict[str, np.ndarray],
+    outputs: list[str] | None,
+    request_id: str,
+    parameters: dict[str, Any] | None,
+) -> tuple[bytes, int | None]:
+    return _CODEC.generate_request_body(  # type: ignore[no-any-return]
+        infer_inputs(httpclient, inputs),
+        outputs=requested_outputs(httpclient, outputs),
+        request_id=request_id,
+        parameters=parameters,
+    )
+
+
+REQUESTS = [
+    ({"image": np.arange(64, dtype=np.uint8).reshape(1, 8, 8)}, None, "", None),
+    (
+        {"image": np.zeros((1, 8, 8), np.uint8), "top_k": np.array([[3]], np.int32)},
+        None,
+        "req-1",
+        {"model_version": 2},
+    ),
+    (
+        {
+            "x": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4).T,  # not C-contiguous
+            "h": np.array([0.5, -2.0], np.float16),
+            "flag": np.array([True, False]),
+            "n": np.array(7, np.int64),  # 0-d
+            "u": np.array([2**63], np.uint64),
+            "d": np.array([], np.float64),
+        },
+        ["y", "z"],
+        "é-id",
+        {"name": "ünï", "on": True, "count": 3, "ratio": 0.25},
+    ),
+    ({"text": np.array([b"ab", b"", "\u00e9".encode()], dtype=np.object_)}, None, "", None),
+    ({"text": np.array(["hi", "\u00e9"]), "n": np.array([1], np.int8)}, ["out"], "r", None),
+    ({"x": np.array([1], np.int32)}, None, "", {"nan": float("nan"), "big": 2**70, "inf": -1e999}),
+]
+
+
+@pytest.mark.parametrize(("inputs", "outputs", "request_id", "parameters"), REQUESTS)
+def test_infer_request_bodies_are_tritonclients_byte_for_byte(
+    inputs: dict[str, np.ndarray],
+    outputs: list[str] | None,
+    request_id: str,
+    parameters: dict[str, Any] | None,
+) -> None:
+    body = http_infer_body(inputs, outputs, request_id, parameters)
+    assert body == _tritonclient_request(inputs, outputs, request_id, parameters)
+    raw, json_size = body
+    assert json_size is not None  # every tensor travels as binary data after the header
+    header = json.loads(raw[:json_size])
+    assert [t["name"] for t in header["inputs"]] == list(inputs)
+    assert json_size + sum(t["parameters"]["binary_data_size"] for t in header["inputs"]) == len(
+        raw
+    )
+
+
+@pytest.mark.parametrize(
+    "parameters", [{"priority": 1}, {"binary_data_output": False}, {"sequence_id": 3}]
+)
+def test_infer_request_refusals_are_tritonclients(parameters: dict[str, Any]) -> None:
+    inputs = {"x": np.array([1], np.int32)}
+    with pytest.raises(Exception) as ours:
+        http_infer_body(inputs, None, "", parameters)
+    with pytest.raises(Exception) as theirs:
+        _tritonclient_request(inputs, None, "", parameters)
+    assert type(ours.value) is type(theirs.value) and str(ours.value) == str(theirs.value)
+
+
+def _reply(outputs: list[tuple[str, np.ndarray, bool]]) -> tuple[bytes, str | None]:
+    """A Triton reply body: each output as binary data (True) or as JSON ``data`` (False)."""
+    described, raw = [], []
+    for name, array, binary in outputs:
+        tensor: dict[str, Any] = {
+            "name": name,
+            "datatype": np_to_triton_dtype(array.dtype) if array.dtype != np.object_ else "BYTES",
+            "shape": list(array.shape),
+        }
+        if binary:
+            data = (
+                serialize_byte_tensor(array).item()
+                if array.dtype == np.object_ and array.size
+                else b""
+                if array.dtype == np.object_
+                else array.tobytes()
+            )
+            tensor["parameters"] = {"binary_data_size": len(data)}
+            raw.append(data)
+        else:
+            tensor["data"] = [
+                v.decode() if isinstance(v, bytes) else v for v in array.ravel().tolist()
+            ]
+        described.append(tensor)
+    header = json.dumps({"model_name": "m", "model_version": "4", "outputs": described}).encode()
+    if not raw:
+        return header, None
+    return header + b"".join(raw), str(len(header))
+
+
+REPLIES = [
+    [
+        ("labels", np.array([[b"7", b"1", b"9"]], dtype=np.object_), True),
+        ("scores", np.array([[0.9, 0.05, 0.05]], np.float32), True),
+        ("low_confidence", np.array([[False]]), True),
+        ("metadata", np.array([[b'{"a": 1}']], dtype=np.object_), True),
+    ],
+    [
+        ("y", np.array([[1, 2], [3, 4]], np.int64), False),
+        ("t", np.array([b"x"], np.object_), False),
+    ],
+    [
+        ("e", np.zeros((0, 3), np.float32), True),
+        ("j", np.array([1.5, 2.5], np.float64), False),
+        ("h", np.array([1, 2, 3], np.float16), True),
+        ("e2", np.zeros((2, 0), np.object_), True),
+        ("u", np.array([255], np.uint8), True),
+    ],
+]
+
+
+@pytest.mark.parametrize("outputs", REPLIES)
+def test_infer_replies_decode_as_tritonclients_do(
+    outputs: list[tuple[str, np.ndarray, bool]],
+) -> None:
+    body, header_length = _reply(outputs)
+    ours = http_infer_response(body, header_length, None)
+    theirs = http_response(_CODEC.parse_response_body(body, header_length=header_length))
+    assert (ours.model_name, ours.model_version) == (theirs.model_name, theirs.model_version)
+    assert list(ours.outputs) == list(theirs.outputs) == [name for name, _, _ in outputs]
+    for name, array, _ in outputs:
+        mine, reference = ours[name], theirs[name]
+        assert mine.dtype == reference.dtype and mine.shape == reference.shape == array.shape
+        assert mine.tolist() == reference.tolist()
+        assert mine.flags.writeable == reference.flags.writeable
+
+
+def test_compressed_and_malformed_replies() -> None:
+    body, header_length = _reply(REPLIES[0])
+    packed = gzip.compress(body)
+    assert http_infer_response(packed, header_length, "gzip")["labels"].tolist() == [
+        [b"7", b"1", b"9"]
+    ]
+    with pytest.raises(ValueError):
+        http_infer_response(b"{not json", None, None)
+    with pytest.raises(KeyError):  # a binary reply must describe its outputs
+        http_infer_response(b"{}", "2", None)
+
+
+def test_a_truncated_bytes_element_fails_as_in_tritonclient() -> None:
+    encoded = serialize_byte_tensor(np.array([b"abc", b"de"], dtype=np.object_)).item()
+    assert bytes_tensor(encoded).tolist() == [b"abc", b"de"]
+    with pytest.raises(struct.error):
+        deserialize_bytes_tensor(encoded[:-1])
+    with pytest.raises(struct.error):
+        bytes_tensor(encoded[:-1])
