@@ -365,3 +365,21 @@ def test_healthcheck_command_follows_the_port_and_the_status(
         [*script, "TRITON_HTTP_PORT", port, "/v2/health/ready"], env={}, timeout=30
     )
     assert (ready.returncode, unready.returncode, closed.returncode) == (0, 1, 1)
+
+
+def test_gateway_image_settings_are_real_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every MLAPI_GATEWAY_* the image sets names a gateway setting, and the settings load."""
+    from mlapi_gateway.settings import GatewaySettings
+
+    env = dockerfile("gateway").final.env()
+    ours = {k: v for k, v in env.items() if k.startswith("MLAPI_GATEWAY_")}
+    assert ours, "the image sets no gateway setting"
+    fields = {f"MLAPI_GATEWAY_{name.upper()}" for name in GatewaySettings.model_fields}
+    assert set(ours) <= fields, sorted(set(ours) - fields)
+    for name in [n for n in os.environ if n.startswith("MLAPI_GATEWAY_")]:
+        monkeypatch.delenv(name)
+    for name, value in ours.items():
+        monkeypatch.setenv(name, value)
+    settings = GatewaySettings()
+    assert str(settings.keys_file) == env["MLAPI_GATEWAY_KEYS_FILE"]
+    assert str(settings.jobs_db).startswith("/tmp/"), "must be writable with a read-only root"
