@@ -31,7 +31,13 @@ from mlapi_backend.postprocessing import (
     low_confidence_reasons,
     rank,
 )
-from mlapi_backend.preprocessing import PreprocessedDigit, preprocess_digit
+from mlapi_backend.preprocessing import (
+    MAX_SIDE,
+    MIN_SIDE,
+    SIDE_CEILING,
+    PreprocessedDigit,
+    preprocess_digit,
+)
 from mlapi_backend.traffic_policy import Route, TrafficPolicy, routing_parameters
 
 INPUTS = {"image": "TYPE_UINT8", "top_k": "TYPE_INT32"}
@@ -97,6 +103,9 @@ class DigitsSettings:
     default_top_k: int
     max_top_k: int
     labels: tuple[str, ...]
+    # Image side bounds in pixels (config min_side_px / max_side_px; the gateway reads the same).
+    min_side_px: int = MIN_SIDE
+    max_side_px: int = MAX_SIDE
     # Versions the classifier's own config.pbtxt serves (its version_policy); empty when that
     # file is not beside this model (e.g. a model loaded through the API with its files inline).
     classifier_versions: frozenset[int] = frozenset()
@@ -123,6 +132,10 @@ class DigitsSettings:
             ) from exc
         max_top_k = config.int_parameter("max_top_k", 10, 1, len(labels))
         classifier_dir = (model_dir / ".." / classifier).resolve()
+        min_side = config.int_parameter("min_side_px", MIN_SIDE, 1, SIDE_CEILING)
+        max_side = config.int_parameter(
+            "max_side_px", max(MAX_SIDE, min_side), min_side, SIDE_CEILING
+        )
         return cls(
             model_name=config.name,
             classifier_name=classifier,
@@ -136,6 +149,8 @@ class DigitsSettings:
             default_top_k=config.int_parameter("default_top_k", 3, 1, max_top_k),
             max_top_k=max_top_k,
             labels=labels,
+            min_side_px=min_side,
+            max_side_px=max_side,
             classifier_versions=_repository_versions(classifier_dir),
             repository_policy=_repository_policy(model_dir / "config.pbtxt", config.name),
         )
@@ -248,7 +263,7 @@ class DigitsPipeline:
             if not 1 <= k <= s.max_top_k:
                 raise InvalidInputError("top_k", f"an integer in 1..{s.max_top_k}", str(k))
         pinned, routing_key = routing_parameters(parameters or {})
-        digits = tuple(preprocess_digit(img) for img in image)
+        digits = tuple(preprocess_digit(img, s.min_side_px, s.max_side_px) for img in image)
         return ParsedRequest(digits, k, s.policy.route(pinned, routing_key, self.rng.random()))
 
     def check_policy(self, backend: ClassifierBackend) -> list[int] | None:

@@ -28,8 +28,12 @@ from mlapi_backend.errors import InvalidInputError
 
 OUTPUT_SIDE = 8
 TRAINING_MAX = 16.0
+# Default image side bounds; the digits model's config overrides them (min_side_px,
+# max_side_px), and the gateway reads them from there. SIDE_CEILING bounds what a config may set:
+# the resize matrices grow with the side.
 MIN_SIDE = 8
 MAX_SIDE = 1024
+SIDE_CEILING = 4096
 # Ink level (0..255 grey levels above the background, at full resolution) below which an image
 # is blank: flat images and faint gradients of a level or two, not any visible stroke.
 BLANK_CONTRAST = 3.0
@@ -61,8 +65,10 @@ class PreprocessedDigit:
         }
 
 
-def validate_image(image: NDArray[Any], field: str = "image") -> None:
-    """Raise InvalidInputError unless ``image`` is a 2-D uint8 array with sides in 8..1024."""
+def validate_image(
+    image: NDArray[Any], field: str = "image", min_side: int = MIN_SIDE, max_side: int = MAX_SIDE
+) -> None:
+    """Raise InvalidInputError unless ``image`` is a 2-D uint8 array with sides in the bounds."""
     if image.dtype != np.uint8:
         raise InvalidInputError(field, "UINT8 pixels", f"{image.dtype}")
     if image.ndim != 2:
@@ -70,10 +76,10 @@ def validate_image(image: NDArray[Any], field: str = "image") -> None:
             field, "a 2-D grayscale image [height, width]", f"shape {image.shape}"
         )
     height, width = image.shape
-    if min(height, width) < MIN_SIDE or max(height, width) > MAX_SIDE:
+    if min(height, width) < min_side or max(height, width) > max_side:
         raise InvalidInputError(
             field,
-            f"height and width between {MIN_SIDE} and {MAX_SIDE} pixels",
+            f"height and width between {min_side} and {max_side} pixels",
             f"{height}x{width}",
         )
 
@@ -107,9 +113,11 @@ def border_pixels(image: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.concatenate([image[0, :], image[-1, :], image[1:-1, 0], image[1:-1, -1]])
 
 
-def preprocess_digit(image: NDArray[np.uint8]) -> PreprocessedDigit:
-    """Turn one validated grayscale image into the classifier's (64,) float32 input."""
-    validate_image(image)
+def preprocess_digit(
+    image: NDArray[np.uint8], min_side: int = MIN_SIDE, max_side: int = MAX_SIDE
+) -> PreprocessedDigit:
+    """Turn one grayscale image (sides in the bounds) into the classifier's (64,) float32 input."""
+    validate_image(image, min_side=min_side, max_side=max_side)
     grey = image.astype(np.float32)
     # Percentiles, not min/max: one stray pixel must not decide the polarity.
     low, high = (float(v) for v in np.percentile(grey, [RANGE_PERCENTILE, 100 - RANGE_PERCENTILE]))

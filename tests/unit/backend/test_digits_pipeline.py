@@ -387,6 +387,21 @@ def test_bad_parameters_fail_load():
         DigitsSettings.from_config(_config(max_top_k="11"), REPO / "digits")
     with pytest.raises(ModelConfigError, match="traffic_policy"):
         DigitsSettings.from_config(_config(traffic_policy='{"weights": {}}'), REPO / "digits")
+    with pytest.raises(ModelConfigError, match="max_side_px"):
+        DigitsSettings.from_config(_config(min_side_px="64", max_side_px="32"), REPO / "digits")
+    with pytest.raises(ModelConfigError, match="max_side_px"):
+        DigitsSettings.from_config(_config(max_side_px="100000"), REPO / "digits")
+
+
+def test_image_side_bounds_come_from_the_config():
+    shipped = _pipeline().settings
+    assert (shipped.min_side_px, shipped.max_side_px) == (8, 1024)
+    narrow = _pipeline(min_side_px="16", max_side_px="20")
+    narrow.parse(_image(), None)  # 16x16: inside
+    for side in (12, 24):
+        with pytest.raises(InvalidInputError, match="between 16 and 20 pixels") as info:
+            narrow.parse(np.zeros((1, side, side), dtype=np.uint8), None)
+        assert info.value.field == "image"
 
 
 def test_digits_batch_never_exceeds_classifier_batch():
