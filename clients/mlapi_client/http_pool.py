@@ -193,7 +193,9 @@ class HttpPool:
             raise ValueError(f"method {method!r} is not supported (use one of {METHODS})")
         if self._closed:
             raise ConnectionError("the connection pool is closed")
-        data = _request_bytes(method, target, self._host_header, {**self._auth, **headers}, body)
+        if self._auth:
+            headers = {**self._auth, **headers}
+        data = _request_bytes(method, target, self._host_header, headers, body)
         async with self._slots:
             while self._idle:
                 connection = self._idle.pop()
@@ -236,8 +238,10 @@ class HttpPool:
 def _request_bytes(
     method: str, target: str, host: str, headers: Mapping[str, str], body: bytes
 ) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    if any("\r" in line or "\n" in line for line in lines):
+    head = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+    head += "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    # Only the CRLFs written here: any other CR or LF was smuggled in by an argument.
+    breaks = 3 + len(headers)
+    if head.count("\n") != breaks or head.count("\r") != breaks:
         raise ValueError("HTTP request line or header contains a line break")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return b"".join(((head + "\r\n").encode("latin-1"), body))

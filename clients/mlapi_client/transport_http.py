@@ -39,6 +39,7 @@ class HttpTransport:
         self._json_headers = {"Content-Type": "application/json", **self._key_headers}
         self._binary_headers = {"Content-Type": "application/octet-stream", **self._key_headers}
         self._pool = HttpPool(endpoint.address, tls=endpoint.ssl)
+        self._infer_paths: dict[tuple[str, str], str] = {}
         # Timeouts are applied per call by the client (asyncio), so the sessions have none.
         self._triton = httpaio.InferenceServerClient(
             endpoint.address, ssl=endpoint.ssl, conn_timeout=None
@@ -105,7 +106,10 @@ class HttpTransport:
                 **self._binary_headers,
                 "Inference-Header-Content-Length": str(json_size),
             }
-        reply = await self._pool.request("POST", self._path(model, version, "infer"), headers, body)
+        path = self._infer_paths.get((model, version))
+        if path is None:  # quoted once per model and version
+            path = self._infer_paths[(model, version)] = self._path(model, version, "infer")
+        reply = await self._pool.request("POST", path, headers, body)
         if reply.status != 200:
             raise _failure(reply, reply.body)
         return http_infer_response(

@@ -447,7 +447,14 @@ def test_unreachable_server_raises_oserror() -> None:
 
 @pytest.mark.parametrize(
     ("target", "headers"),
-    [("/a\r\nX-Evil: 1", {}), ("/a", {"X": "v\r\nX-Evil: 1"}), ("/a", {"X\n": "v"})],
+    [
+        ("/a\r\nX-Evil: 1", {}),
+        ("/a", {"X": "v\r\nX-Evil: 1"}),
+        ("/a", {"X\n": "v"}),
+        ("/a\rb", {}),
+        ("/a", {"X": "v\r"}),
+        ("/a", {"X": "\nv", "Y": "w"}),
+    ],
 )
 def test_line_breaks_in_the_request_head_are_refused(target: str, headers: dict[str, str]) -> None:
     async def scenario() -> None:
