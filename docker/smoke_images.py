@@ -132,6 +132,10 @@ def main() -> int:
             check(tools.stdout.strip() == "", f"{name}: no compiler or pip on PATH")
         shipped = run_in(triton, {}, ["python3", "-c", "import mlapi_tools"])
         check(shipped.returncode != 0, "triton-cpu: mlapi_tools (build code, launcher) not shipped")
+        sidecar = run_in(gateway, {}, ["python", "-m", "mlapi_tools.local", "supervise", "--help"])
+        check(sidecar.returncode == 0, "gateway: the supervisor sidecar command starts")
+        build_code = run_in(gateway, {}, ["python", "-c", "import mlapi_tools.build"])
+        check(build_code.returncode != 0, "gateway: mlapi_tools.build (model building) not shipped")
         no_key = run_in(triton, {}, image_command(triton_image))
         check(no_key.returncode == 64, "triton-cpu: refuses to start without an access key")
 
