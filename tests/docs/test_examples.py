@@ -15,6 +15,7 @@ import importlib.util
 import io
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +106,13 @@ def _cli_accepts(args: str) -> bool:
 
 
 def _makefile_targets() -> set[str]:
-    text = (ROOT / "Makefile").read_text()
-    return {m.group(1) for m in re.finditer(r"^([a-zA-Z][\w-]*)\s*:(?!=)", text, re.MULTILINE)}
+    """Targets of the Makefile and of the files it includes (``include``/``-include``)."""
+    makefile = (ROOT / "Makefile").read_text()
+    texts = [makefile]
+    for included in re.findall(r"^-?include\s+(.+)$", makefile, re.MULTILINE):
+        texts += [path.read_text() for name in included.split() if (path := ROOT / name).exists()]
+    pattern = re.compile(r"^([a-zA-Z][\w-]*)\s*:(?!=)", re.MULTILINE)
+    return {m.group(1) for text in texts for m in pattern.finditer(text)}
 
 
 def _commands(code: str) -> list[str]:
@@ -145,3 +151,27 @@ def test_shell_block_names_only_what_exists(doc: str, line: int, code: str) -> N
             if not (ROOT / script).is_file():
                 missing.append(script)
     assert not missing, f"{doc}:{line} names what does not exist: {missing}"
+
+
+def test_readme_lists_the_targets_make_help_prints() -> None:
+    """README's copy of ``make help`` is what ``make help`` prints, and names only real targets."""
+    printed = subprocess.run(
+        ["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    readme = (ROOT / "README.md").read_text()
+    marker = "<!-- make help: kept equal to the output by tests/docs/test_examples.py -->"
+    assert marker in readme, "README.md lost its copy of `make help`"
+    copy = readme.split(marker, 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    assert copy == printed, "README.md's list of targets differs from `make help`: update it"
+    listed = {line.split()[0] for line in printed.splitlines() if line.strip()}
+    assert listed <= _makefile_targets()
+    # `make <target>` in inline code, and in shell blocks (checked further above).
+    documented = {
+        target
+        for doc in ALL_DOCS
+        for target in re.findall(r"`(?:[A-Z_]+=\S+ )*make ([a-z][\w-]*)", (ROOT / doc).read_text())
+    }
+    assert documented, "no `make <target>` found in the docs: the pattern is stale"
+    assert documented <= listed, (
+        f"docs name targets `make help` does not list: {documented - listed}"
+    )
