@@ -33,6 +33,7 @@ from mlapi_tools.local.supervisor import Supervisor, SupervisorThread
 from mlapi_tools.local.supervisor_settings import SupervisorSettings
 from mlapi_tools.local.triton_process import (
     LOOPBACK,
+    SERVE_EXIT_TIMEOUT_S,
     Ports,
     TritonServer,
     terminate_with_parent,
@@ -111,7 +112,7 @@ def serve(
         repositories,
         backend_dir,
         ports=Ports.from_env(),
-        exit_timeout_s=10,
+        exit_timeout_s=SERVE_EXIT_TIMEOUT_S,
         die_with_parent=True,
         access_key=access.ensure_key(),
         bind_address=os.environ.get("TRITON_BIND_ADDRESS", LOOPBACK),
