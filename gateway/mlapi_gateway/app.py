@@ -54,6 +54,7 @@ def create_app(
     routes.add_routes(app)
     app.include_router(job_routes.router)
     register_error_handlers(app)
+    app.add_middleware(routes.PredictFastPath, fastapi_app=app)  # innermost
     app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(MetricsMiddleware, models=settings.models)  # counts sheds too
     # Outermost: every answer (sheds, 500s included) carries the request id and is logged.
