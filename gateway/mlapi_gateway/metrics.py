@@ -61,6 +61,9 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, models: list[str] | tuple[str, ...] = ()) -> None:
         self.app = app
         self.models = frozenset(models)
+        # The counter and histogram children of each label set, looked up once (labels()
+        # takes a lock and checks its arguments every call); the labels are bounded.
+        self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,8 +87,14 @@ class MetricsMiddleware:
                 state.get("model_version", "") if model in self.models else "",
                 f"{status // 100}xx",
             )
-            REQUESTS.labels(*labels).inc()
-            LATENCY.labels(*labels).observe(time.perf_counter() - start)
+            children = self._children.get(labels)
+            if children is None:
+                children = self._children[labels] = (
+                    REQUESTS.labels(*labels),
+                    LATENCY.labels(*labels),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)
 
         async def send_recorded(message: Message) -> None:
             nonlocal status
