@@ -198,27 +198,33 @@ class OnnxModel:
             if array.dtype != spec.numpy_dtype:
                 raise InvalidInputError(spec.name, spec.data_type, str(array.dtype))
 
-    def run(self, requests: Sequence[Tensors]) -> list[Outputs | Exception]:
+    def run(self, requests: Sequence[Tensors | Exception]) -> list[Outputs | Exception]:
         """Run every request; batched requests with equal non-batch shapes share one session run.
 
         Returns, per request, its outputs or the exception that failed it (so one bad request
-        never fails its batch-mates).
+        never fails its batch-mates). An exception in place of a request (one that could not be
+        read) is passed through as its result.
         """
         results: list[Outputs | Exception] = [RuntimeError("not run")] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = {}
+        readable: dict[int, Tensors] = {}
         for index, inputs in enumerate(requests):
+            if isinstance(inputs, Exception):
+                results[index] = inputs
+                continue
             try:
                 self.check_request(inputs)
             except InvalidInputError as exc:
                 results[index] = exc
                 continue
+            readable[index] = inputs
             key: tuple[Any, ...] = (index,)  # without batching every request runs alone
             if self.config.max_batch_size > 0:
                 key = tuple((name, inputs[name].shape[1:]) for name in sorted(inputs))
             groups.setdefault(key, []).append(index)
         for members in groups.values():
             for index, outputs in zip(
-                members, self._run_group([requests[i] for i in members]), strict=True
+                members, self._run_group([readable[i] for i in members]), strict=True
             ):
                 results[index] = outputs
         return results

@@ -13,6 +13,8 @@ from onnx import TensorProto, helper
 from mlapi_backend.errors import InvalidInputError, ModelConfigError
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.onnx_backend import OnnxModel
+from mlapi_backend.triton_responses import respond
+from tests.unit.backend import fake_triton
 
 BASE_CONFIG = {
     "name": "doubler",
@@ -155,3 +157,30 @@ def test_a_request_that_fails_the_session_run_does_not_fail_its_group(model_dir)
     assert isinstance(results[1], RuntimeError)
     for index in (0, 2):
         np.testing.assert_array_equal(results[index]["y"], 2 * good["x"])
+
+
+def test_a_request_that_failed_to_be_read_does_not_break_up_the_batch(model_dir):
+    """Through the shared wrapper: a prepare failure stays in place, one session run serves the rest."""
+    model = _load(model_dir)
+    runs = []
+    real_run = model.session.run
+    model.session.run = lambda names, feed: runs.append(feed["x"].shape) or real_run(names, feed)
+    pb = fake_triton.pb_utils()
+
+    def read(request):
+        if request.value is None:
+            raise ValueError("a tensor the server could not hand over")
+        return {"x": np.full((1, 3), request.value, dtype=np.float32)}
+
+    values = [1, 2, 3, None, 5, 6, 7, 8]
+    requests = [fake_triton.Request(f"r{i}", v) for i, v in enumerate(values)]
+    responses = respond(requests, read, model.run, pb, "doubler")
+    assert runs == [(7, 3)]  # one session run for the seven readable requests
+    assert pb.Logger.lines[0][0] == "error" and "request 'r3'" in pb.Logger.lines[0][1]
+    assert [level for level, _ in pb.Logger.lines] == ["error"]  # no batch rerun warning
+    failed = responses.pop(3).error
+    assert failed.code == "INTERNAL" and "ValueError" in failed.message
+    for value, response in zip([v for v in values if v is not None], responses, strict=True):
+        assert response.error is None
+        ((name, array),) = response.tensors
+        assert name == "y" and array.tolist() == [[2.0 * value] * 3]
