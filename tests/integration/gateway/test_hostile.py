@@ -28,9 +28,10 @@ from .harness import Gateway, raw_request, read_until_closed, rss_bytes, wait_fo
 
 PREDICT = "/v1/models/digits/predict"
 # A refusal does less than a valid prediction (no image decoded, no call to Triton): measured
-# 0.4-12 ms against 4-10 ms for a PNG prediction on an idle 2-CPU machine. One that takes over ten
-# predictions, or over the floor, did real work on hostile input: decoding the 10000x10000 bomb
-# alone takes ~260 ms idle. The floor absorbs scheduling noise on a machine at full load.
+# 0.3-15 ms (the 408: 2001-2003 ms) against a median of 5-7 ms for a PNG prediction, idle and
+# beside stress-ng --cpu 2 on 2 CPUs. One that takes over ten predictions, or over the floor, did
+# real work on hostile input: decoding the 10000x10000 bomb alone takes ~260 ms idle. The floor
+# absorbs scheduling noise on a machine at full load.
 PROMPT_FACTOR = 10
 PROMPT_FLOOR_MS = 250.0
 BASELINE_SAMPLES = 5
