@@ -21,6 +21,10 @@ The added p50 in ms is reported as well.
 ``--protocols`` starts one gateway per protocol of its calls to Triton (settings'
 triton_infer_protocol) and measures them in the same interleaved rounds.
 
+``--compare-tree DIR`` (a checkout of another revision, e.g. from ``git worktree add``) adds,
+per protocol, a gateway running that tree's packages (``gateway-http@<rev>``), measured in the
+same rounds: before/after figures of a change from one run, whatever the machine's load.
+
 Uses the Triton on TRITON_HTTP_PORT / TRITON_GRPC_PORT when it is ready, else starts one on
 free ports; always starts its own gateway with a fresh key. Needs `wrk` (make system-deps).
 """
@@ -155,19 +159,28 @@ def _bodies(workdir: Path) -> tuple[Path, Path]:
 
 
 def _start_gateway(
-    workdir: Path, ports: Any, protocol: str, workers: int
+    workdir: Path, ports: Any, protocol: str, workers: int, tree: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """A gateway whose unary calls to Triton use ``protocol``; returns it and its port."""
+    """A gateway whose unary calls to Triton use ``protocol``; returns it and its port.
+
+    ``tree``: a checkout whose packages the gateway runs instead of this one's.
+    """
     from mlapi_tools.local.triton_process import Ports
 
     port = Ports.free().http
+    name = protocol if tree is None else f"{protocol}-{tree.name}"
+    paths = {}
+    if tree is not None:  # ahead of the editable install's paths
+        packages = ("gateway", "clients", "python_backend")
+        paths["PYTHONPATH"] = os.pathsep.join(str(tree / package) for package in packages)
     env = {
         **os.environ,
+        **paths,
         "MLAPI_GATEWAY_TRITON_GRPC_URL": f"127.0.0.1:{ports.grpc}",
         "MLAPI_GATEWAY_TRITON_HTTP_URL": f"127.0.0.1:{ports.http}",
         "MLAPI_GATEWAY_TRITON_INFER_PROTOCOL": protocol,
         "MLAPI_GATEWAY_KEYS_FILE": str(workdir / "keys.json"),
-        "MLAPI_GATEWAY_JOBS_DB": str(workdir / f"jobs-{protocol}.sqlite3"),
+        "MLAPI_GATEWAY_JOBS_DB": str(workdir / f"jobs-{name}.sqlite3"),
         # A real bucket on every request, sized so the benchmark never hits it.
         "MLAPI_GATEWAY_PLANS": json.dumps(
             {
@@ -178,7 +191,7 @@ def _start_gateway(
     }
     command = [sys.executable, "-m", "mlapi_gateway", "--port", str(port)]
     command += ["--workers", str(workers), "--log-level", "warning"]
-    log = workdir / f"gateway-{protocol}.log"
+    log = workdir / f"gateway-{name}.log"
     gateway = subprocess.Popen(
         command, env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT
     )
@@ -209,6 +222,11 @@ def main() -> int:
         help="comma-separated protocols of the gateway's calls to Triton, one gateway each "
         "(http, grpc); the first is the headline",
     )
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="a checkout of another revision: its gateway is measured in the same rounds",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
     args = parser.parse_args()
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
@@ -227,16 +245,20 @@ def main() -> int:
     gateways: list[subprocess.Popen[bytes]] = []
     ports = Ports.from_env()
     try:
+        triton_key = access.read_key()
         if not _triton_serves_digits(ports.http):
+            triton_key = access.ensure_key()
             triton = TritonServer(
                 [ROOT / "model_repository"],
                 workdir / "backends",
                 ports=Ports.free(),
-                access_key=access.ensure_key(),
+                access_key=triton_key,
             )
             triton.start((workdir / "triton.log").open("wb"))
             triton.wait_ready(timeout_s=180, models=("digits",))
             ports = triton.ports
+        if triton_key:  # one key for the whole run, whatever happens to the key file meanwhile
+            os.environ[access.KEY_ENV] = triton_key
         key, record = new_key(["predict"], plan="bench")
         add_key(workdir / "keys.json", record)
         gateway_body, triton_body = _bodies(workdir)
@@ -245,25 +267,31 @@ def main() -> int:
                 f"http://127.0.0.1:{ports.http}/v2/models/digits/infer", triton_body, "", None
             )
         }
+        labels = []
+        trees: list[tuple[str, Path | None]] = [("", None)]
+        if args.compare_tree is not None:
+            trees.append((f"@{_revision(args.compare_tree)}", args.compare_tree.resolve()))
         for protocol in protocols:
-            gateway, port = _start_gateway(workdir, ports, protocol, args.workers)
-            gateways.append(gateway)
-            url = f"http://127.0.0.1:{port}/v1/models/digits/predict"
-            targets[f"gateway-{protocol}"] = Target(url, gateway_body, key, gateway.pid)
+            for suffix, tree in trees:
+                gateway, port = _start_gateway(workdir, ports, protocol, args.workers, tree)
+                gateways.append(gateway)
+                url = f"http://127.0.0.1:{port}/v1/models/digits/predict"
+                labels.append(f"{protocol}{suffix}")
+                targets[f"gateway-{labels[-1]}"] = Target(url, gateway_body, key, gateway.pid)
         rounds = _interleaved_rounds(targets, args.rounds, args.duration_s)
         results = {
             name: {level: _median(runs) for level, runs in levels.items()}
             for name, levels in rounds.items()
         }
-        print(f"figures: {_figures(rounds, protocols)}", flush=True)
+        print(f"figures: {_figures(rounds, labels)}", flush=True)
     finally:
         for gateway in gateways:
             gateway.terminate()
             gateway.wait(timeout=30)
         if triton is not None:
             triton.stop()
-    by_protocol = _figures(rounds, protocols)
-    headline = by_protocol[protocols[0]]
+    by_protocol = _figures(rounds, labels)
+    headline = by_protocol[labels[0]]
     added_p50_ms, share = headline["added_p50_ms"], headline["throughput_share"]
     targets_met = {
         "p50_ratio_le_1.3": headline["p50_ratio"] <= TARGET_P50_RATIO,
@@ -274,9 +302,10 @@ def main() -> int:
         "throughput_share_ge_10pct": share >= 0.10,
     }
     summary = {
-        "git_revision": subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
+        "git_revision": _revision(ROOT, short=False),
+        "compared_tree_revision": (
+            _revision(args.compare_tree, short=False) if args.compare_tree else None
+        ),
         "settings": {
             "duration_s": args.duration_s,
             "rounds": args.rounds,
@@ -332,18 +361,23 @@ class Target(NamedTuple):
     pid: int | None
 
 
-def _figures(rounds: dict[str, dict[str, list[dict]]], protocols: list[str]) -> dict[str, dict]:
-    """Per protocol: medians of the per-round ratios to direct Triton, and of CPU per request."""
+def _revision(tree: Path, short: bool = True) -> str:
+    command = ["git", "rev-parse", *(["--short"] if short else []), "HEAD"]
+    return subprocess.run(command, cwd=tree, capture_output=True, text=True).stdout.strip()
+
+
+def _figures(rounds: dict[str, dict[str, list[dict]]], labels: list[str]) -> dict[str, dict]:
+    """Per gateway: medians of the per-round ratios to direct Triton, and of CPU per request."""
     direct = rounds["triton"]
     figures = {}
-    for protocol in protocols:
-        runs = rounds[f"gateway-{protocol}"]
+    for label in labels:
+        runs = rounds[f"gateway-{label}"]
         c1 = list(zip(runs["c1"], direct["c1"], strict=True))  # (gateway, direct) per round
         c16 = list(zip(runs["c16"], direct["c16"], strict=True))
         p50_ratios = [g["p50_us"] / d["p50_us"] for g, d in c1]
         rps_ratios = [g["rps"] / d["rps"] for g, d in c16]
         added_us = [g["p50_us"] - d["p50_us"] for g, d in c1]
-        figures[protocol] = {
+        figures[label] = {
             "p50_ratio": round(statistics.median(p50_ratios), 3),
             "throughput_ratio": round(statistics.median(rps_ratios), 3),
             "cpu_ms_per_request": {
@@ -437,6 +471,7 @@ def _plot(
                 notes[i] += f"\n{figures[name.removeprefix('gateway-')][ratio]:.2f}x direct"
         ax.bar_label(bars, labels=notes, fontsize=8)
         ax.set(ylabel=ylabel, title=f"target: {target}x direct")
+        ax.tick_params(axis="x", labelsize=8, labelrotation=10)
     width = 0.35
     for i, name in enumerate(gateways):
         cpu = figures[name.removeprefix("gateway-")]["cpu_ms_per_request"]
