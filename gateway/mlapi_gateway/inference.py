@@ -157,14 +157,17 @@ class Inference:
 
         return await self._contracts.get((model, version), load)
 
-    async def model_config(self, model: str) -> dict[str, Any]:
-        """Return the served config of ``model`` (cached for metadata_cache_s)."""
+    async def model_config(self, model: str, wait_s: float | None = None) -> dict[str, Any]:
+        """Return the served config of ``model`` (cached for metadata_cache_s).
+
+        ``wait_s`` bounds the wait when no config was read yet (TimeoutError after it).
+        """
 
         async def load() -> dict[str, Any]:
             with self.translated(model):
                 return await self.client.model_config(model, retry=False)
 
-        return await self._configs.get(model, load)
+        return await self._configs.get(model, load, wait_s)
 
     async def discover(self, timeout_s: float) -> None:
         """Let every adapter read its model's config once; a model not there yet is logged.

@@ -7,6 +7,7 @@ test can hand the app a small fake (``create_app(settings, services)``) instead 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
@@ -91,26 +92,73 @@ class Upstream(Protocol):
 
     async def contract(self, model: str, version: str | None = None) -> ModelContract: ...
 
-    async def model_config(self, model: str) -> dict[str, Any]: ...
+    async def model_config(self, model: str, wait_s: float | None = None) -> dict[str, Any]: ...
 
 
 class Cached:
-    """Values re-read at most every ``ttl_s`` seconds, one read at a time."""
+    """Values re-read at most every ``ttl_s`` seconds, never in a caller's way once known.
 
-    def __init__(self, ttl_s: float) -> None:
+    One read per key at a time:
+
+    - Fresh value: returned as is.
+    - Stale value: one read refreshes it; callers wait for that read at most
+      ``stale_wait_s``, then get the stale value, so a slow or failing Triton costs requests
+      little once a value was read (a config, a contract and a traffic status change rarely,
+      and a request that no longer fits them is refused by Triton itself).
+    - No value yet: callers share one read, each waiting at most its own ``wait_s``.
+    - A failed read is remembered for ``failure_ttl_s``: callers meanwhile get the stale value,
+      or that same error, instead of one more read each.
+    """
+
+    def __init__(
+        self, ttl_s: float, failure_ttl_s: float = 1.0, stale_wait_s: float = 0.25
+    ) -> None:
         self.ttl_s = ttl_s
+        self.failure_ttl_s = failure_ttl_s
+        self.stale_wait_s = stale_wait_s
         self._values: dict[Any, tuple[float, Any]] = {}
-        self._lock = asyncio.Lock()
+        self._failures: dict[Any, tuple[float, BaseException]] = {}
+        self._reads: dict[Any, asyncio.Future[Any]] = {}
 
-    async def get(self, key: Any, load: Callable[[], Awaitable[T]]) -> T:
-        """Return the value of ``key``, loading it when absent or older than ``ttl_s``."""
+    async def get(
+        self, key: Any, load: Callable[[], Awaitable[T]], wait_s: float | None = None
+    ) -> T:
+        """Return the value of ``key`` (see the class); TimeoutError after ``wait_s`` unread."""
+        now = time.monotonic()
         hit = self._values.get(key)
-        if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+        if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]  # type: ignore[no-any-return]
-        async with self._lock:
-            hit = self._values.get(key)
-            if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
+        failed = self._failures.get(key)
+        if failed is not None and now - failed[0] < self.failure_ttl_s:
+            if hit is not None:
                 return hit[1]  # type: ignore[no-any-return]
-            value = await load()
-            self._values[key] = (time.monotonic(), value)
-            return value
+            raise failed[1]
+        read = self._reads.get(key)
+        if read is None:
+            read = self._reads[key] = asyncio.ensure_future(self._read(key, load))
+        if hit is not None:
+            # Stale: wait briefly for the fresh value (a read takes a millisecond when Triton
+            # is well), else answer with the stale one while the read goes on.
+            bound = self.stale_wait_s if wait_s is None else min(wait_s, self.stale_wait_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(read), bound)
+            return self._values[key][1]  # type: ignore[no-any-return]
+        await asyncio.wait_for(asyncio.shield(read), wait_s)
+        failed = self._failures.get(key)
+        if key not in self._values and failed is not None:
+            raise failed[1]
+        return self._values[key][1]  # type: ignore[no-any-return]
+
+    async def _read(self, key: Any, load: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            self._values[key] = (time.monotonic(), await load())
+            self._failures.pop(key, None)
+        except Exception as exc:  # remembered, raised to this read's callers
+            self._failures[key] = (time.monotonic(), exc)
+        finally:
+            self._reads.pop(key, None)
+
+    def forget(self, key: Any) -> None:
+        """Drop what is known of ``key``: the next ``get`` reads it again."""
+        self._values.pop(key, None)
+        self._failures.pop(key, None)

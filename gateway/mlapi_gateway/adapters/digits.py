@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -19,6 +20,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mlapi_backend import preprocessing
+from mlapi_backend.errors import ModelConfigError
+from mlapi_backend.model_config import ModelConfig
 from mlapi_client.async_client import AsyncClient
 from mlapi_client.traffic import AsyncTrafficController, TrafficStatus
 from mlapi_gateway import errors
@@ -27,10 +30,13 @@ from mlapi_gateway.images import ImageDecoder
 from mlapi_gateway.settings import GatewaySettings
 from mlapi_gateway.upstream import Cached, Upstream
 
+log = logging.getLogger(__name__)
+
 # Parameters of the model's config.pbtxt that bound a request.
 MAX_TOP_K_PARAMETER = "max_top_k"
 MIN_SIDE_PARAMETER = "min_side_px"
 MAX_SIDE_PARAMETER = "max_side_px"
+DEFAULT_MAX_TOP_K = 10  # the model's default (DigitsSettings.from_config)
 
 # A held-out digit (a 9) of the bundled data, as rows and as PNG: the documented examples.
 EXAMPLE_DIGIT = [
@@ -52,34 +58,41 @@ class DigitsLimits:
     min_side_px: int
     max_side_px: int
     max_pixels: int
-    max_top_k: int | None  # None: the config names none, the model alone checks it
+    max_top_k: int
 
     @classmethod
     def from_config(cls, config: dict[str, Any], settings: GatewaySettings) -> DigitsLimits:
-        """Read the limits of a served config (Triton's JSON), capped by the gateway's own."""
-        parameters: dict[str, Any] = config.get("parameters") or {}
+        """Read the limits of a served config (Triton's JSON), capped by the gateway's own.
 
-        def number(key: str) -> int | None:
-            raw = (parameters.get(key) or {}).get("string_value", "")
-            return int(raw) if str(raw).strip().isdigit() else None
-
-        max_side = number(MAX_SIDE_PARAMETER) or preprocessing.MAX_SIDE
+        Parsed as the model parses them (``DigitsSettings.from_config``: same defaults and
+        bounds), so the gateway and the model agree on every config the model accepts;
+        ModelConfigError for one it would refuse.
+        """
+        parsed = ModelConfig.from_json(config)
+        min_side = parsed.int_parameter(
+            MIN_SIDE_PARAMETER, preprocessing.MIN_SIDE, 1, preprocessing.SIDE_CEILING
+        )
+        max_side = parsed.int_parameter(
+            MAX_SIDE_PARAMETER,
+            max(preprocessing.MAX_SIDE, min_side),
+            min_side,
+            preprocessing.SIDE_CEILING,
+        )
         if settings.image_max_side_px is not None:
             max_side = min(max_side, settings.image_max_side_px)
         max_pixels = max_side * max_side
         if settings.image_max_pixels is not None:
             max_pixels = min(max_pixels, settings.image_max_pixels)
+        # The model bounds max_top_k by its label count, which only it knows.
+        max_top_k = parsed.int_parameter(MAX_TOP_K_PARAMETER, DEFAULT_MAX_TOP_K, 1, 2**31 - 1)
         return cls(
-            min_side_px=number(MIN_SIDE_PARAMETER) or preprocessing.MIN_SIDE,
-            max_side_px=max_side,
-            max_pixels=max_pixels,
-            max_top_k=number(MAX_TOP_K_PARAMETER),
+            min_side_px=min_side, max_side_px=max_side, max_pixels=max_pixels, max_top_k=max_top_k
         )
 
     def check(self, body: DigitsPredict) -> None:
         """Refuse a ``top_k`` or a ``pixels`` grid over the limits (RequestInvalidError)."""
         problems: list[errors.FieldError] = []
-        if self.max_top_k is not None and body.top_k is not None and body.top_k > self.max_top_k:
+        if body.top_k is not None and body.top_k > self.max_top_k:
             problems.append(
                 errors.FieldError(
                     "body.top_k",
@@ -195,11 +208,29 @@ class DigitsAdapter(ModelAdapter):
     async def close(self) -> None:
         self.images.close()
 
-    async def limits(self) -> DigitsLimits:
-        """Return the model's limits, from its config as last read (at most metadata_cache_s old)."""
-        config = await self.upstream.model_config(self.name)
+    async def limits(self, wait_s: float | None = None) -> DigitsLimits:
+        """Return the model's limits, from its config as last read (at most metadata_cache_s old).
+
+        Once a config was read, a failing or slow re-read never fails a request: the limits
+        last known stay in force (Triton refuses what the model would). Before that, the read
+        waits at most ``wait_s`` and its failure is the request's (503 when Triton is down).
+        """
+        try:
+            config = await self.upstream.model_config(self.name, wait_s)
+        except (errors.GatewayError, TimeoutError) as exc:
+            if self._config is not None:
+                return self.known
+            if isinstance(exc, TimeoutError):
+                raise errors.UnavailableError(
+                    f"model '{self.name}': its config could not be read within {wait_s:.1f} s",
+                    self.upstream.settings.retry_after_s,
+                ) from exc
+            raise
         if config is not self._config:  # parsed once per read of the config, not per request
-            self.known = DigitsLimits.from_config(config, self.upstream.settings)
+            try:
+                self.known = DigitsLimits.from_config(config, self.upstream.settings)
+            except ModelConfigError as exc:  # the model refuses such a config too
+                log.warning("keeping the last known limits of '%s': %s", self.name, exc)
             self._config = config
         return self.known
 
@@ -218,15 +249,17 @@ class DigitsAdapter(ModelAdapter):
     async def check(self, body: BaseModel, version: str | None) -> None:
         assert isinstance(body, DigitsPredict)
         limits = self.known
-        with contextlib.suppress(errors.UnavailableError):  # the job's run checks it again
-            limits = await self.limits()
+        # Whatever the config read meets, the limits last known decide; the job's run checks
+        # again. A submission must not fail for a Triton that is slow or down.
+        with contextlib.suppress(errors.GatewayError, TimeoutError):
+            limits = await self.limits(wait_s=self.upstream.settings.ready_timeout_s)
         limits.check(body)
 
     async def predict(
         self, body: BaseModel, version: str | None, timeout_s: float, request_id: str | None
     ) -> dict[str, Any]:
         assert isinstance(body, DigitsPredict)
-        limits = await self.limits()
+        limits = await self.limits(wait_s=timeout_s)
         limits.check(body)
         if version is not None:
             live = (await self.traffic()).live_versions

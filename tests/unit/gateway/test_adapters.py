@@ -3,6 +3,7 @@ is picked up on the next refresh, gateway settings only lower it, base64 is deco
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 from PIL import Image
 
 from mlapi_backend import preprocessing
+from mlapi_backend.errors import ModelConfigError
+from mlapi_client import errors as client_errors
 from mlapi_gateway.adapters import ADAPTERS, TensorAdapter, adapters_for
 from mlapi_gateway.adapters.digits import DigitsAdapter, DigitsLimits
 from mlapi_gateway.inference import Inference
@@ -100,7 +103,8 @@ def test_limits_fall_back_to_the_model_library_and_a_setting_caps_lower(tmp_path
         preprocessing.MIN_SIDE,
         preprocessing.MAX_SIDE,
     )
-    assert plain.max_pixels == preprocessing.MAX_SIDE**2 and plain.max_top_k is None
+    # No max_top_k in the config: the model's own default, 10 (DigitsSettings.from_config).
+    assert plain.max_pixels == preprocessing.MAX_SIDE**2 and plain.max_top_k == 10
     config = config_of("digits", {"max_side_px": "512", "max_top_k": "6"})
     capped = DigitsLimits.from_config(config, settings_for(tmp_path, image_max_side_px=100))
     assert (capped.max_side_px, capped.max_pixels, capped.max_top_k) == (100, 100 * 100, 6)
@@ -130,3 +134,74 @@ def test_base64_is_decoded_once_per_request(
         assert call["image"].shape == (8, 8)
 
     run(tmp_path, check)
+
+
+def test_limits_are_parsed_as_the_model_parses_them(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+
+    def limits(**parameters: str) -> DigitsLimits:
+        return DigitsLimits.from_config(config_of("digits", parameters), settings)
+
+    # int() forms the model accepts, and the model's default for max_side_px.
+    assert limits(max_side_px="+2048").max_side_px == 2048
+    assert limits(max_side_px="2_048").max_side_px == 2048
+    assert limits(min_side_px="2000").max_side_px == 2000  # max(1024, min_side), as the model
+    for bad in ({"max_side_px": "\u00b2"}, {"max_side_px": "0"}, {"max_top_k": "0"}):
+        with pytest.raises(ModelConfigError):
+            limits(**bad)
+
+
+def test_a_failing_config_read_keeps_the_last_known_limits(tmp_path: Path) -> None:
+    triton = FakeTriton.default()
+    _digits_config(triton, max_top_k="4")
+
+    async def check(gw: Gateway) -> None:
+        body = {"pixels": [[0] * 8] * 8, "top_k": 5}
+        assert "body.top_k" in _fields(await gw.http.post(PREDICT, json=body, headers=gw.auth))
+        triton.fail["model_config"] = client_errors.InferenceTimeoutError("config: deadline")
+        # Predictions go on under the limits last read: a refused top_k stays refused ...
+        assert "body.top_k" in _fields(await gw.http.post(PREDICT, json=body, headers=gw.auth))
+        # ... and a valid request is served, neither a 504 nor a 503 for the config read.
+        ok = await gw.http.post(PREDICT, json={**body, "top_k": 4}, headers=gw.auth)
+        assert ok.status_code == 200, ok.text
+        # A job is accepted too, and its 20 inputs cost at most one more config read.
+        reads = len(triton.called("model_config"))
+        job = await gw.http.post(
+            "/v1/jobs",
+            json={"model": "digits", "inputs": [{**body, "top_k": 4}] * 20},
+            headers=gw.auth,
+        )
+        assert job.status_code == 202, job.text
+        assert len(triton.called("model_config")) - reads <= 1
+
+    run(tmp_path, check, triton, metadata_cache_s=0)
+
+
+def test_a_config_that_cannot_be_read_yet_is_a_503_not_a_504(tmp_path: Path) -> None:
+    triton = FakeTriton.default()
+    never = asyncio.Event()
+
+    async def hanging(model: str, version: str | None = None, *, retry: bool = False) -> Any:
+        triton.calls.append(("model_config", {"model": model}))
+        await never.wait()
+
+    async def check(gw: Gateway) -> None:
+        # As before any read: neither the adapter nor the cache knows a config.
+        gw.services.inference.adapters["digits"]._config = None  # type: ignore[attr-defined]
+        gw.services.inference._configs.forget("digits")
+        triton.model_config = hanging  # type: ignore[method-assign]
+        reads = len(triton.called("model_config"))
+        body = {"pixels": [[0] * 8] * 8}
+        replies = await asyncio.gather(
+            *(
+                gw.http.post(PREDICT + "?timeout_s=0.5", json=body, headers=gw.auth)
+                for _ in range(6)
+            )
+        )
+        assert [r.status_code for r in replies] == [503] * 6, [r.text for r in replies]
+        assert all(r.headers.get("retry-after") for r in replies)
+        assert "could not be read" in replies[0].json()["detail"]
+        assert len(triton.called("model_config")) - reads == 1  # one shared read, not one each
+        never.set()
+
+    run(tmp_path, check, triton, metadata_cache_s=0)
