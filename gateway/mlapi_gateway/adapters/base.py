@@ -7,7 +7,7 @@ one model accepts, how its body becomes a call and how its answer reads lives in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Hashable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
@@ -65,6 +65,10 @@ class ModelAdapter(ABC):
 
     async def close(self) -> None:
         """Release what the adapter holds (threads, connections)."""
+        return None
+
+    def revision(self) -> Hashable:
+        """Return what the documented schemas depend on beyond the code (None: nothing)."""
         return None
 
     def documented_schemas(self) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ import base64
 import binascii
 import contextlib
 import logging
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -290,6 +291,9 @@ class DigitsAdapter(ModelAdapter):
             "live_versions": status.live_versions,
             "default_version": status.default_version or None,
         }
+
+    def revision(self) -> Hashable:
+        return self.known
 
     def documented_schemas(self) -> dict[str, dict[str, Any]]:
         schemas = super().documented_schemas()

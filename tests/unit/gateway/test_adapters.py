@@ -205,3 +205,35 @@ def test_a_config_that_cannot_be_read_yet_is_a_503_not_a_504(tmp_path: Path) -> 
         never.set()
 
     run(tmp_path, check, triton, metadata_cache_s=0)
+
+
+def test_the_openapi_document_is_rebuilt_only_when_a_limit_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    triton = FakeTriton.default()
+    builds: list[str] = []
+    original = DigitsAdapter.documented_schemas
+
+    def counting(self: DigitsAdapter) -> dict[str, dict[str, Any]]:
+        builds.append(self.name)
+        return original(self)
+
+    monkeypatch.setattr(DigitsAdapter, "documented_schemas", counting)
+
+    async def check(gw: Gateway) -> None:
+        for _ in range(20):  # an open route: its cost must not be a schema build per call
+            assert (await gw.http.get("/openapi.json")).status_code == 200
+        assert len(builds) == 1
+        _digits_config(triton, max_top_k="4")
+        body = {"pixels": [[0] * 8] * 8, "top_k": 5}
+        assert "body.top_k" in _fields(await gw.http.post(PREDICT, json=body, headers=gw.auth))
+        spec = (await gw.http.get("/openapi.json")).json()
+        assert (
+            spec["components"]["schemas"]["DigitsPredict"]["properties"]["top_k"]["anyOf"][0][
+                "maximum"
+            ]
+            == 4
+        )
+        assert len(builds) == 2
+
+    run(tmp_path, check, triton, metadata_cache_s=0)
