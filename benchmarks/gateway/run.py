@@ -14,9 +14,10 @@ Figures, all from one run of interleaved rounds (each a median over the rounds):
 The added p50 in ms is reported as well.
 
     python benchmarks/gateway/run.py [--duration-s 10] [--workers 1] [--protocols http,grpc]
-                                     [--out build/bench]
+                                     [--compare-tree DIR] [--out build/bench]
 
-``--workers`` defaults to GATEWAY_WORKERS, else 1: what ``make serve`` runs.
+``--workers`` defaults to GATEWAY_WORKERS, else 1: what ``make serve`` runs; a list (1,2)
+starts one gateway per count, measured in the same rounds.
 
 ``--protocols`` starts one gateway per protocol of its calls to Triton (settings'
 triton_infer_protocol) and measures them in the same interleaved rounds.
@@ -168,7 +169,7 @@ def _start_gateway(
     from mlapi_tools.local.triton_process import Ports
 
     port = Ports.free().http
-    name = protocol if tree is None else f"{protocol}-{tree.name}"
+    name = (protocol if tree is None else f"{protocol}-{tree.name}") + f"-w{workers}"
     paths = {}
     if tree is not None:  # ahead of the editable install's paths
         packages = ("gateway", "clients", "python_backend")
@@ -209,9 +210,9 @@ def main() -> int:
     parser.add_argument("--duration-s", type=int, default=10)
     parser.add_argument(
         "--workers",
-        type=int,
-        default=int(os.environ.get("GATEWAY_WORKERS", 1)),
-        help="uvicorn workers of the gateway (default: GATEWAY_WORKERS, else 1, as make serve)",
+        default=os.environ.get("GATEWAY_WORKERS", "1"),
+        help="uvicorn workers of the gateway (default: GATEWAY_WORKERS, else 1, as make serve); "
+        "several counts (1,2): one gateway each, the first is the headline",
     )
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds; figures are their medians"
@@ -230,6 +231,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench")
     args = parser.parse_args()
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    worker_counts = [int(w) for w in str(args.workers).split(",") if w.strip()]
+    if not worker_counts or min(worker_counts) < 1:
+        parser.error("--workers takes positive counts")
     if not protocols or set(protocols) - {"http", "grpc"}:
         parser.error("--protocols takes http and/or grpc")
     if shutil.which("wrk") is None:
@@ -267,17 +271,13 @@ def main() -> int:
                 f"http://127.0.0.1:{ports.http}/v2/models/digits/infer", triton_body, "", None
             )
         }
-        labels = []
         trees: list[tuple[str, Path | None]] = [("", None)]
         if args.compare_tree is not None:
             trees.append((f"@{_revision(args.compare_tree)}", args.compare_tree.resolve()))
-        for protocol in protocols:
-            for suffix, tree in trees:
-                gateway, port = _start_gateway(workdir, ports, protocol, args.workers, tree)
-                gateways.append(gateway)
-                url = f"http://127.0.0.1:{port}/v1/models/digits/predict"
-                labels.append(f"{protocol}{suffix}")
-                targets[f"gateway-{labels[-1]}"] = Target(url, gateway_body, key, gateway.pid)
+        labels = _start_gateways(
+            workdir, ports, protocols, trees, worker_counts, Target("", gateway_body, key, None),
+            targets, gateways,
+        )  # fmt: skip
         rounds = _interleaved_rounds(targets, args.rounds, args.duration_s)
         results = {
             name: {level: _median(runs) for level, runs in levels.items()}
@@ -309,7 +309,7 @@ def main() -> int:
         "settings": {
             "duration_s": args.duration_s,
             "rounds": args.rounds,
-            "gateway_workers": args.workers,
+            "gateway_workers": worker_counts[0] if len(worker_counts) == 1 else worker_counts,
             "protocols": protocols,
             "cpus": os.cpu_count(),
         },
@@ -329,7 +329,10 @@ def main() -> int:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     out = args.out / f"gateway-{stamp}.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
-    workers = f"{args.workers} worker{'s' if args.workers != 1 else ''}"
+    counts = ",".join(map(str, worker_counts))
+    workers = f"{counts} worker{'s' if worker_counts != [1] else ''}"
+    if len(worker_counts) > 1:
+        workers += " (xN: N workers)"
     png = _plot(
         results,
         by_protocol,
@@ -350,6 +353,30 @@ def main() -> int:
     print(f"targets met: {targets_met}")
     print(f"written: {out}, {png}")
     return 0
+
+
+def _start_gateways(
+    workdir: Path,
+    ports: Any,
+    protocols: list[str],
+    trees: list[tuple[str, Path | None]],
+    worker_counts: list[int],
+    template: Target,
+    targets: dict[str, Target],
+    gateways: list[subprocess.Popen[bytes]],
+) -> list[str]:
+    """One gateway per protocol, tree and worker count, added to ``targets``; their labels."""
+    labels = []
+    for protocol in protocols:
+        for suffix, tree in trees:
+            for workers in worker_counts:
+                gateway, port = _start_gateway(workdir, ports, protocol, workers, tree)
+                gateways.append(gateway)
+                label = f"{protocol}{suffix}" + (f"x{workers}" if len(worker_counts) > 1 else "")
+                labels.append(label)
+                url = f"http://127.0.0.1:{port}/v1/models/digits/predict"
+                targets[f"gateway-{label}"] = template._replace(url=url, pid=gateway.pid)
+    return labels
 
 
 class Target(NamedTuple):
