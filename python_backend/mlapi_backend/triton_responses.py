@@ -2,24 +2,25 @@
 
 Every model.py answers through ``respond`` (batched models) or ``send_stream`` (decoupled
 models). An expected error (InvalidInputError, UnavailableError) keeps its status; anything
-else (a bug) becomes INTERNAL for that one request and is logged with its request id. The
-library never imports ``triton_python_backend_utils``; the model passes the module in, so this
-stays testable with plain pytest.
+else (a bug) becomes INTERNAL for that one request and goes to the model's FailureLog with its
+request id. The library never imports ``triton_python_backend_utils``; the model passes the
+module in, so this stays testable with plain pytest.
 """
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from numpy.typing import NDArray
 
 from mlapi_backend.errors import InvalidInputError, MlapiBackendError, UnavailableError
+from mlapi_backend.failure_log import FailureLog
 
 Outputs = Mapping[str, NDArray[Any]]
 Result = Outputs | Exception
 Prepared = TypeVar("Prepared")
+Run = Callable[[Sequence[Prepared | Exception]], Sequence[Result]]
 
 
 def error_code(error: Exception, pb_utils: Any) -> Any:
@@ -31,76 +32,75 @@ def error_code(error: Exception, pb_utils: Any) -> Any:
     return pb_utils.TritonError.INTERNAL
 
 
-def to_responses(results: Sequence[Result], pb_utils: Any) -> list[Any]:
-    """Build one InferenceResponse per result; a failed request gets its own error.
-
-    InvalidInputError -> INVALID_ARG (HTTP 400 / gRPC INVALID_ARGUMENT), UnavailableError ->
-    UNAVAILABLE (HTTP 503), anything else -> INTERNAL.
-    """
-    responses = []
-    for result in results:
-        if isinstance(result, Exception):
-            code = error_code(result, pb_utils)
-            responses.append(
-                pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code))
-            )
-        else:
-            tensors = [pb_utils.Tensor(name, array) for name, array in result.items()]
-            responses.append(pb_utils.InferenceResponse(tensors))
-    return responses
-
-
 def respond(
     requests: Sequence[Any],
     prepare: Callable[[Any], Prepared],
-    run: Callable[[Sequence[Prepared | Exception]], Sequence[Result]],
+    run: Run[Prepared],
     pb_utils: Any,
-    model: str,
+    log: FailureLog,
 ) -> list[Any]:
     """Answer a batch of requests: ``prepare`` each, ``run`` them together, one response each.
 
     ``prepare`` reads and checks one request (its exception fails that request only); ``run``
     serves the prepared list (exceptions passed through in place) and returns one result per
-    entry. Should ``run`` itself raise, each request is run alone, so only the one that
-    provokes the failure fails. Nothing raises out of here.
+    entry. Should ``run`` itself raise, the requests are rerun to find the one that provokes
+    it (see ``_rerun``), so only that one fails. Nothing raises out of here.
     """
+    log.flush()
     prepared: list[Prepared | Exception] = []
     for request in requests:
         try:
             prepared.append(prepare(request))
         except Exception as exc:
             prepared.append(exc)
-    results = _run_isolated(run, prepared, pb_utils, model)
+    try:
+        results = _checked(run(prepared), len(prepared))
+    except Exception as exc:
+        results = _rerun(run, prepared, exc, log)
     return [
-        _response(request, result, pb_utils, model)
+        _response(request, result, pb_utils, log)
         for request, result in zip(requests, results, strict=True)
     ]
 
 
-def _run_isolated(
-    run: Callable[[Sequence[Prepared | Exception]], Sequence[Result]],
-    prepared: list[Prepared | Exception],
-    pb_utils: Any,
-    model: str,
+def _rerun(
+    run: Run[Prepared], prepared: list[Prepared | Exception], failure: Exception, log: FailureLog
 ) -> list[Result]:
+    """Results of a batch whose ``run`` raised ``failure``: each request rerun alone, mostly.
+
+    When the first request rerun alone fails the same way (same exception type), either it
+    provokes the failure or every request does (a systematic fault): the others are run
+    together once more, and if that fails the same way too they all get that error instead of
+    N more runs (for ``digits``, N more classifier calls).
+    """
+    results: list[Result] = [item if isinstance(item, Exception) else failure for item in prepared]
+    pending = [i for i, item in enumerate(prepared) if not isinstance(item, Exception)]
+    if len(prepared) == 1 or not pending:  # nothing to isolate: each keeps its own error
+        return results
+    log.batch_failed(len(prepared), failure, "rerunning its requests one by one")
+    first, rest = pending[0], pending[1:]
     try:
-        return _checked(run(prepared), len(prepared))
+        results[first] = _checked(run([prepared[first]]), 1)[0]
     except Exception as exc:
-        if len(prepared) == 1:  # a request that failed to prepare keeps its own error
-            return [prepared[0] if isinstance(prepared[0], Exception) else exc]
-        pb_utils.Logger.log_warn(
-            f"{model}: a batch of {len(prepared)} failed ({type(exc).__name__}: {exc}); "
-            "running its requests one by one"
-        )
-    results: list[Result] = []
-    for item in prepared:
-        if isinstance(item, Exception):
-            results.append(item)
-            continue
+        results[first] = exc
+        if rest and type(exc) is type(failure):
+            try:
+                for index, result in zip(
+                    rest, _checked(run([prepared[i] for i in rest]), len(rest)), strict=True
+                ):
+                    results[index] = result
+                return results
+            except Exception as again:
+                if type(again) is type(failure):
+                    log.batch_failed(len(rest), again, "failing them all without rerunning")
+                    for index in rest:
+                        results[index] = again
+                    return results
+    for index in rest:
         try:
-            results.append(_checked(run([item]), 1)[0])
+            results[index] = _checked(run([prepared[index]]), 1)[0]
         except Exception as exc:
-            results.append(exc)
+            results[index] = exc
     return results
 
 
@@ -110,17 +110,17 @@ def _checked(results: Sequence[Result], expected: int) -> list[Result]:
     return list(results)
 
 
-def _response(request: Any, result: Result, pb_utils: Any, model: str) -> Any:
+def _response(request: Any, result: Result, pb_utils: Any, log: FailureLog) -> Any:
     if not isinstance(result, Exception):
         try:
             tensors = [pb_utils.Tensor(name, array) for name, array in result.items()]
             return pb_utils.InferenceResponse(tensors)
         except Exception as exc:  # e.g. an output array the server cannot carry
             result = exc
-    return error_response(result, request_id(request), pb_utils, model)
+    return error_response(result, request_id(request), pb_utils, log)
 
 
-def error_response(error: Exception, request_id: str, pb_utils: Any, model: str) -> Any:
+def error_response(error: Exception, request_id: str, pb_utils: Any, log: FailureLog) -> Any:
     """Build the error response for ``error``; an unexpected one is logged and made INTERNAL.
 
     The caller sees an expected error's own message; for a bug, the exception's type and text
@@ -129,10 +129,9 @@ def error_response(error: Exception, request_id: str, pb_utils: Any, model: str)
     if isinstance(error, MlapiBackendError):
         message = str(error)
     else:
-        trace = "".join(traceback.format_exception(error)).rstrip()
-        pb_utils.Logger.log_error(f"{model}: request '{request_id}' failed:\n{trace}")
+        log.request_failed(request_id, error)
         message = (
-            f"{model}: internal error serving request '{request_id}': "
+            f"{log.model}: internal error serving request '{request_id}': "
             f"{type(error).__name__}: {error}"
         )
     return pb_utils.InferenceResponse(
@@ -152,7 +151,7 @@ async def send_stream(
     sender: Any,
     chunks: AsyncIterable[tuple[Outputs, bool]],
     pb_utils: Any,
-    model: str,
+    log: FailureLog,
     request_id: str,
 ) -> None:
     """Send a decoupled request's responses: each ``(outputs, is_last)`` of ``chunks``, in order.
@@ -161,6 +160,7 @@ async def send_stream(
     flag (INTERNAL, logged, for a bug) and never reaches the other streams of the instance.
     A stream that ends without a last chunk is closed with the final flag alone.
     """
+    log.flush()
     final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
     closed = False
     try:
@@ -175,13 +175,9 @@ async def send_stream(
             sender.send(flags=final)
     except Exception as exc:
         if closed:  # the caller has its answer; nothing more can be sent
-            pb_utils.Logger.log_error(
-                f"{model}: request '{request_id}' failed after its last response: {exc!r}"
-            )
+            log.request_failed(request_id, exc, "failed after its last response")
             return
         try:
-            sender.send(error_response(exc, request_id, pb_utils, model), flags=final)
+            sender.send(error_response(exc, request_id, pb_utils, log), flags=final)
         except Exception as send_failure:  # e.g. the stream was cancelled and closed meanwhile
-            pb_utils.Logger.log_error(
-                f"{model}: request '{request_id}': cannot send its error: {send_failure!r}"
-            )
+            log.request_failed(request_id, send_failure, "cannot send its error")

@@ -14,6 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 from mlapi_backend.bls_classifier import BlsClassifier
 from mlapi_backend.digits_pipeline import DigitsPipeline, DigitsSettings, ParsedRequest
+from mlapi_backend.failure_log import FailureLog
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.triton_responses import respond
 
@@ -26,14 +27,14 @@ class TritonPythonModel:
         settings = DigitsSettings.from_config(config, Path(args["model_repository"]))
         self.pipeline = DigitsPipeline(settings)
         self.backend = BlsClassifier(pb_utils, settings.model_name, settings.classifier_name)
+        self.failures = FailureLog(pb_utils.Logger, settings.model_name)
         live = self.pipeline.check_policy(self.backend)  # refuses a policy naming a dead version
         policy = json.dumps(settings.policy.to_dict())
         checked = "repository policy, checked per request" if live is None else f"live {live}"
         pb_utils.Logger.log_info(f"{settings.model_name}: traffic policy {policy} ({checked})")
 
     def execute(self, requests: list) -> list:
-        name = self.pipeline.settings.model_name
-        return respond(requests, self._parse, self._run, pb_utils, name)
+        return respond(requests, self._parse, self._run, pb_utils, self.failures)
 
     def _parse(self, request) -> ParsedRequest:
         parameters = json.loads(request.parameters() or "{}")

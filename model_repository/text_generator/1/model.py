@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from mlapi_backend.failure_log import FailureLog
 from mlapi_backend.generation import (
     LOGITS_OUTPUT,
     STATE_INPUT,
@@ -39,6 +40,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = ModelConfig.from_json(json.loads(args["model_config"]))
         self.settings = settings = GeneratorSettings.from_config(config)
+        self.failures = FailureLog(pb_utils.Logger, config.name)
         self.step = stream_step(self._decode, settings.coalesce_steps, settings.max_decoder_batch)
         streams = pb_utils.MetricFamily(
             name="mlapi_text_generator_streams_total",
@@ -62,9 +64,9 @@ class TritonPythonModel:
     async def _stream(self, request) -> None:
         sender = request.get_response_sender()
         chunks = self._chunks(request, sender.is_cancelled)
-        await send_stream(sender, chunks, pb_utils, "text_generator", request_id(request))
+        await send_stream(sender, chunks, pb_utils, self.failures, request_id(request))
 
-    async def _chunks(self, request, is_cancelled) -> AsyncIterator[tuple[dict, bool]]:
+    async def _chunks(self, request, is_cancelled) -> AsyncGenerator[tuple[dict, bool], None]:
         tensors = {name: _input(request, name) for name in INPUTS}
         parsed = parse_request(tensors, self.settings.limits)
         shape = self.settings.state_shape

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from mlapi_backend.failure_log import FailureLog
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.onnx_backend import OnnxModel
 from mlapi_backend.triton_responses import respond
@@ -28,7 +29,7 @@ class TritonPythonModel:
             version=args["model_version"],
             instance_kind=args["model_instance_kind"],
         )
-        self.name = config.name
+        self.failures = FailureLog(pb_utils.Logger, config.name)
         self.input_names = [spec.name for spec in config.inputs]
         pb_utils.Logger.log_info(
             f"onnxruntime stand-in: loaded '{config.name}' version {args['model_version']} "
@@ -36,7 +37,7 @@ class TritonPythonModel:
         )
 
     def execute(self, requests: list) -> list:
-        return respond(requests, self._tensors, self.model.run, pb_utils, self.name)
+        return respond(requests, self._tensors, self.model.run, pb_utils, self.failures)
 
     def _tensors(self, request) -> dict:
         tensors = {}

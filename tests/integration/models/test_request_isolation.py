@@ -8,6 +8,7 @@ wrappers and raise for marked requests: four concurrent requests share one dynam
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.conftest import own_triton
 REPOSITORY = Path(__file__).parent / "repository"
 MODELS = ("batch_faults", "stream_faults")
 BUG_READING, BUG_IN_BATCH, INVALID, UNAVAILABLE = -1, -2, -3, -4
+BUG_REPEATED, BUG_MARK, BUG_EVERY_STEP = -5, -6, -7
 LOG_WAIT_S = 30.0
 
 
@@ -63,14 +65,26 @@ def _served(result: object, value: int, batch: int = 4) -> None:
     assert result["batch_size"].tolist() == [[batch]]  # type: ignore[index]
 
 
-def _wait_logged(log: Path, text: str) -> str:
+def _logged(log: Path, pattern: str) -> list[str]:
+    return [
+        line for line in log.read_text(errors="replace").splitlines() if re.search(pattern, line)
+    ]
+
+
+def _wait_logged(log: Path, pattern: str) -> str:
+    """The first log line matching ``pattern`` (a regular expression), once there is one."""
     deadline = time.monotonic() + LOG_WAIT_S
     while time.monotonic() < deadline:
-        lines = [line for line in log.read_text(errors="replace").splitlines() if text in line]
+        lines = _logged(log, pattern)
         if lines:
             return lines[0]
         time.sleep(0.05)
-    pytest.fail(f"the server log never said {text!r}")
+    pytest.fail(f"the server log never matched {pattern!r}")
+
+
+# One traceback per kind of failure per minute: the first protocol's run of a test logs it,
+# the other's is counted. Either line proves the bug reached the log at error level.
+EITHER = "(http|grpc)"
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -85,7 +99,7 @@ def test_a_bug_reading_one_request_fails_it_alone_in_its_batch(server, protocol)
     assert isinstance(bug, ServerError), bug
     assert bug.status in ("500", "INTERNAL"), bug.status
     assert f"request '{protocol}-read-1'" in str(bug) and "KeyError" in str(bug)
-    logged = _wait_logged(log, f"batch_faults: request '{protocol}-read-1' failed")
+    logged = _wait_logged(log, f"batch_faults: request '{EITHER}-read-1' failed")
     assert logged.startswith("E"), logged  # an error-level line
 
 
@@ -102,7 +116,7 @@ def test_a_bug_in_the_batched_step_fails_only_the_request_that_provokes_it(serve
     assert "ZeroDivisionError" in str(bug) and f"request '{protocol}-step-1'" in str(bug)
     assert isinstance(invalid, InvalidInputError), invalid  # expected errors keep their status
     assert invalid.field == "value" and invalid.status in ("400", "INVALID_ARGUMENT")
-    _wait_logged(log, f"batch_faults: request '{protocol}-step-1' failed")
+    _wait_logged(log, f"batch_faults: request '{EITHER}-step-1' failed")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -164,4 +178,29 @@ def test_a_bug_mid_stream_ends_that_stream_with_an_error_and_others_finish(serve
     for received, error in (outcomes[0], *outcomes[2:]):
         assert error is None, error
         assert received == list(range(count))
-    _wait_logged(log, f"stream_faults: request '{protocol}-stream-1' failed")
+    _wait_logged(log, f"stream_faults: request '{EITHER}-stream-1' failed")
+
+
+def test_a_bug_every_request_provokes_logs_one_traceback(server):
+    triton, log = server
+    url = triton.http_url
+    failed = asyncio.run(_batch(url, "http", [BUG_REPEATED] * 4, "repeated"))
+    for index, error in enumerate(failed):
+        assert isinstance(error, ServerError), error  # each request still gets its own error
+        assert f"request 'repeated-{index}'" in str(error) and "RuntimeError" in str(error)
+    # A later failure of another kind marks a point: the log has everything before it.
+    marked = asyncio.run(_batch(url, "http", [BUG_MARK, 1, 2, 3], "mark"))
+    assert isinstance(marked[0], ServerError), marked[0]
+    _wait_logged(log, "batch_faults: request 'mark-0' failed")
+    assert len(_logged(log, r"batch_faults: request 'repeated-\d' failed")) == 1
+
+
+def test_a_batched_step_that_always_fails_is_not_rerun_for_every_request(server):
+    triton, log = server
+    failed = asyncio.run(_batch(triton.http_url, "http", [BUG_EVERY_STEP] * 4, "every"))
+    for index, error in enumerate(failed):
+        assert isinstance(error, ServerError), error
+        assert f"request 'every-{index}'" in str(error) and "ConnectionError" in str(error)
+    # The batch, its first request alone, then the other three once more together.
+    _wait_logged(log, r"batch_faults: a batch of 4 failed \(ConnectionError.*one by one")
+    _wait_logged(log, r"batch_faults: a batch of 3 failed \(ConnectionError.*without rerunning")

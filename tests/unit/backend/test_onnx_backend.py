@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from mlapi_backend.errors import InvalidInputError, ModelConfigError
+from mlapi_backend.failure_log import FailureLog
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.onnx_backend import OnnxModel
 from mlapi_backend.triton_responses import respond
@@ -174,7 +175,7 @@ def test_a_request_that_failed_to_be_read_does_not_break_up_the_batch(model_dir)
 
     values = [1, 2, 3, None, 5, 6, 7, 8]
     requests = [fake_triton.Request(f"r{i}", v) for i, v in enumerate(values)]
-    responses = respond(requests, read, model.run, pb, "doubler")
+    responses = respond(requests, read, model.run, pb, FailureLog(pb.Logger, "doubler"))
     assert runs == [(7, 3)]  # one session run for the seven readable requests
     assert pb.Logger.lines[0][0] == "error" and "request 'r3'" in pb.Logger.lines[0][1]
     assert [level for level, _ in pb.Logger.lines] == ["error"]  # no batch rerun warning

@@ -6,40 +6,11 @@ from types import SimpleNamespace
 import numpy as np
 
 from mlapi_backend.errors import InvalidInputError, UnavailableError
-from mlapi_backend.triton_responses import respond, send_stream, to_responses
+from mlapi_backend.failure_log import FailureLog
+from mlapi_backend.triton_responses import respond, send_stream
+from tests.unit.backend import fake_triton
 
-
-class _Error:
-    INVALID_ARG, INTERNAL, UNAVAILABLE = "INVALID_ARG", "INTERNAL", "UNAVAILABLE"
-
-    def __init__(self, message: str, code: str) -> None:
-        self.message, self.code = message, code
-
-
-FAKE_PB_UTILS = SimpleNamespace(
-    TritonError=_Error,
-    Tensor=lambda name, array: (name, array),
-    InferenceResponse=lambda tensors=None, error=None: SimpleNamespace(
-        tensors=tensors, error=error
-    ),
-)
-
-
-def test_each_result_gets_its_own_response_and_error_code():
-    results = [
-        {"y": np.ones(2)},
-        InvalidInputError("image", "UINT8", "FP32"),
-        RuntimeError("classifier down"),
-        UnavailableError("digits_classifier version 1 is configured but not ready"),
-    ]
-    ok, invalid, internal, unavailable = to_responses(results, FAKE_PB_UTILS)
-    assert ok.error is None and ok.tensors[0][0] == "y"
-    assert (invalid.error.code, invalid.error.message) == (
-        "INVALID_ARG",
-        "input 'image': expected UINT8, got FP32",
-    )
-    assert internal.error.code == "INTERNAL" and "classifier down" in internal.error.message
-    assert unavailable.error.code == "UNAVAILABLE" and "version 1" in unavailable.error.message
+FAKE_PB_UTILS = fake_triton.pb_utils()
 
 
 def test_a_shed_decode_step_is_unavailable_and_a_failed_one_internal():
@@ -57,41 +28,15 @@ def test_a_shed_decode_step_is_unavailable_and_a_failed_one_internal():
 # --- respond / send_stream: one request's failure never reaches its batch-mates -----------
 
 
-class _Logger:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def log_error(self, message: str) -> None:
-        self.lines.append(("error", message))
-
-    def log_warn(self, message: str) -> None:
-        self.lines.append(("warn", message))
+_Request = fake_triton.Request
 
 
 def _pb_utils() -> SimpleNamespace:
-    return SimpleNamespace(
-        TritonError=_Error,
-        Tensor=_tensor,
-        InferenceResponse=lambda tensors=None, error=None: SimpleNamespace(
-            tensors=tensors, error=error
-        ),
-        Logger=_Logger(),
-        TRITONSERVER_RESPONSE_COMPLETE_FINAL=1,
-    )
+    return fake_triton.pb_utils()
 
 
-def _tensor(name: str, array: np.ndarray) -> tuple[str, np.ndarray]:
-    if array.dtype == np.complex64:  # stands in for what pb_utils.Tensor refuses
-        raise TypeError(f"unsupported dtype {array.dtype}")
-    return name, array
-
-
-class _Request:
-    def __init__(self, rid: str, value: int) -> None:
-        self.rid, self.value = rid, value
-
-    def request_id(self) -> str:
-        return self.rid
+def _log(pb: SimpleNamespace, model: str = "m", **kwargs) -> FailureLog:
+    return FailureLog(pb.Logger, model, **kwargs)
 
 
 def _prepare(request: _Request) -> int:
@@ -120,7 +65,7 @@ def test_respond_fails_only_the_request_whose_preparation_raised():
 
     values = {"a": 1, "bug": -1, "b": 2, "invalid": -3, "unavailable": -4, "c": 3}
     requests = [_Request(rid, value) for rid, value in values.items()]
-    responses = dict(zip(values, respond(requests, _prepare, run, pb, "m"), strict=True))
+    responses = dict(zip(values, respond(requests, _prepare, run, pb, _log(pb)), strict=True))
     assert len(batches) == 1 and len(batches[0]) == len(values)  # one run, failures in place
     for rid in ("a", "b", "c"):
         assert responses[rid].error is None
@@ -149,7 +94,7 @@ def test_a_batch_step_that_raises_is_rerun_request_by_request():
         return _doubled(prepared)
 
     requests = [_Request(f"r{i}", v) for i, v in enumerate([1, 13, 2, -3, 4])]
-    ok1, bug, ok2, invalid, ok4 = respond(requests, _prepare, run, pb, "m")
+    ok1, bug, ok2, invalid, ok4 = respond(requests, _prepare, run, pb, _log(pb))
     assert calls == [5, 1, 1, 1, 1]  # the batch, then each prepared request alone
     assert [r.tensors[0][1].tolist() for r in (ok1, ok2, ok4)] == [[2], [4], [8]]
     assert bug.error.code == "INTERNAL" and "ZeroDivisionError" in bug.error.message
@@ -165,7 +110,7 @@ def test_a_batch_step_with_too_few_results_is_rerun_request_by_request():
     def run(prepared):
         return _doubled(prepared)[:1] if len(prepared) > 1 else _doubled(prepared)
 
-    responses = respond([_Request("a", 1), _Request("b", 2)], _prepare, run, pb, "m")
+    responses = respond([_Request("a", 1), _Request("b", 2)], _prepare, run, pb, _log(pb))
     assert [r.tensors[0][1].tolist() for r in responses] == [[2], [4]]
 
 
@@ -178,7 +123,7 @@ def test_an_output_the_server_cannot_carry_fails_only_its_request():
             for item in prepared
         ]
 
-    good, bad = respond([_Request("a", 1), _Request("b", 5)], _prepare, run, pb, "m")
+    good, bad = respond([_Request("a", 1), _Request("b", 5)], _prepare, run, pb, _log(pb))
     assert good.error is None
     assert bad.error.code == "INTERNAL" and "TypeError" in bad.error.message
 
@@ -189,7 +134,7 @@ def test_a_request_without_an_id_still_gets_its_error():
     class NoId:
         value = -1
 
-    (response,) = respond([NoId()], _prepare, _doubled, pb, "m")
+    (response,) = respond([NoId()], _prepare, _doubled, pb, _log(pb))
     assert response.error.code == "INTERNAL" and "request ''" in response.error.message
 
 
@@ -215,13 +160,14 @@ async def _chunks(n: int, fail_at: int | None = None, error: Exception | None = 
 
 def test_a_failing_stream_ends_with_an_error_and_the_final_flag_and_others_finish():
     pb = _pb_utils()
+    log = _log(pb, "gen")
     senders = [_Sender() for _ in range(3)]
 
     async def main() -> None:
         await asyncio.gather(
-            send_stream(senders[0], _chunks(4), pb, "gen", "s0"),
-            send_stream(senders[1], _chunks(4, fail_at=2), pb, "gen", "s1"),
-            send_stream(senders[2], _chunks(4), pb, "gen", "s2"),
+            send_stream(senders[0], _chunks(4), pb, log, "s0"),
+            send_stream(senders[1], _chunks(4, fail_at=2), pb, log, "s1"),
+            send_stream(senders[2], _chunks(4), pb, log, "s2"),
         )
 
     asyncio.run(main())
@@ -240,7 +186,7 @@ def test_an_expected_stream_error_keeps_its_code_and_is_not_logged():
     pb = _pb_utils()
     sender = _Sender()
     invalid = InvalidInputError("max_tokens", "an integer in [1, 512]", "0")
-    asyncio.run(send_stream(sender, _chunks(3, fail_at=0, error=invalid), pb, "gen", "s"))
+    asyncio.run(send_stream(sender, _chunks(3, fail_at=0, error=invalid), pb, _log(pb, "gen"), "s"))
     ((response, flags),) = sender.sent
     assert flags == 1 and response.error.code == "INVALID_ARG"
     assert response.error.message == str(invalid)
@@ -255,7 +201,7 @@ def test_a_failure_after_the_last_response_is_logged_not_sent():
         yield {"text": np.array([b"done"], dtype=np.object_)}, True
         raise KeyError("counting the finished stream")
 
-    asyncio.run(send_stream(sender, chunks(), pb, "gen", "s"))
+    asyncio.run(send_stream(sender, chunks(), pb, _log(pb, "gen"), "s"))
     assert [flags for _, flags in sender.sent] == [1]
     assert len(pb.Logger.lines) == 1 and "after its last response" in pb.Logger.lines[0][1]
 
@@ -267,7 +213,7 @@ def test_a_stream_that_ends_without_a_last_chunk_is_closed():
     async def chunks():
         yield {"text": np.array([b"partial"], dtype=np.object_)}, False
 
-    asyncio.run(send_stream(sender, chunks(), pb, "gen", "s"))
+    asyncio.run(send_stream(sender, chunks(), pb, _log(pb, "gen"), "s"))
     assert [(r is None, flags) for r, flags in sender.sent] == [(False, 0), (True, 1)]
 
 
@@ -277,7 +223,114 @@ def test_a_lone_request_keeps_its_own_error_when_the_batch_step_also_raises():
     def run(prepared):
         raise ZeroDivisionError("a bug in the batch step")
 
-    (invalid,) = respond([_Request("a", -3)], _prepare, run, pb, "m")
+    (invalid,) = respond([_Request("a", -3)], _prepare, run, pb, _log(pb))
     assert invalid.error.code == "INVALID_ARG"
-    (bug,) = respond([_Request("b", 1)], _prepare, run, pb, "m")
+    (bug,) = respond([_Request("b", 1)], _prepare, run, pb, _log(pb))
     assert bug.error.code == "INTERNAL" and "ZeroDivisionError" in bug.error.message
+
+
+# --- a systematic fault: bounded reruns, bounded log --------------------------------------
+
+
+def test_a_batch_step_that_always_raises_is_not_rerun_for_every_request():
+    pb = _pb_utils()
+    calls: list[int] = []
+
+    def run(prepared):
+        calls.append(len(prepared))
+        raise ConnectionError("the dependency is down")
+
+    requests = [_Request(f"r{i}", i + 1) for i in range(8)]
+    responses = respond(requests, _prepare, run, pb, _log(pb))
+    # The batch, its first request alone, then the other seven together: not 8 more runs.
+    assert calls == [8, 1, 7]
+    for index, response in enumerate(responses):
+        assert response.error.code == "INTERNAL"
+        assert "ConnectionError: the dependency is down" in response.error.message
+        assert f"request 'r{index}'" in response.error.message
+    levels = [level for level, _ in pb.Logger.lines]
+    assert levels == ["warn", "warn", "error"]  # one traceback for eight failures of one kind
+    assert "failing them all without rerunning" in pb.Logger.lines[1][1]
+
+
+def test_the_request_that_provokes_a_batch_failure_is_found_when_it_comes_first():
+    pb = _pb_utils()
+    calls: list[int] = []
+
+    def run(prepared):
+        calls.append(len(prepared))
+        if 13 in prepared:
+            raise ZeroDivisionError("a bug that only request 13 provokes")
+        return _doubled(prepared)
+
+    requests = [_Request(f"r{i}", v) for i, v in enumerate([13, 1, 2, 3])]
+    bug, *served = respond(requests, _prepare, run, pb, _log(pb))
+    assert calls == [4, 1, 3]  # the others, run together without it, succeed
+    assert bug.error.code == "INTERNAL" and "request 'r0'" in bug.error.message
+    assert [r.tensors[0][1].tolist() for r in served] == [[2], [4], [6]]
+
+
+def test_a_different_failure_without_the_first_request_reruns_the_rest_alone():
+    pb = _pb_utils()
+    calls: list[int] = []
+
+    def run(prepared):
+        calls.append(len(prepared))
+        if 13 in prepared:
+            raise ZeroDivisionError("provoked by 13")
+        if 7 in prepared and len(prepared) > 1:
+            raise KeyError("provoked by 7 in company")
+        return _doubled(prepared)
+
+    requests = [_Request(f"r{i}", v) for i, v in enumerate([13, 1, 7, 3])]
+    bug, one, seven, three = respond(requests, _prepare, run, pb, _log(pb))
+    assert calls == [4, 1, 3, 1, 1, 1]
+    assert "ZeroDivisionError" in bug.error.message
+    assert [r.tensors[0][1].tolist() for r in (one, seven, three)] == [[2], [14], [6]]
+
+
+def test_repeated_failures_of_one_kind_log_one_traceback_and_then_their_count():
+    pb = _pb_utils()
+    now = [0.0]
+    log = _log(pb, interval_s=60.0, clock=lambda: now[0])
+    bugs = [_Request(f"bug{i}", -1) for i in range(5)]
+    responses = respond(bugs, _prepare, _doubled, pb, log)
+    assert all("KeyError" in r.error.message for r in responses)  # each still gets its error
+    assert [level for level, _ in pb.Logger.lines] == ["error"]
+    assert "request 'bug0'" in pb.Logger.lines[0][1] and "Traceback" in pb.Logger.lines[0][1]
+    # Another kind (a different exception type) is logged at once.
+    respond([_Request("other", 0)], _prepare, lambda p: [ValueError("x")], pb, log)
+    assert len(pb.Logger.lines) == 2 and "request 'other'" in pb.Logger.lines[1][1]
+    now[0] = 59.0
+    respond([_Request("bug5", -1)], _prepare, _doubled, pb, log)
+    assert len(pb.Logger.lines) == 2  # still inside the interval: counted only
+    now[0] = 61.0
+    respond([_Request("fine", 1)], _prepare, _doubled, pb, log)  # any later call reports
+    level, count = pb.Logger.lines[2]
+    assert level == "error" and "5 more of the same" in count and "KeyError" in count
+    assert len(pb.Logger.lines) == 3  # the ValueError had no repeats to report
+    respond([_Request("bug6", -1)], _prepare, _doubled, pb, log)  # a new interval
+    assert "request 'bug6'" in pb.Logger.lines[3][1] and "Traceback" in pb.Logger.lines[3][1]
+
+
+def test_the_same_type_raised_at_another_place_gets_its_own_traceback():
+    pb = _pb_utils()
+    log = _log(pb)
+
+    def run(prepared):
+        return [KeyError("in run") if item == 2 else item for item in prepared]
+
+    def raised_here(prepared):
+        try:
+            {}["raised in run"]
+        except KeyError as exc:
+            return [exc for _ in prepared]
+
+    respond([_Request("a", -1)], _prepare, run, pb, log)  # KeyError raised in _prepare
+    respond([_Request("b", 1)], _prepare, raised_here, pb, log)  # KeyError raised elsewhere
+    respond([_Request("c", 2)], _prepare, run, pb, log)  # never raised: a place of its own
+    assert [line.split("\n")[0] for _, line in pb.Logger.lines] == [
+        "m: request 'a' failed:",
+        "m: request 'b' failed:",
+        "m: request 'c' failed:",
+    ]

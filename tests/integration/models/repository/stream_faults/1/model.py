@@ -11,18 +11,22 @@ import asyncio
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from mlapi_backend.failure_log import FailureLog
 from mlapi_backend.triton_responses import request_id, send_stream
 
 STEP_S = 0.01
 
 
 class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        self.failures = FailureLog(pb_utils.Logger, "stream_faults")
+
     async def execute(self, requests: list) -> None:
         await asyncio.gather(*(self._stream(request) for request in requests))
 
     async def _stream(self, request) -> None:
         sender = request.get_response_sender()
-        await send_stream(sender, _chunks(request), pb_utils, "stream_faults", request_id(request))
+        await send_stream(sender, _chunks(request), pb_utils, self.failures, request_id(request))
 
 
 async def _chunks(request):
