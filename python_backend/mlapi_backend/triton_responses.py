@@ -9,7 +9,8 @@ module in, so this stays testable with plain pytest.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable, Mapping, Sequence
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from numpy.typing import NDArray
@@ -21,6 +22,7 @@ Outputs = Mapping[str, NDArray[Any]]
 Result = Outputs | Exception
 Prepared = TypeVar("Prepared")
 Run = Callable[[Sequence[Prepared | Exception]], Sequence[Result]]
+Chunks = AsyncGenerator[tuple[Outputs, bool], None]
 
 
 def error_code(error: Exception, pb_utils: Any) -> Any:
@@ -148,36 +150,58 @@ def request_id(request: Any) -> str:
 
 
 async def send_stream(
-    sender: Any,
-    chunks: AsyncIterable[tuple[Outputs, bool]],
-    pb_utils: Any,
-    log: FailureLog,
-    request_id: str,
+    sender: Any, chunks: Chunks, pb_utils: Any, log: FailureLog, request_id: str
 ) -> None:
     """Send a decoupled request's responses: each ``(outputs, is_last)`` of ``chunks``, in order.
 
-    Any exception from ``chunks`` ends this stream with an error response carrying the final
-    flag (INTERNAL, logged, for a bug) and never reaches the other streams of the instance.
-    A stream that ends without a last chunk is closed with the final flag alone.
+    Any exception from ``chunks`` or from a send ends this stream with an error response
+    carrying the final flag (INTERNAL, logged, for a bug) and never reaches the other streams
+    of the instance; so does cancellation (CANCELLED), which then propagates. A stream that
+    ends without a last chunk is closed with the final flag alone. ``chunks`` is closed
+    however the stream ends.
     """
     log.flush()
     final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-    closed = False
+    finished = False  # the final flag has been delivered
     try:
         async for outputs, is_last in chunks:
-            if closed:
+            if finished:
                 raise RuntimeError("a response after the stream's last one")
             tensors = [pb_utils.Tensor(name, array) for name, array in outputs.items()]
             sender.send(pb_utils.InferenceResponse(tensors), flags=final if is_last else 0)
-            closed = is_last
-        if not closed:
-            closed = True
+            finished = is_last
+        if not finished:
             sender.send(flags=final)
+            finished = True
     except Exception as exc:
-        if closed:  # the caller has its answer; nothing more can be sent
+        if finished:  # the caller has its answer; nothing more can be sent
             log.request_failed(request_id, exc, "failed after its last response")
-            return
-        try:
-            sender.send(error_response(exc, request_id, pb_utils, log), flags=final)
-        except Exception as send_failure:  # e.g. the stream was cancelled and closed meanwhile
-            log.request_failed(request_id, send_failure, "cannot send its error")
+        else:
+            _send_final(
+                sender, error_response(exc, request_id, pb_utils, log), final, log, request_id
+            )
+    except asyncio.CancelledError:
+        if not finished:
+            error = pb_utils.TritonError(
+                f"{log.model}: request '{request_id}' was cancelled before its last response",
+                pb_utils.TritonError.CANCELLED,
+            )
+            _send_final(sender, pb_utils.InferenceResponse(error=error), final, log, request_id)
+        raise
+    finally:
+        await _close(chunks, log, request_id)
+
+
+def _send_final(sender: Any, response: Any, final: Any, log: FailureLog, request_id: str) -> None:
+    try:
+        sender.send(response, flags=final)
+    except Exception as exc:  # e.g. the stream was cancelled and closed meanwhile
+        log.request_failed(request_id, exc, "cannot send its error")
+
+
+async def _close(chunks: Chunks, log: FailureLog, request_id: str) -> None:
+    """Close ``chunks`` (a no-op once it is exhausted), so its own clean-up runs now."""
+    try:
+        await chunks.aclose()
+    except Exception as exc:
+        log.request_failed(request_id, exc, "failed while closing its stream")

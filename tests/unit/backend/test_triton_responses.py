@@ -334,3 +334,114 @@ def test_the_same_type_raised_at_another_place_gets_its_own_traceback():
         "m: request 'b' failed:",
         "m: request 'c' failed:",
     ]
+
+
+# --- send_stream: the final flag is delivered or reported, the generator always closed -----
+
+
+class _FlakySender(_Sender):
+    """Refuses the first send whose flags equal ``refuse_flags``."""
+
+    def __init__(self, refuse_flags: int) -> None:
+        super().__init__()
+        self.refuse_flags = refuse_flags
+
+    def send(self, response=None, flags: int = 0) -> None:
+        if flags == self.refuse_flags and self.refuse_flags is not None:
+            self.refuse_flags = None
+            raise RuntimeError("the response could not be sent")
+        super().send(response, flags)
+
+
+def test_a_final_flag_that_could_not_be_sent_is_followed_by_an_error_with_it():
+    pb = _pb_utils()
+    sender = _FlakySender(refuse_flags=1)
+
+    async def chunks():
+        yield {"text": np.array([b"partial"], dtype=np.object_)}, False
+
+    asyncio.run(send_stream(sender, chunks(), pb, _log(pb, "gen"), "s"))
+    (first, _), (error, flags) = sender.sent
+    assert first.error is None
+    assert flags == 1 and error.error.code == "INTERNAL" and "RuntimeError" in error.error.message
+    assert not any("after its last response" in line for _, line in pb.Logger.lines)
+    assert "request 's' failed" in pb.Logger.lines[0][1]
+
+
+def test_a_failed_send_closes_the_generator_at_once():
+    pb = _pb_utils()
+    sender = _FlakySender(refuse_flags=0)
+    closed: list[bool] = []
+
+    async def chunks():
+        try:
+            for i in range(3):
+                yield {"text": np.array([str(i).encode()], dtype=np.object_)}, i == 2
+        finally:
+            closed.append(True)
+
+    async def main() -> list[bool]:
+        await send_stream(sender, chunks(), pb, _log(pb, "gen"), "s")
+        return list(closed)  # before asyncio.run finalizes leftover generators
+
+    assert asyncio.run(main()) == [True]
+    ((error, flags),) = sender.sent
+    assert flags == 1 and error.error.code == "INTERNAL"
+
+
+def test_a_cancelled_stream_gets_the_final_flag_with_an_error_and_stays_cancelled():
+    pb = _pb_utils()
+    sender = _Sender()
+    closed: list[bool] = []
+
+    async def main() -> None:
+        first_sent = asyncio.Event()
+        never = asyncio.Event()
+
+        async def chunks():
+            try:
+                yield {"text": np.array([b"one"], dtype=np.object_)}, False
+                first_sent.set()
+                await never.wait()
+                yield {"text": np.array([b"two"], dtype=np.object_)}, True
+            finally:
+                closed.append(True)
+
+        task = asyncio.create_task(send_stream(sender, chunks(), pb, _log(pb, "gen"), "s"))
+        await first_sent.wait()
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return
+        raise AssertionError("the cancellation was swallowed")
+
+    asyncio.run(main())
+    (first, _), (cancelled, flags) = sender.sent
+    assert first.error is None
+    assert flags == 1 and cancelled.error.code == "CANCELLED"
+    assert "request 's' was cancelled" in cancelled.error.message
+    assert closed == [True]
+    assert pb.Logger.lines == []  # a cancellation is not a bug
+
+
+def test_a_cancelled_stream_whose_sender_is_closed_logs_that_it_cannot_send():
+    pb = _pb_utils()
+    sender = _Sender()
+
+    async def main() -> None:
+        async def chunks():
+            yield {"text": np.array([b"one"], dtype=np.object_)}, False
+            sender.closed = True  # the server closed the stream meanwhile
+            raise asyncio.CancelledError
+
+        try:
+            await send_stream(sender, chunks(), pb, _log(pb, "gen"), "s")
+        except asyncio.CancelledError:
+            return
+        raise AssertionError("the cancellation was swallowed")
+
+    asyncio.run(main())
+    assert [flags for _, flags in sender.sent] == [0]
+    ((level, line),) = pb.Logger.lines
+    assert level == "error" and "request 's' cannot send its error" in line
