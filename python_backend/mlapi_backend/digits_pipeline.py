@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,6 +55,8 @@ DEFAULT_POLICY = '{"weights": {"1": 100}}'
 Outputs = dict[str, NDArray[Any]]
 Pixels = NDArray[np.float32]  # [images, 64]
 Probabilities = NDArray[np.float32]  # [images, classes]
+# A metric update held back until a whole batch is served, and the requests it belongs to.
+Record = tuple[list[int], Callable[[], None]]
 
 
 class ClassifierError(MlapiBackendError):
@@ -292,7 +295,12 @@ class DigitsPipeline:
     def run(
         self, parsed: Sequence[ParsedRequest | Exception], backend: ClassifierBackend
     ) -> list[Outputs | Exception]:
-        """Classify every valid request (one classifier call per version) and build responses."""
+        """Classify every valid request (one classifier call per version) and build responses.
+
+        Route and shadow metrics are recorded once every group is served, so a batch that
+        raises (and is rerun request by request) has counted nothing; a failed update fails
+        the requests it counts.
+        """
         results: list[Outputs | Exception] = [
             item if isinstance(item, Exception) else RuntimeError("not classified")
             for item in parsed
@@ -301,9 +309,16 @@ class DigitsPipeline:
         for index, item in enumerate(parsed):
             if isinstance(item, ParsedRequest):
                 groups.setdefault(item.route.version, []).append((index, item))
+        records: list[Record] = []
         for version, members in groups.items():
-            for index, outcome in self._serve_group(version, members, backend):
+            for index, outcome in self._serve_group(version, members, backend, records):
                 results[index] = outcome
+        for indexes, record in records:
+            try:
+                record()
+            except Exception as exc:
+                for index in indexes:
+                    results[index] = exc
         return results
 
     def _serve_group(
@@ -311,6 +326,7 @@ class DigitsPipeline:
         version: int,
         members: list[tuple[int, ParsedRequest]],
         backend: ClassifierBackend,
+        records: list[Record],
         tried: frozenset[int] = frozenset(),
     ) -> list[tuple[int, Outputs | Exception]]:
         pixels = np.concatenate([r.pixels for _, r in members])
@@ -321,11 +337,15 @@ class DigitsPipeline:
                 return [(index, UnavailableError(str(exc))) for index, _ in members]
             if not (exc.unavailable or exc.crashed):
                 return [(index, exc) for index, _ in members]
-            return self._version_unavailable(version, members, backend, exc, tried | {version})
+            return self._version_unavailable(
+                version, members, backend, records, exc, tried | {version}
+            )
         except Exception as exc:  # never let one group's failure escape and fail the batch
             failure = ClassifierError(f"{self.settings.classifier_name} version {version}: {exc!r}")
             return [(index, failure) for index, _ in members]
-        self._shadow(version, pixels, probabilities, backend)
+        shadow = self._shadow(version, pixels, probabilities, backend)
+        if shadow is not None:
+            records.append(([index for index, _ in members], shadow))
         outcomes: list[tuple[int, Outputs | Exception]] = []
         offset = 0
         for index, request in members:
@@ -334,7 +354,9 @@ class DigitsPipeline:
                 outcome: Outputs | Exception = self.respond(
                     request, probabilities[offset : offset + count]
                 )
-                backend.record_routes(version, request.route.reason, count)
+                records.append(
+                    ([index], partial(backend.record_routes, version, request.route.reason, count))
+                )
             except Exception as exc:  # a bug in one request's answer fails that request only
                 outcome = exc
             outcomes.append((index, outcome))
@@ -346,6 +368,7 @@ class DigitsPipeline:
         version: int,
         members: list[tuple[int, ParsedRequest]],
         backend: ClassifierBackend,
+        records: list[Record],
         error: ClassifierError,
         tried: frozenset[int],
     ) -> list[tuple[int, Outputs | Exception]]:
@@ -388,7 +411,7 @@ class DigitsPipeline:
             rerouted = [
                 (i, replace(r, route=Route(alternatives[0], "fallback"))) for i, r in routed
             ]
-            outcomes.extend(self._serve_group(alternatives[0], rerouted, backend, tried))
+            outcomes.extend(self._serve_group(alternatives[0], rerouted, backend, records, tried))
         else:
             unavailable = UnavailableError(
                 f"{error}; no live version to fall back to (policy versions {sorted(by_weight)}, "
@@ -399,18 +422,20 @@ class DigitsPipeline:
 
     def _shadow(
         self, version: int, pixels: Pixels, served: Probabilities, backend: ClassifierBackend
-    ) -> None:
-        """Send a copy to the shadow version, compare top-1 labels, discard its answers."""
+    ) -> Callable[[], None] | None:
+        """Send a copy to the shadow version, compare top-1 labels, discard its answers.
+
+        Returns the metric update to make (None without a shadow).
+        """
         shadow = self.settings.policy.shadow
         if shadow is None or shadow == version:
-            return
+            return None
         try:
             shadowed = backend.classify(shadow, pixels)
+            agreed = int((shadowed.argmax(axis=1) == served.argmax(axis=1)).sum())
         except Exception:  # the shadow must never affect the served answer
-            backend.record_shadow(version, shadow, 0, 0, len(pixels))
-            return
-        agreed = int((shadowed.argmax(axis=1) == served.argmax(axis=1)).sum())
-        backend.record_shadow(version, shadow, agreed, len(pixels) - agreed, 0)
+            return partial(backend.record_shadow, version, shadow, 0, 0, len(pixels))
+        return partial(backend.record_shadow, version, shadow, agreed, len(pixels) - agreed, 0)
 
     def respond(self, request: ParsedRequest, probabilities: Probabilities) -> Outputs:
         """Ranked labels/scores, low-confidence flag and metadata for each image of a request."""

@@ -20,7 +20,10 @@ from mlapi_backend.digits_pipeline import (
     served_versions,
 )
 from mlapi_backend.errors import InvalidInputError, ModelConfigError, UnavailableError
+from mlapi_backend.failure_log import FailureLog
 from mlapi_backend.model_config import ModelConfig, read_pbtxt
+from mlapi_backend.triton_responses import respond
+from tests.unit.backend import fake_triton
 
 SHIPPED = Path(__file__).resolve().parents[3] / "model_repository"
 REPO = SHIPPED  # replaced by the built layout below, for every test of this module
@@ -473,3 +476,68 @@ def test_a_bug_building_one_answer_fails_only_that_request(pipeline, monkeypatch
     assert first["labels"][0, 0] == b"7" and last["labels"][0, 0] == b"7"
     assert len(backend.calls) == 1  # one classifier call for the three requests
     assert [count for _, _, count in backend.routes] == [1, 1]
+
+
+class _BrokenReadiness(FakeBackend):
+    """Readiness checks hit a bug (not a ClassifierError), so a routing fallback raises."""
+
+    def live_versions(self, candidates):
+        raise RuntimeError("a bug in the readiness check")
+
+
+def test_route_metrics_of_a_batch_that_is_rerun_are_counted_once(pipeline):
+    backend = _BrokenReadiness(live=(1,))
+    pb = fake_triton.pb_utils()
+    parsed = {
+        "v1": pipeline.parse(_image(), None, {"model_version": 1}),
+        "v3": pipeline.parse(_image(), None, {"model_version": 3}),  # not live: raises
+    }
+    requests = [fake_triton.Request(rid, item) for rid, item in parsed.items()]
+    served, failed = respond(
+        requests,
+        lambda request: request.value,
+        lambda items: pipeline.run(items, backend),
+        pb,
+        FailureLog(pb.Logger, "digits"),
+    )
+    assert served.error is None and "RuntimeError" in failed.error.message
+    assert backend.calls == [(1, (1, 64)), (3, (1, 64)), (1, (1, 64)), (3, (1, 64))]
+    assert backend.routes == [(1, "pinned", 1)]  # the failed batch run counted nothing
+
+
+def test_route_and_shadow_metrics_are_recorded_after_the_whole_batch_is_served():
+    pipeline = _pipeline(traffic_policy='{"weights": {"1": 100}, "shadow": 2}')
+    backend = _BrokenReadiness(live=(1, 2))
+    parsed = [pipeline.parse(_image(), None), pipeline.parse(_image(), None, {"model_version": 3})]
+    with pytest.raises(RuntimeError):
+        pipeline.run(parsed, backend)
+    assert backend.routes == [] and backend.shadows == []
+
+
+def test_a_shadow_answer_that_cannot_be_compared_counts_as_a_shadow_error():
+    pipeline = _pipeline(traffic_policy='{"weights": {"1": 100}, "shadow": 2}')
+
+    class ExtraRowShadow(FakeBackend):
+        def classify(self, version, pixels):
+            probs = super().classify(version, pixels)
+            return np.concatenate([probs, probs[:1]]) if version == 2 else probs
+
+    backend = ExtraRowShadow()
+    (result,) = pipeline.run([pipeline.parse(np.concatenate([_image()] * 2), None)], backend)
+    assert result["labels"][:, 0].tolist() == [b"7", b"7"]
+    assert backend.shadows == [(1, 2, 0, 0, 2)]
+    assert backend.routes == [(1, "default", 2)]
+
+
+def test_a_failing_metric_update_fails_the_requests_it_counts():
+    pipeline = _pipeline(traffic_policy='{"weights": {"1": 100}, "shadow": 2}')
+
+    class BrokenShadowMetric(FakeBackend):
+        def record_shadow(self, *counts):
+            raise ValueError("metric family gone")
+
+    backend = BrokenShadowMetric()
+    parsed = [pipeline.parse(_image(), None), pipeline.parse(_image(), None)]
+    results = pipeline.run(parsed, backend)
+    assert all(isinstance(r, ValueError) for r in results)
+    assert backend.routes == [(1, "default", 1), (1, "default", 1)]
