@@ -135,6 +135,8 @@ async def list_models(request: Request) -> Response:
 
 
 def _timeout_s(request: Request) -> float | None:
+    if not request.scope["query_string"]:  # the usual call: no query string to parse
+        return None
     raw = request.query_params.get("timeout_s")
     if raw is None:
         return None
