@@ -338,7 +338,8 @@ def test_checkov_reports_no_failed_check() -> None:
 
 class _Answer(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        self.send_response(200 if self.path == "/v2/health/ready" else 503)
+        ready = ("/v2/health/ready", "/v2/models/digits/ready", "/v2/models/text_generator/ready")
+        self.send_response(200 if self.path in ready else 503)
         self.end_headers()
 
     def log_message(self, *_: Any) -> None:
@@ -361,6 +362,16 @@ def test_healthcheck_command_follows_the_port_and_the_status(
         unready = subprocess.run(
             [*script, "TRITON_HTTP_PORT", "8000", "/v2/health/live"], env=env, timeout=30
         )
+        # The chart's Triton probes: every public model must answer 200, one missing fails.
+        models = ["/v2/models/digits/ready", "/v2/models/text_generator/ready"]
+        every = subprocess.run([*script, "TRITON_HTTP_PORT", "8000", *models], env=env, timeout=30)
+        one_missing = subprocess.run(
+            [*script, "TRITON_HTTP_PORT", "8000", *models, "/v2/models/text_encoder/ready"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -368,6 +379,10 @@ def test_healthcheck_command_follows_the_port_and_the_status(
         [*script, "TRITON_HTTP_PORT", port, "/v2/health/ready"], env={}, timeout=30
     )
     assert (ready.returncode, unready.returncode, closed.returncode) == (0, 1, 1)
+    assert (every.returncode, one_missing.returncode) == (0, 1)
+    assert one_missing.stderr.strip() == "not ready: /v2/models/text_encoder/ready"
+    no_path = subprocess.run([*script, "TRITON_HTTP_PORT", "8000"], env={}, timeout=30)
+    assert no_path.returncode == 2
 
 
 def test_gateway_image_settings_are_real_settings(monkeypatch: pytest.MonkeyPatch) -> None:
