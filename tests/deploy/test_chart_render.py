@@ -140,6 +140,7 @@ def _launcher_command(values: dict[str, Any], root: str, backend_dir: str) -> li
     return server.command()
 
 
+NGC_ENTRYPOINT = "/opt/nvidia/nvidia_entrypoint.sh"
 # Where docker/triton (NGC) and docker/triton-cpu (pytriton's wheel) put tritonserver.
 FLAVOR_PATHS = {
     "gpu": ("/opt/tritonserver", "/opt/tritonserver/backends"),
@@ -155,7 +156,9 @@ def test_triton_runs_with_the_launchers_flags(values_file: str) -> None:
     deployment = render_file(values_file).one("Deployment", "-triton")
     server = container(deployment, "tritonserver")
     expected = _launcher_command(values, *FLAVOR_PATHS[values["triton"]["flavor"]])
-    assert server["command"] == expected[:1]
+    # The NGC image's own entrypoint runs first (CUDA compatibility checks), as in the image.
+    ngc = [NGC_ENTRYPOINT] if values["triton"]["flavor"] == "gpu" else []
+    assert server["command"] == [*ngc, *expected[:1]]
     assert server["args"] == expected[1:]
     key = env_of(server)[access.KEY_ENV]
     assert key["secret"].endswith("-triton-key") and key["key"] == "key", key
@@ -168,9 +171,34 @@ def test_triton_pod_has_probes_shm_and_explicit_model_control() -> None:
     deployment = render_file("default-values.yaml").one("Deployment", "-triton")
     spec = deployment["spec"]["template"]["spec"]
     server = container(deployment, "tritonserver")
-    assert server["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Ready means every public model is ready: --strict-readiness=false makes
+    # /v2/health/ready true with models missing. Liveness stays on the server's.
+    ready = [
+        "python3",
+        "/opt/mlapi/bin/healthcheck.py",
+        "TRITON_HTTP_PORT",
+        "8000",
+        "/v2/models/digits/ready",
+        "/v2/models/text_generator/ready",
+    ]
+    assert server["startupProbe"] == {
+        "exec": {"command": ready},
+        "periodSeconds": 5,
+        "failureThreshold": 60,
+        "timeoutSeconds": 3,
+    }
+    assert server["readinessProbe"]["exec"]["command"] == ready
+    assert env_of(server)["TRITON_HTTP_PORT"] == "8000"
     assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    gateway = container(render_file("default-values.yaml").one("Deployment", "-gateway"), "gateway")
+    assert env_of(gateway)["MLAPI_GATEWAY_MODELS"] == '["digits","text_generator"]'
+    few = container(
+        render({"gateway": {"models": ["digits"]}, "triton": {"ports": {"http": 9000}}}).one(
+            "Deployment", "-triton"
+        ),
+        "tritonserver",
+    )
+    assert few["readinessProbe"]["exec"]["command"][3:] == ["9000", "/v2/models/digits/ready"]
     assert "--model-control-mode=explicit" in server["args"]
     restricted = [a for a in server["args"] if "restricted" in a]
     assert len(restricted) == 2 and all("model-repository" in a for a in restricted)
@@ -305,8 +333,11 @@ def test_model_sources() -> None:
     } in pvc["volumes"]
     s3 = render_file("s3-values.yaml").one("Deployment", "-triton")["spec"]["template"]["spec"]
     (fetch,) = s3["initContainers"]
-    assert fetch["args"][:2] == ["s3://models/triton-mlapi", "/models"]
-    assert "--endpoint-url=http://minio.storage.svc:9000" in fetch["args"]
+    assert fetch["image"] == "amazon/aws-cli:2.17.0"
+    env = env_of(fetch)
+    assert env["MODELS_URL"] == "s3://models/triton-mlapi" and env["MODELS_PATH"] == "/models"
+    assert env["PUBLIC_MODELS"] == "digits text_generator"
+    assert env["AWS_ENDPOINT_URL"] == "http://minio.storage.svc:9000"
     assert env_of(fetch)["AWS_SECRET_ACCESS_KEY"] == {
         "secret": "minio-credentials",
         "key": "AWS_SECRET_ACCESS_KEY",
@@ -415,17 +446,28 @@ def test_refusals_cover_the_bad_input_of_the_design() -> None:
         "/triton/modelRepository/source",
         "/autoscaling/triton/enabled",
         "/gateway/replicas",
+        "/gateway/workers",
+        "/gateway/settings/jobs_db",
+        "/gateway/settings/WEBHOOK_ALLOW",
+        "/autoscaling/triton/minReplicas",
+        "/autoscaling/gateway/minReplicas",
+        "/autoscaling/triton/targetQueueComputeRatio",
+        "/triton/modelRepository/pvc/accessMode",
     ):
-        assert value in named
+        assert value in named, value
 
 
 @pytest.mark.parametrize("values_file", REFUSED)
 def test_bad_values_are_refused_naming_the_value(values_file: str) -> None:
     path = REFUSED_VALUES / values_file
-    with pytest.raises(helm.HelmValuesError) as refused:
+    # The schema refuses what it can express; templates/validate.yaml what compares two values.
+    with pytest.raises((helm.HelmValuesError, helm.HelmRenderError)) as refused:
         render(values_of(path))
     message = str(refused.value)
     assert _refusal(path) in message, message
+    for line in path.read_text().splitlines()[1:]:  # "# says: ...": the reason, in the message
+        if line.startswith("# says: "):
+            assert line.removeprefix("# says: ") in message, message
 
 
 def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:

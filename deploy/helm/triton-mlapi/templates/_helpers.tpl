@@ -145,3 +145,71 @@ imagePullSecrets:
 {{- define "mlapi.tritonBackendDir" -}}
 {{- default (ternary "/opt/tritonserver/backends" "/opt/mlapi/backends" (eq .Values.triton.flavor "gpu")) .Values.triton.backendDir -}}
 {{- end -}}
+
+{{/* The Triton key the chart's Secret holds: the live Secret's (lookup), else one generated
+once per render and shared by every template that asks (so the Secret and the pods' checksum
+agree). */}}
+{{- define "mlapi.tritonKey" -}}
+{{- $cache := .Values.triton.accessKey -}}
+{{- if not (hasKey $cache "_rendered") -}}
+{{- $name := include "mlapi.component" (dict "root" . "component" "triton-key") -}}
+{{- $live := lookup "v1" "Secret" .Release.Namespace $name -}}
+{{- if and $live $live.data (index $live.data "key") -}}
+{{- $_ := set $cache "_rendered" (index $live.data "key" | b64dec) -}}
+{{- else -}}
+{{- $_ := set $cache "_rendered" (randAlphaNum 43) -}}
+{{- end -}}
+{{- end -}}
+{{- index $cache "_rendered" -}}
+{{- end -}}
+
+{{/* Checksum of the Triton key both Deployments read: a new key rolls Triton and the gateway
+together. With existingSecret it covers the live Secret's data (lookup) or, where lookup
+finds nothing (helm template, GitOps), the Secret's name only. */}}
+{{- define "mlapi.tritonKeyChecksum" -}}
+{{- if .Values.triton.accessKey.existingSecret -}}
+{{- $live := lookup "v1" "Secret" .Release.Namespace .Values.triton.accessKey.existingSecret -}}
+{{- printf "%s %s" .Values.triton.accessKey.existingSecret (toJson (default (dict) ($live).data)) | sha256sum -}}
+{{- else -}}
+{{- include "mlapi.tritonKey" . | sha256sum -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The preStop hook of a container: sleep so that endpoints drop the pod before SIGTERM. */}}
+{{- define "mlapi.preStop" -}}
+{{- if gt (int .) 0 }}
+lifecycle:
+  preStop:
+    exec:
+      command: ["sleep", {{ . | quote }}]
+{{- end }}
+{{- end -}}
+
+{{/* Refusals the schema cannot express (they compare two values); each names the value. */}}
+{{- define "mlapi.validate" -}}
+{{- $redis := include "mlapi.redisSource" . -}}
+{{- $g := .Values.gateway -}}
+{{- if and (eq $redis "") (not .Values.autoscaling.gateway.enabled) (gt (int $g.replicas) 1) -}}
+{{- fail (printf "/gateway/replicas: %d gateway replicas need Redis (redis.enabled, redis.url or redis.urlSecret): without it every pod keeps its own rate limits and its own SQLite jobs" (int $g.replicas)) -}}
+{{- end -}}
+{{- if and (eq $redis "") (gt (int $g.workers) 1) -}}
+{{- fail (printf "/gateway/workers: %d uvicorn workers need Redis (redis.enabled, redis.url or redis.urlSecret): without it every worker keeps its own rate-limit buckets, so a key gets %d times its plan" (int $g.workers) (int $g.workers)) -}}
+{{- end -}}
+{{- range $component := list "triton" "gateway" -}}
+{{- $a := index $.Values.autoscaling $component -}}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- fail (printf "/autoscaling/%s/minReplicas: %d is above maxReplicas %d" $component (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- end -}}
+{{- end -}}
+{{- $repo := .Values.triton.modelRepository -}}
+{{- $many := or (and .Values.autoscaling.triton.enabled (gt (int .Values.autoscaling.triton.maxReplicas) 1)) (and (not .Values.autoscaling.triton.enabled) (gt (int .Values.triton.replicas) 1)) -}}
+{{- if and (eq $repo.source "pvc") $many (not (has $repo.pvc.accessMode (list "ReadOnlyMany" "ReadWriteMany"))) -}}
+{{- fail (printf "/triton/modelRepository/pvc/accessMode: %s attaches the claim to one node, but Triton may run more than one pod: use a ReadOnlyMany or ReadWriteMany claim (or one Triton pod)" $repo.pvc.accessMode) -}}
+{{- end -}}
+{{- if and (eq $repo.source "pvc") $repo.pvc.claimName -}}
+{{- $claim := lookup "v1" "PersistentVolumeClaim" .Release.Namespace $repo.pvc.claimName -}}
+{{- if and $claim $many (not (or (has "ReadOnlyMany" $claim.spec.accessModes) (has "ReadWriteMany" $claim.spec.accessModes))) -}}
+{{- fail (printf "/triton/modelRepository/pvc/accessMode: claim %s is %v, but Triton may run more than one pod: use a ReadOnlyMany or ReadWriteMany claim" $repo.pvc.claimName $claim.spec.accessModes) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
