@@ -188,8 +188,10 @@ def test_triton_entrypoint_passes_the_flags_make_serve_passes(
 ) -> None:
     env = dockerfile(image).final.env()
     entrypoint = dockerfile(image).final.last("ENTRYPOINT").exec_form()
-    assert entrypoint == ["/opt/mlapi/bin/triton-entrypoint"]
-    assert f"COPY docker/triton-entrypoint.sh {entrypoint[0]}" in dockerfile(image).text
+    # NGC's own entrypoint (CUDA compatibility, driver checks) runs first and execs ours.
+    ngc = ["/opt/nvidia/nvidia_entrypoint.sh"] if image == "triton" else []
+    assert entrypoint == [*ngc, "/opt/mlapi/bin/triton-entrypoint"]
+    assert f"COPY docker/triton-entrypoint.sh {entrypoint[-1]}" in dockerfile(image).text
     root, _ = _fake_triton_root(tmp_path)
     repository, backend_dir = Path(env["MLAPI_MODEL_REPOSITORY"]), Path(env["MLAPI_BACKEND_DIR"])
     expected = _make_serve_args(monkeypatch, tmp_path, repository, backend_dir, root)
@@ -383,6 +385,21 @@ def test_healthcheck_command_follows_the_port_and_the_status(
     assert one_missing.stderr.strip() == "not ready: /v2/models/text_encoder/ready"
     no_path = subprocess.run([*script, "TRITON_HTTP_PORT", "8000"], env={}, timeout=30)
     assert no_path.returncode == 2
+
+
+def test_the_triton_build_fails_unless_the_pth_puts_the_pinned_numpy_first() -> None:
+    final = dockerfile("triton").final
+    pth = next(r for r in final.all("RUN") if "mlapi-backend.pth" in r.args)
+    check = next(r for r in final.all("RUN") if "import re, numpy, mlapi_backend" in r.args)
+    copies = [c for c in final.all("COPY") if c.args.startswith("--from=build /opt/mlapi ")]
+    assert copies and check.line > max(pth.line, copies[0].line)
+    assert "numpy.__version__ == want" in check.args
+    assert "numpy.__file__.startswith('/opt/mlapi/python/')" in check.args
+    assert any(
+        c.args == "docker/triton/requirements.txt /opt/mlapi/requirements.txt"
+        for c in final.all("COPY")
+    )
+    assert re.search(r"^numpy==\d", (DOCKER / "triton" / "requirements.txt").read_text(), re.M)
 
 
 def test_gateway_image_settings_are_real_settings(monkeypatch: pytest.MonkeyPatch) -> None:
