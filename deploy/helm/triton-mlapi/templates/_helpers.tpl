@@ -150,17 +150,18 @@ imagePullSecrets:
 once per render and shared by every template that asks (so the Secret and the pods' checksum
 agree). */}}
 {{- define "mlapi.tritonKey" -}}
-{{- $cache := .Values.triton.accessKey -}}
-{{- if not (hasKey $cache "_rendered") -}}
+{{- /* Kept on the render's root context, which every template of the chart shares (never in
+.Values, which users supply and upgrades may reuse). */ -}}
+{{- if not (hasKey . "mlapiTritonKey") -}}
 {{- $name := include "mlapi.component" (dict "root" . "component" "triton-key") -}}
 {{- $live := lookup "v1" "Secret" .Release.Namespace $name -}}
 {{- if and $live $live.data (index $live.data "key") -}}
-{{- $_ := set $cache "_rendered" (index $live.data "key" | b64dec) -}}
+{{- $_ := set . "mlapiTritonKey" (index $live.data "key" | b64dec) -}}
 {{- else -}}
-{{- $_ := set $cache "_rendered" (randAlphaNum 43) -}}
+{{- $_ := set . "mlapiTritonKey" (randAlphaNum 43) -}}
 {{- end -}}
 {{- end -}}
-{{- index $cache "_rendered" -}}
+{{- index . "mlapiTritonKey" -}}
 {{- end -}}
 
 {{/* Checksum of the Triton key both Deployments read: a new key rolls Triton and the gateway
