@@ -291,6 +291,6 @@ def test_autoscaling_ratio_is_near_zero_at_idle_and_above_target_under_load(
         f"idle {idle:.4f}, light traffic {light:.4f}, under load {loaded:.2f} after {time.monotonic() - started:.0f} s, "
         f"then {last:.2f} "
         f"(HPA target {TARGET}); per model then {models}; requests {dict(load.outcomes)}; "
-        f"gateway in flight after sequential predictions {in_flight:.4f}",
+        f"gateway in flight after sequential predictions {in_flight:.3g}",
     )
     assert load.outcomes[f"{PROBE} ok"] > 0
