@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl as ssl_module
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
@@ -22,6 +23,9 @@ from urllib.parse import unquote
 import httptools
 
 DEFAULT_LIMIT = 100  # connections per pool, as tritonclient.http's conn_limit default
+# A connection older than this is closed after its reply instead of going back to the pool, so
+# a caller behind a Kubernetes Service (balanced per connection) reaches pods added since.
+DEFAULT_MAX_AGE_S = 60.0
 METHODS = ("GET", "POST")  # the parser is not told the method: HEAD replies would hang
 IDEMPOTENT = ("GET",)  # the only ones resent when a reused connection turns out dead
 
@@ -62,6 +66,7 @@ class _Connection(asyncio.Protocol):
         self._headers_done = False  # of the reply being read
         self.received = False  # any byte of a reply since the last request was sent
         self.reusable = True
+        self.opened_at = time.monotonic()
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -157,13 +162,23 @@ class _Connection(asyncio.Protocol):
 class HttpPool:
     """GET and POST to one ``[user:password@]host:port`` over reused keep-alive connections.
 
-    At most ``limit`` connections are open at once.
+    At most ``limit`` connections are open at once; one is retired after its reply once it is
+    ``max_age_s`` old (None: never), which spreads a long-lived caller over the servers a
+    load balancer adds.
 
     A connection whose call fails or is cancelled (a deadline) is closed, never reused: its
     reply might still arrive. Idle connections the server has closed are skipped.
     """
 
-    def __init__(self, address: str, *, tls: bool = False, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        tls: bool = False,
+        limit: int = DEFAULT_LIMIT,
+        max_age_s: float | None = DEFAULT_MAX_AGE_S,
+    ) -> None:
+        self._max_age_s = max_age_s
         userinfo, _, hostport = address.rpartition("@")
         self._auth = {}
         if userinfo:  # http://user:password@host:port, as aiohttp and urllib understand it
@@ -228,7 +243,13 @@ class HttpPool:
         except BaseException:
             connection.close()
             raise
-        if connection.open and not self._closed:
+        if (
+            connection.open
+            and not self._closed
+            and (
+                self._max_age_s is None or time.monotonic() - connection.opened_at < self._max_age_s
+            )
+        ):
             self._idle.append(connection)
         else:
             connection.close()

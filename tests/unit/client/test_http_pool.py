@@ -113,6 +113,24 @@ def test_one_connection_is_reused_for_sequential_requests() -> None:
     asyncio.run(scenario())
 
 
+def test_a_connection_past_its_max_age_is_retired_after_its_reply() -> None:
+    async def scenario() -> None:
+        server = Server(answer(ok(b"{}")))
+        async with server as address:
+            young = HttpPool(address, max_age_s=3600.0)
+            for _ in range(3):
+                await young.request("GET", "/v2/health/ready", {})
+            await young.close()
+            assert server.connections == 1
+            old = HttpPool(address, max_age_s=0.0)  # every connection is already old
+            for _ in range(3):
+                assert (await old.request("GET", "/v2/health/ready", {})).status == 200
+            await old.close()
+            assert server.connections == 1 + 3
+
+    asyncio.run(scenario())
+
+
 def test_concurrent_requests_open_at_most_limit_connections() -> None:
     async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> bool:
         await asyncio.sleep(0.02)
