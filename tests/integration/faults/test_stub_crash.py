@@ -63,17 +63,22 @@ def test_a_dead_stub_is_healed_under_steady_load(
         recovery_s = first_served_after(killed, calls(raw_client, retry=False)[model])
         wait_until(lambda: raw.served_since(killed), RECOVERY_BOUND_S, f"{model} to serve again")
         wait_until(lambda: retried.served_since(killed), RECOVERY_BOUND_S, "retried calls")
-    _, failures = raw.outage(killed)
+    # Recovery as callers see it: from the kill until requests succeed again after the last
+    # failure (steady load, no retry). The heal time is the supervisor's own (until its reload
+    # is confirmed), which can end after callers are served again by the other instance.
+    outage_s, failures = raw.outage(killed)
     _, retried_failures = retried.outage(killed)
     slowest_s = max(a.end - a.start for a in raw.attempts if a.end > killed)
     report_figure(f"stub kill {model} v{version}: healed by the supervisor (s)", round(healed_s, 2))
-    report_figure(f"stub kill {model} v{version}: recovery (s)", round(recovery_s, 2))
+    report_figure(f"stub kill {model} v{version}: recovery seen by callers (s)", round(outage_s, 2))
+    report_figure(f"stub kill {model} v{version}: first call served after the heal (s)",
+                  round(recovery_s, 2))  # fmt: skip
     report_figure(f"stub kill {model} v{version}: failed requests without retry", len(failures))
     report_figure(f"stub kill {model} v{version}: failed requests with the client's retry",
                   len(retried_failures))  # fmt: skip
     report_figure(f"stub kill {model} v{version}: slowest request meanwhile (s)",
                   round(slowest_s, 2))  # fmt: skip
-    assert recovery_s < RECOVERY_BOUND_S
+    assert recovery_s < RECOVERY_BOUND_S and outage_s < RECOVERY_BOUND_S
     # Callers are told "unavailable, retry" (503 + Retry-After at the gateway), never a 500;
     # a stream already running on the dead stub ends at its own deadline.
     kinds = {type(a.error) for a in failures}
