@@ -51,7 +51,7 @@ NOISE_SIGMAS = 4.0
 SPECK_SHARE = 0.0005
 # A blob joins the digit if it has this share of the main blob's area and lies within this
 # share of the main blob's longer side from its box.
-JOIN_AREA_SHARE = 0.02
+JOIN_AREA_SHARE = 0.05
 JOIN_GAP_SHARE = 0.5
 # More than MAX_OTHER_BLOBS blobs of OTHER_AREA_SHARE of the digit's area left out, or the digit
 # holding under MIN_INK_SHARE of the ink, reads as a texture or a scene, not one digit.
@@ -61,7 +61,7 @@ MIN_INK_SHARE = 0.5
 FRAME_SHARE = 0.9
 FRAME_FILL = 0.6
 MAX_INK_SHARE = 0.5
-MIN_BOX_WORK_PX = 6
+MIN_BOX_WORK_PX = 8
 # Past this many ink runs the labelling would dominate the cost; such images are textures.
 MAX_RUNS = 6000
 
@@ -272,10 +272,23 @@ def _work_image(image: NDArray[np.uint8]) -> tuple[Floats, dict[str, Any]]:
     return smooth, {"name": "work_scale", "scale": round(scale, 4), "size": list(size), "blur": 3}
 
 
+def _ring(image: Floats) -> Floats:
+    """Return the one-pixel frame of a 2-D image, flat."""
+    return np.concatenate([image[0, :], image[-1, :], image[1:-1, 0], image[1:-1, -1]])
+
+
+def _robust_level(values: Floats) -> tuple[float, float]:
+    """Median and robust sigma (1.4826 x median absolute deviation) of ``values``."""
+    level = float(np.median(values))
+    return level, 1.4826 * float(np.median(np.abs(values - level)))
+
+
 def _polarity(work: Floats) -> tuple[Floats, dict[str, Any]]:
+    # Percentiles keep one stray pixel from deciding; a mark under 1% of the image needs min/max.
     low, high = (float(v) for v in np.percentile(work, [1.0, 99.0]))
-    ring = np.concatenate([work[0, :], work[-1, :], work[1:-1, 0], work[1:-1, -1]])
-    paper = float(np.median(ring))
+    if high - low < BLANK_CONTRAST:
+        low, high = float(work.min()), float(work.max())
+    paper = float(np.median(_ring(work)))
     if high - low < BLANK_CONTRAST:
         raise _FlaggedError("blank", contrast=round(high - low, 2), blank_contrast=BLANK_CONTRAST)
     inverted = paper > (low + high) / 2.0
@@ -292,7 +305,15 @@ def _flatten(ink_bright: Floats) -> tuple[Floats, Mask, dict[str, Any]]:
     """Subtract the lighting: a box mean over paper pixels only, so ink does not darken it."""
     window = max(3, (max(ink_bright.shape) // 3) | 1)
     residual = ink_bright - box_mean(ink_bright, window)
-    paper = residual < otsu_threshold(residual)
+    # Paper: below Otsu's split of the residual, unless that split is inside the paper's noise
+    # (a blank or noisy page; measured on the border, which is paper), and never much brighter
+    # than the border (a large solid blob is not lighting).
+    level, sigma = _robust_level(_ring(residual))
+    border_high = float(np.percentile(_ring(ink_bright), 99.0))
+    ceiling = border_high + 0.5 * (float(ink_bright.max()) - border_high)
+    paper = (residual < max(otsu_threshold(residual), level + 3.0 * sigma)) & (
+        ink_bright <= ceiling
+    )
     half = window // 2
     weights = np.pad(paper.astype(np.float64), half, mode="symmetric")
     values = np.pad(ink_bright, half, mode="reflect", reflect_type="odd")
@@ -310,9 +331,7 @@ def _flatten(ink_bright: Floats) -> tuple[Floats, Mask, dict[str, Any]]:
 
 
 def _threshold(flat: Floats, paper: Mask) -> tuple[Mask, dict[str, Any]]:
-    paper_values = flat[paper] if paper.any() else flat.reshape(-1)
-    level = float(np.median(paper_values))
-    sigma = 1.4826 * float(np.median(np.abs(paper_values - level)))
+    level, sigma = _robust_level(flat[paper] if paper.any() else flat.reshape(-1))
     contrast = float(flat.max()) - level
     if contrast < BLANK_CONTRAST:
         raise _FlaggedError("blank", contrast=round(contrast, 2), blank_contrast=BLANK_CONTRAST)
