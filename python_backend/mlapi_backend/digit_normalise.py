@@ -265,11 +265,23 @@ def _work_image(image: NDArray[np.uint8]) -> tuple[Floats, dict[str, Any]]:
         scale = WORK_SIDE / longer
     elif longer < MIN_WORK_SIDE:
         scale = MIN_WORK_SIDE / longer
-    size = (max(3, round(height * scale)), max(3, round(width * scale)))
+    factor = math.ceil(longer / WORK_SIDE)
     grey = image.astype(np.float64)
-    work = grey if scale == 1.0 else area_resize(grey, size[0], size[1])
+    if factor > 1 and height % factor == 0 and width % factor == 0:
+        # Whole blocks (1024, 512, 256 px): a block mean is the same area average, 10x cheaper.
+        scale = 1.0 / factor
+        work = grey.reshape(height // factor, factor, width // factor, factor).mean(axis=(1, 3))
+        size = work.shape
+    else:
+        size = (max(3, round(height * scale)), max(3, round(width * scale)))
+        work = grey if scale == 1.0 else area_resize(grey, size[0], size[1])
     smooth = box_mean(work, 3)
-    return smooth, {"name": "work_scale", "scale": round(scale, 4), "size": list(size), "blur": 3}
+    return smooth, {
+        "name": "work_scale",
+        "scale": round(scale, 4),
+        "size": [int(v) for v in size],
+        "blur": 3,
+    }
 
 
 def _ring(image: Floats) -> Floats:

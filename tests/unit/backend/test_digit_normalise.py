@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -117,6 +119,7 @@ def assert_normalised(result, expected_ink: np.ndarray | None = None) -> None:
     width_px = stroke_width(pixels >= 0.5)
     assert 1.7 <= width_px <= 3.8, width_px
     assert [step["name"] for step in result.metadata["steps"]] == list(STEP_NAMES)
+    assert json.loads(json.dumps(result.metadata, allow_nan=False)) == result.metadata
     if expected_ink is not None:
         # Polarity: the output's ink is where the drawing's ink is (same shape, both normalised).
         reference = normalise_digit(to_uint8(render(expected_ink))).pixels
@@ -254,6 +257,7 @@ def test_uniform_images_are_blank(image):
     assert result.flag == "blank"
     assert not result.pixels.any()
     assert result.metadata["flag"] == "blank" and "contrast" in result.metadata["flag_detail"]
+    assert json.loads(json.dumps(result.metadata, allow_nan=False)) == result.metadata
 
 
 def test_lighting_gradient_alone_is_blank():
@@ -325,6 +329,7 @@ def test_hostile_shapes_are_invalid_input(image, field_text):
 )
 def test_hostile_content_is_flagged_or_normalised_never_a_crash(image):
     result = normalise_digit(image)
+    json.dumps(result.metadata, allow_nan=False)  # metadata travels as JSON
     assert result.flag is None or result.flag in (
         "blank",
         "no_blob",
