@@ -275,7 +275,8 @@ def _work_image(image: NDArray[np.uint8]) -> tuple[Floats, dict[str, Any]]:
     else:
         size = (max(3, round(height * scale)), max(3, round(width * scale)))
         work = grey if scale == 1.0 else area_resize(grey, size[0], size[1])
-    smooth = box_mean(work, 3)
+    # Even reflection here: the odd one would put most of an edge pixel's noise back into it.
+    smooth = _box_sum(np.pad(work, 1, mode="symmetric"), 3) / 9.0
     return smooth, {
         "name": "work_scale",
         "scale": round(scale, 4),
