@@ -107,3 +107,4 @@ bench-gateway: models $(INSTALLED) system-deps ## wrk: gateway (auth, validation
 # --- Images and the Helm chart (docker/, deploy/, docs/deploy.md) ---
 -include docker/images.mk
 -include deploy/chart.mk
+-include tools/eval.mk
