@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +20,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mlapi_backend import traffic_policy
+from mlapi_backend.classifier_inputs import (
+    PreparedImages,
+    VersionProfile,
+    legacy_profile,
+    prepare,
+    read_profiles,
+)
 from mlapi_backend.errors import (
     InvalidInputError,
     MlapiBackendError,
@@ -30,15 +37,10 @@ from mlapi_backend.model_config import ModelConfig, read_pbtxt
 from mlapi_backend.postprocessing import (
     DEFAULT_LOW_CONFIDENCE_THRESHOLD,
     low_confidence_reasons,
+    ood_score,
     rank,
 )
-from mlapi_backend.preprocessing import (
-    MAX_SIDE,
-    MIN_SIDE,
-    SIDE_CEILING,
-    PreprocessedDigit,
-    preprocess_digit,
-)
+from mlapi_backend.preprocessing import MAX_SIDE, MIN_SIDE, SIDE_CEILING, validate_image
 from mlapi_backend.traffic_policy import Route, TrafficPolicy, routing_parameters
 
 INPUTS = {"image": "TYPE_UINT8", "top_k": "TYPE_INT32"}
@@ -53,7 +55,7 @@ CLASSIFIER_OUTPUT = "probabilities"
 DEFAULT_POLICY = '{"weights": {"1": 100}}'
 
 Outputs = dict[str, NDArray[Any]]
-Pixels = NDArray[np.float32]  # [images, 64]
+Pixels = NDArray[np.float32]  # [images, 64] or [images, 784]: the version's input kind
 Probabilities = NDArray[np.float32]  # [images, classes]
 # A metric update held back until a whole batch is served, and the requests it belongs to.
 Record = tuple[list[int], Callable[[], None]]
@@ -115,6 +117,9 @@ class DigitsSettings:
     # The policy in this model's own config.pbtxt, when it parses (None otherwise): a served
     # policy that differs from it was installed through the repository API.
     repository_policy: TrafficPolicy | None = None
+    # Input kind and low-confidence thresholds per classifier version (classifier_inputs), read
+    # from each version folder's metrics.json at load; versions missing here get the 8x8 path.
+    profiles: Mapping[int, VersionProfile] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: ModelConfig, model_dir: Path) -> DigitsSettings:
@@ -139,6 +144,15 @@ class DigitsSettings:
         max_side = config.int_parameter(
             "max_side_px", max(MAX_SIDE, min_side), min_side, SIDE_CEILING
         )
+        threshold = config.float_parameter(
+            "low_confidence_threshold", DEFAULT_LOW_CONFIDENCE_THRESHOLD, 0.0, 1.0
+        )
+        try:
+            profiles = read_profiles(
+                classifier_dir, sorted(_version_folders(classifier_dir)), threshold
+            )
+        except ModelConfigError as exc:
+            raise ModelConfigError(f"model '{config.name}': {exc}") from exc
         return cls(
             model_name=config.name,
             classifier_name=classifier,
@@ -146,9 +160,7 @@ class DigitsSettings:
             policy=TrafficPolicy.parse(
                 config.string_parameter("traffic_policy", DEFAULT_POLICY), config.name
             ),
-            threshold=config.float_parameter(
-                "low_confidence_threshold", DEFAULT_LOW_CONFIDENCE_THRESHOLD, 0.0, 1.0
-            ),
+            threshold=threshold,
             default_top_k=config.int_parameter("default_top_k", 3, 1, max_top_k),
             max_top_k=max_top_k,
             labels=labels,
@@ -156,7 +168,12 @@ class DigitsSettings:
             max_side_px=max_side,
             classifier_versions=_repository_versions(classifier_dir),
             repository_policy=_repository_policy(model_dir / "config.pbtxt", config.name),
+            profiles=profiles,
         )
+
+    def profile(self, version: int) -> VersionProfile:
+        """Return what ``version`` is fed and how its answers are judged (8x8 if unknown)."""
+        return self.profiles.get(version) or legacy_profile(version, self.threshold)
 
     @property
     def default_version(self) -> int:
@@ -219,15 +236,26 @@ def served_versions(version_policy: Mapping[str, Any], folders: Iterable[int]) -
 
 @dataclass(frozen=True)
 class ParsedRequest:
-    """A valid request: its preprocessed images, k, and where it is routed."""
+    """A valid request: its images, k, where it is routed, and its prepared classifier inputs.
 
-    digits: tuple[PreprocessedDigit, ...]
+    ``prepared`` caches one PreparedImages per input kind, so a request served by one version
+    and shadowed or re-routed to a version of another kind is prepared once for each kind.
+    """
+
+    images: NDArray[np.uint8]  # [count, height, width], validated
     top_k: int
     route: Route
+    prepared: dict[str, PreparedImages] = field(default_factory=dict, compare=False, repr=False)
 
     @property
-    def pixels(self) -> Pixels:
-        return np.stack([d.pixels for d in self.digits])
+    def count(self) -> int:
+        return int(self.images.shape[0])
+
+    def inputs(self, kind: str) -> PreparedImages:
+        """Return the images as ``kind``'s classifier input (prepared on first use)."""
+        if kind not in self.prepared:
+            self.prepared[kind] = prepare(kind, self.images)
+        return self.prepared[kind]
 
 
 class DigitsPipeline:
@@ -243,7 +271,11 @@ class DigitsPipeline:
         top_k: NDArray[Any] | None,
         parameters: Mapping[str, Any] | None = None,
     ) -> ParsedRequest:
-        """Validate one request's tensors (batch axis first) and parameters; preprocess; route."""
+        """Validate one request's tensors (batch axis first) and parameters; route; prepare.
+
+        The images are prepared for the routed version's input kind here, so that a failure
+        there fails this request alone.
+        """
         s = self.settings
         if image is None:
             raise InvalidInputError(
@@ -266,8 +298,11 @@ class DigitsPipeline:
             if not 1 <= k <= s.max_top_k:
                 raise InvalidInputError("top_k", f"an integer in 1..{s.max_top_k}", str(k))
         pinned, routing_key = routing_parameters(parameters or {})
-        digits = tuple(preprocess_digit(img, s.min_side_px, s.max_side_px) for img in image)
-        return ParsedRequest(digits, k, s.policy.route(pinned, routing_key, self.rng.random()))
+        validate_image(image[0], min_side=s.min_side_px, max_side=s.max_side_px)
+        route = s.policy.route(pinned, routing_key, self.rng.random())
+        parsed = ParsedRequest(image, k, route)
+        parsed.inputs(s.profile(route.version).input_kind)
+        return parsed
 
     def check_policy(self, backend: ClassifierBackend) -> list[int] | None:
         """At load: refuse a policy naming a version that is not live; return the live versions.
@@ -329,7 +364,11 @@ class DigitsPipeline:
         records: list[Record],
         tried: frozenset[int] = frozenset(),
     ) -> list[tuple[int, Outputs | Exception]]:
-        pixels = np.concatenate([r.pixels for _, r in members])
+        kind = self.settings.profile(version).input_kind
+        try:
+            pixels = np.concatenate([r.inputs(kind).pixels for _, r in members])
+        except Exception as exc:  # preparing for a fallback kind must not escape the batch
+            return [(index, exc) for index, _ in members]
         try:
             probabilities = backend.classify(version, pixels)
         except ClassifierError as exc:
@@ -343,13 +382,13 @@ class DigitsPipeline:
         except Exception as exc:  # never let one group's failure escape and fail the batch
             failure = ClassifierError(f"{self.settings.classifier_name} version {version}: {exc!r}")
             return [(index, failure) for index, _ in members]
-        shadow = self._shadow(version, pixels, probabilities, backend)
+        shadow = self._shadow(version, members, probabilities, backend)
         if shadow is not None:
             records.append(([index for index, _ in members], shadow))
         outcomes: list[tuple[int, Outputs | Exception]] = []
         offset = 0
         for index, request in members:
-            count = len(request.digits)
+            count = request.count
             try:
                 outcome: Outputs | Exception = self.respond(
                     request, probabilities[offset : offset + count]
@@ -421,29 +460,48 @@ class DigitsPipeline:
         return outcomes
 
     def _shadow(
-        self, version: int, pixels: Pixels, served: Probabilities, backend: ClassifierBackend
+        self,
+        version: int,
+        members: list[tuple[int, ParsedRequest]],
+        served: Probabilities,
+        backend: ClassifierBackend,
     ) -> Callable[[], None] | None:
         """Send a copy to the shadow version, compare top-1 labels, discard its answers.
 
-        Returns the metric update to make (None without a shadow).
+        The copy is prepared for the shadow's own input kind. Returns the metric update to make (None without a shadow).
         """
         shadow = self.settings.policy.shadow
         if shadow is None or shadow == version:
             return None
+        count = sum(r.count for _, r in members)
         try:
+            kind = self.settings.profile(shadow).input_kind
+            pixels = np.concatenate([r.inputs(kind).pixels for _, r in members])
             shadowed = backend.classify(shadow, pixels)
             agreed = int((shadowed.argmax(axis=1) == served.argmax(axis=1)).sum())
         except Exception:  # the shadow must never affect the served answer
-            return partial(backend.record_shadow, version, shadow, 0, 0, len(pixels))
-        return partial(backend.record_shadow, version, shadow, agreed, len(pixels) - agreed, 0)
+            return partial(backend.record_shadow, version, shadow, 0, 0, count)
+        return partial(backend.record_shadow, version, shadow, agreed, count - agreed, 0)
 
     def respond(self, request: ParsedRequest, probabilities: Probabilities) -> Outputs:
         """Ranked labels/scores, low-confidence flag and metadata for each image of a request."""
         s = self.settings
+        profile = s.profile(request.route.version)
+        prepared = request.inputs(profile.input_kind)
         labels, scores, flags, metadata = [], [], [], []
-        for digit, row in zip(request.digits, probabilities, strict=True):
+        for preprocessing, flag, row in zip(
+            prepared.metadata, prepared.flags, probabilities, strict=True
+        ):
             ranked = rank(row, request.top_k)
-            reasons = low_confidence_reasons(float(ranked.scores[0]), s.threshold, digit.blank)
+            top1 = float(ranked.scores[0])
+            reasons = low_confidence_reasons(
+                top1,
+                profile.min_score,
+                flag == "blank",
+                not_a_digit=ranked.rest_probability,
+                max_not_a_digit=profile.max_not_a_digit,
+                flag=flag,
+            )
             labels.append([s.labels[i].encode() for i in ranked.indices])
             scores.append(ranked.scores)
             flags.append([bool(reasons)])
@@ -451,11 +509,18 @@ class DigitsPipeline:
                 "model": s.model_name,
                 "classifier": {"name": s.classifier_name, "version": str(request.route.version)},
                 "routing": request.route.reason,
-                "preprocessing": digit.metadata(),
-                "low_confidence_threshold": s.threshold,
+                "preprocessing": preprocessing,
+                "low_confidence_threshold": profile.min_score,
                 "low_confidence_reasons": reasons,
                 "top1_margin": round(ranked.top1_margin, 6),
                 "not_a_digit_probability": round(ranked.rest_probability, 6),
+                "top1_score": round(top1, 6),
+                "ood_score": round(ood_score(ranked.rest_probability), 6),
+                "max_not_a_digit": profile.max_not_a_digit,
+                "calibration": {
+                    "temperature": profile.temperature,
+                    "thresholds_from": profile.source,
+                },
             }
             metadata.append([json.dumps(meta).encode()])
         return {
