@@ -1,0 +1,1 @@
+"""Evaluation of the served ``digits`` model, per classifier version, on generated image sets."""
