@@ -5,6 +5,7 @@ changes, and version load/retire under steady traffic with zero failed requests.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from mlapi_backend.model_config import read_pbtxt
 from mlapi_client import access
 from mlapi_client.errors import InvalidInputError
 from mlapi_client.traffic import TrafficController
@@ -37,6 +39,18 @@ IMAGE[0, 1:7, 3:5] = 255
 # count, not a duration: a loaded machine serves fewer per second), within the timeout.
 PHASE_REQUESTS = 25
 PHASE_TIMEOUT_S = 120.0
+# A version no config names: "not live" whatever has been built.
+NOT_LIVE = 9
+
+
+def _served_versions() -> list[int]:
+    """Classifier versions the shipped config names and the build has produced (live at start)."""
+    folder = MODEL_REPOSITORY / "digits_classifier"
+    named = read_pbtxt(folder / "config.pbtxt")["version_policy"]["specific"]["versions"]
+    return [int(v) for v in named if (folder / str(v) / "model.onnx").is_file()]
+
+
+SERVED = _served_versions()
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +131,7 @@ def test_pinned_version_beats_policy_and_unknown_version_names_live_ones(server,
         with pytest.raises(InferenceServerException) as info:
             _digits(client, model_version="9")
         assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
-        assert "model_version" in info.value.message() and "[1, 2]" in info.value.message()
+        assert "model_version" in info.value.message() and str(SERVED) in info.value.message()
     finally:
         client.close()
 
@@ -179,7 +193,7 @@ def _load_digits_with_policy(server: TritonServer, policy: dict) -> None:
 @pytest.mark.parametrize(
     ("policy", "fragment"),
     [
-        ({"weights": {"3": 100}}, "version(s) [3], which are not live; live versions: [1, 2]"),
+        ({"weights": {"9": 100}}, f"version(s) [9], which are not live; live versions: {SERVED}"),
         ({"weights": {"2": 100}, "shadow": 4}, "version(s) [4], which are not live"),
         ({"weights": {"1": 60, "2": 30}}, "must sum to 100, got 90"),
         ({"weights": {"1": 0}}, "must sum to 100, got 0"),
@@ -200,10 +214,12 @@ def test_the_model_refuses_a_bad_policy_and_the_old_one_keeps_serving(
 
 def test_the_client_refuses_before_reloading(server, traffic):
     traffic.set({"1": 60, "2": 40})
+    live = ", ".join(str(v) for v in SERVED)
     with pytest.raises(
-        InvalidInputError, match=r"version\(s\) 3, which are not live; live versions: 1, 2"
+        InvalidInputError,
+        match=re.escape(f"version(s) {NOT_LIVE}, which are not live; live versions: {live}"),
     ):
-        traffic.set({"3": 100})
+        traffic.set({str(NOT_LIVE): 100})
     with pytest.raises(InvalidInputError, match="not live"):
         traffic.set({"1": 100}, shadow=7)
     with pytest.raises(InvalidInputError, match="must sum to 100, got 110"):
@@ -216,7 +232,7 @@ def test_show_reports_default_and_live_versions(traffic):
     status = traffic.set({"1": 90, "2": 10}, shadow=2)
     assert status.default_version == "1"
     assert status.shadow == "2"
-    assert status.live_versions == ["1", "2"]
+    assert status.live_versions == [str(v) for v in SERVED]
 
 
 def test_load_and_retire_versions_under_steady_traffic_loses_nothing(
@@ -229,7 +245,12 @@ def test_load_and_retire_versions_under_steady_traffic_loses_nothing(
         f"file:{v}/model.onnx": (classifier_dir / str(v) / "model.onnx").read_bytes()
         for v in (1, 2)
     }
-    files["file:3/model.onnx"] = files["file:1/model.onnx"]
+    # The built version 3 when there is one (digits prepares 3's input as its metrics.json
+    # says), else a copy of version 1 (no metrics.json for 3: digits sends it 8x8 pixels).
+    built_v3 = classifier_dir / "3" / "model.onnx"
+    files["file:3/model.onnx"] = (
+        built_v3.read_bytes() if 3 in SERVED else files["file:1/model.onnx"]
+    )
     files["file:labels.txt"] = (classifier_dir / "labels.txt").read_bytes()
     config = http.get_model_config("digits_classifier")
 
@@ -285,7 +306,7 @@ def test_load_and_retire_versions_under_steady_traffic_loses_nothing(
         stop.set()
         for thread in drivers:
             thread.join()
-        load_versions([1, 2])  # back to the shipped versions
+        http.load_model("digits_classifier")  # back to the repository's config and files
         traffic.set({"2": 100})
         http.close()
     total = sum(outcomes.values()) + len(failures)
@@ -318,19 +339,20 @@ def test_cli_show_and_set(server, traffic):
     shown = _mlapi("traffic", "show", "digits", "--url", url)
     assert shown.returncode == 0, shown.stderr
     assert "v1 60.0%, v2 40.0%" in shown.stdout and "shadow:         v2" in shown.stdout
-    assert "live versions:  v1, v2" in shown.stdout
+    assert f"live versions:  {', '.join(f'v{v}' for v in SERVED)}" in shown.stdout
     bad = _mlapi("traffic", "set", "digits", "1=lots", "--url", url)
     assert bad.returncode == 2 and "1=lots" in bad.stderr
     assert traffic.show().weights == {"1": 60.0, "2": 40.0}
 
 
 def test_cli_refuses_a_version_that_is_not_live_and_bad_sums(server, traffic):
-    """`mlapi traffic set digits 3=100` with v3 not loaded: refused, nothing reloaded."""
+    """`mlapi traffic set digits 9=100` with v9 not loaded: refused, nothing reloaded."""
     traffic.set({"1": 60, "2": 40})
     url = f"http://{server.http_url}"
-    dead = _mlapi("traffic", "set", "digits", "3=100", "--url", url)
+    dead = _mlapi("traffic", "set", "digits", f"{NOT_LIVE}=100", "--url", url)
     assert dead.returncode == 2, dead.stderr
-    assert "version(s) 3, which are not live; live versions: 1, 2" in dead.stderr
+    live = ", ".join(str(v) for v in SERVED)
+    assert f"version(s) {NOT_LIVE}, which are not live; live versions: {live}" in dead.stderr
     short = _mlapi("traffic", "set", "digits", "1=50", "2=40", "--url", f"grpc://{server.grpc_url}")
     assert short.returncode == 2 and "must sum to 100, got 90" in short.stderr
     assert traffic.show().weights == {"1": 60.0, "2": 40.0}
