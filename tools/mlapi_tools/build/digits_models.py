@@ -4,7 +4,9 @@ Version 1 is a multinomial logistic regression, version 2 a two-layer MLP. Both 
 the *preprocessed* training split (so there is no train/serve skew), augmented with copies
 resampled to other sizes, plus a reject class of synthetic non-digit images (see digits_data).
 The exported graph takes ``pixels`` FP32 [batch, 64] and returns ``probabilities`` FP32
-[batch, 10]: the probability of each digit, summing to 1 - P(not a digit).
+[batch, 10]: the probability of each digit, summing to 1 - P(not a digit). The graph declares
+the pixels feature dim symbolic (config dims ``[ -1 ]`` are shared with version 3's 784).
+Version 3 (a CNN on 28x28 frames) is built by digits_cnn.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mlapi_backend.preprocessing import digits_to_images
 from mlapi_tools.build.digits_data import (
     NOT_A_DIGIT,
     DigitsSplit,
@@ -27,13 +30,14 @@ from mlapi_tools.build.digits_data import (
     load_split,
     preprocessed,
 )
-from mlapi_backend.preprocessing import digits_to_images
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "digits_classifier"
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
+# The symbolic name of the pixels input's feature dim, in every version's graph.
+FEATURE_DIM_NAME = "pixels_features"
 NUM_DIGITS = 10
 # Opset 17 / IR 8 load in the ONNX Runtime 1.19 that the NGC 24.10 onnxruntime backend embeds.
 ONNX_OPSET = 17
@@ -124,11 +128,28 @@ def to_onnx(model: Any) -> bytes:
     graph.output.append(
         helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None, NUM_DIGITS])
     )
+    make_feature_dim_symbolic(proto)
     graph.name = f"{MODEL_NAME}_{type(model).__name__}"  # skl2onnx names it with a random uuid
     proto.producer_name = "triton-mlapi"
     proto.doc_string = "digits classifier: pixels [N,64] in 0..16 -> probabilities [N,10]"
     onnx.checker.check_model(proto)
     return bytes(proto.SerializeToString())
+
+
+def make_feature_dim_symbolic(proto: Any, name: str = FEATURE_DIM_NAME) -> None:
+    """Give the ``pixels`` input a symbolic feature dim (in place).
+
+    The config declares ``dims: [ -1 ]`` for every version (64 pixels for versions 1 and 2, 784
+    for version 3), and the native onnxruntime backend refuses a fixed model dim against a -1
+    config dim. The graph's operators still fix the width a session accepts.
+    """
+    for graph_input in proto.graph.input:
+        if graph_input.name == INPUT_NAME:
+            dims = graph_input.type.tensor_type.shape.dim
+            dims[1].ClearField("dim_value")
+            dims[1].dim_param = name
+            return
+    raise ValueError(f"the graph has no input {INPUT_NAME!r}")
 
 
 def onnx_accuracy(model_bytes: bytes, x: np.ndarray, y: np.ndarray) -> float:
