@@ -41,5 +41,6 @@ exec "$TRITON_ROOT/bin/tritonserver" \
     '--load-model=*' \
     --exit-on-error=false \
     --strict-readiness=false \
+    --disable-auto-complete-config \
     --exit-timeout-secs=10 \
     "$@"

@@ -29,7 +29,9 @@ def _process_group_members(pgid: int) -> list[int]:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:  # field 5 of /proc/<pid>/stat: process group id
+        # Field 5 of /proc/<pid>/stat is the process group id. A zombie (state Z) is dead: the
+        # stubs of a killed server are reparented to PID 1, which reaps them in its own time.
+        if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(stat.parent.name))
     return members
 

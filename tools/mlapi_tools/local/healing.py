@@ -142,9 +142,9 @@ def reload_config(config: Mapping[str, Any]) -> dict[str, Any]:
     nor a load with the current config replaces a dead stub. Adding or removing an empty
     ``rate_limiter`` on each instance group does, and changes nothing else: the model keeps
     its live config (e.g. a traffic policy set at run time) and keeps serving from its other
-    versions while the new instances start. Measured on 2.51 (2 shared CPUs): 1.4 s for
-    digits_classifier with version 1 serving throughout, vs 1.5 s for unload + load with every
-    version down meanwhile.
+    versions while the new instances start. Measured on 2.51 (2 shared CPUs): the load of
+    digits_classifier returns in 0.7 s with version 1 serving throughout (1.5 s before the
+    server ran with --disable-auto-complete-config); unload + load has every version down.
     """
     changed = copy.deepcopy(dict(config))
     for group in changed.get("instance_group", []):
