@@ -76,7 +76,7 @@ def start_supervisor(own_triton: TritonServer) -> Iterator[Callable[..., Supervi
 
     def start(**overrides: object) -> SupervisorThread:
         settings = SupervisorSettings.from_env(
-            {}, triton_url=f"http://{own_triton.http_url}", **overrides
+            {}, triton_url=f"grpc://{own_triton.grpc_url}", **overrides
         )
         thread = SupervisorThread(settings, server_pid=lambda: own_triton.pid).start()
         started.append(thread)

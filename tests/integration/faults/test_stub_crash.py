@@ -61,7 +61,15 @@ def test_a_dead_stub_is_healed_under_steady_load(
         )
         healed_s = time.monotonic() - killed
         recovery_s = first_served_after(killed, calls(raw_client, retry=False)[model])
-        wait_until(lambda: raw.served_since(killed), RECOVERY_BOUND_S, f"{model} to serve again")
+        # The dead instances leave Triton's scheduler only when the load returns; until then
+        # they can still take a request and fail it, so the outage is read after that.
+        wait_until(
+            lambda: not supervisor.supervisor.load_pending(model),
+            RECOVERY_BOUND_S,
+            f"Triton to finish the load that heals {model}",
+        )
+        finished = time.monotonic()
+        wait_until(lambda: raw.served_since(finished), RECOVERY_BOUND_S, f"{model} to serve again")
         wait_until(lambda: retried.served_since(killed), RECOVERY_BOUND_S, "retried calls")
     # Recovery as callers see it: from the kill until requests succeed again after the last
     # failure (steady load, no retry). The heal time is the supervisor's own (until its reload

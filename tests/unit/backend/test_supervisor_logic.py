@@ -3,6 +3,7 @@ the reload config, probe inputs, settings and the /proc reader (on a fake /proc)
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from mlapi_tools.local.healing import (
 )
 from mlapi_tools.local.probes import ProbeUnsupportedError, is_decoupled, probe_inputs
 from mlapi_tools.local.stubs import StubProcess
+from mlapi_tools.local.supervisor import _Probes
 from mlapi_tools.local.supervisor_settings import SupervisorSettings
 
 
@@ -190,14 +192,14 @@ def test_probe_inputs_refuse_a_type_they_cannot_make() -> None:
 
 def test_settings_come_from_the_environment_then_overrides() -> None:
     env = {
-        "TRITON_HTTP_PORT": "9100",
+        "TRITON_GRPC_PORT": "9100",
         "MLAPI_SUPERVISOR_METRICS_PORT": "9200",
         "MLAPI_SUPERVISOR_WATCH_PROCESSES": "false",
         "MLAPI_SUPERVISOR_MAX_RELOADS": "7",
         "MLAPI_SUPERVISOR_PROBE_INTERVAL_S": "0.5",
     }
     settings = SupervisorSettings.from_env(env, max_reloads=2)
-    assert settings.triton_url == "http://127.0.0.1:9100"
+    assert settings.triton_url == "grpc://127.0.0.1:9100"
     assert settings.metrics_port == 9200
     assert settings.watch_processes is False
     assert settings.probe_interval_s == 0.5
@@ -245,6 +247,8 @@ def test_the_proc_reader_finds_the_servers_living_stubs(tmp_path: Path) -> None:
     fake_process(tmp_path, 104, 999, stub_args("/r/other/1/model.py", "other_0_0"))
     assert stubs.find_server_pid(8123, tmp_path) == 100
     assert stubs.find_server_pid(8124, tmp_path) is None
+    fake_process(tmp_path, 200, 1, ["/x/bin/tritonserver", "--http-port=1", "--grpc-port=8125"])
+    assert stubs.find_server_pid(8125, tmp_path) == 200
     assert sorted(stubs.list_stubs(100, tmp_path), key=lambda s: s.pid) == [
         StubProcess(101, "digits", "1", "digits_0_0"),
         StubProcess(102, "c", "2", "c_0_0"),
@@ -252,3 +256,38 @@ def test_the_proc_reader_finds_the_servers_living_stubs(tmp_path: Path) -> None:
     assert stubs.server_alive(100, tmp_path)
     assert not stubs.server_alive(103, tmp_path)
     assert not stubs.server_alive(555, tmp_path)
+
+
+# --- probes while healing --------------------------------------------------------------------
+
+
+def test_overlapping_probes_answer_as_soon_as_a_new_instance_does() -> None:
+    """Probes sent while a dead instance holds earlier ones: the first live answer wins."""
+    switched = asyncio.Event()  # the new instances serve from here on
+    sent: list[bool] = []
+
+    async def send() -> Verdict:
+        if switched.is_set():
+            sent.append(True)
+            return Verdict.ALIVE
+        sent.append(False)
+        await asyncio.Event().wait()  # reached a dead instance: answered much later
+        return Verdict.DEAD
+
+    async def heal() -> tuple[Verdict | None, int]:
+        probes = _Probes(send)
+        probes.send()
+        await asyncio.sleep(0)
+        assert probes.answer() is None  # the first probe still waits on the dead instance
+        switched.set()
+        answer = None
+        while answer is None:
+            probes.send()  # spaced: at most one per _PROBE_SPACING_S
+            await asyncio.sleep(0.01)
+            answer = probes.answer()
+        await probes.cancel()
+        return answer, len(sent)
+
+    answer, count = asyncio.run(asyncio.wait_for(heal(), timeout=30))
+    assert answer is Verdict.ALIVE
+    assert count == 2  # the stuck probe and the one that answered

@@ -161,7 +161,7 @@ def serve(
 
 def _start_supervisor(server: TritonServer, restart: Callable[[str], None]) -> SupervisorThread:
     """The stub supervisor, in a thread, watching ``server`` (``restart`` when a reload cannot heal)."""
-    settings = SupervisorSettings.from_env(triton_url=f"http://{server.http_url}")
+    settings = SupervisorSettings.from_env(triton_url=f"grpc://{server.grpc_url}")
     return SupervisorThread(settings, server_pid=lambda: server.pid, restart_server=restart).start()
 
 
@@ -298,8 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--triton-url",
         default=None,
-        help="supervise: Triton's HTTP endpoint (default: MLAPI_SUPERVISOR_TRITON_URL, else "
-        "http://127.0.0.1:$TRITON_HTTP_PORT)",
+        help="supervise: Triton's endpoint, grpc://host:port (preferred: an HTTP load holds "
+        "replies to other callers) or http://host:port; a bare host:port is gRPC (default: "
+        "MLAPI_SUPERVISOR_TRITON_URL, else grpc://127.0.0.1:$TRITON_GRPC_PORT, else :8001)",
     )
     parser.add_argument(
         "--metrics-port",
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "supervise":
         url = args.triton_url
         if url is not None and "://" not in url:
-            url = f"http://{url}"
+            url = f"grpc://{url}"
         return supervise(
             SupervisorSettings.from_env(triton_url=url, metrics_port=args.metrics_port)
         )

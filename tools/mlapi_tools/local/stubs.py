@@ -55,13 +55,13 @@ def _processes(proc: Path) -> Iterator[_Proc]:
         yield _Proc(int(entry.name), int(fields[1]), fields[0], args)
 
 
-def find_server_pid(http_port: int | None = None, proc: Path = PROC) -> int | None:
-    """The pid of the tritonserver listening on ``http_port`` (any one when None)."""
-    wanted = f"--http-port={http_port}".encode() if http_port is not None else None
+def find_server_pid(port: int | None = None, proc: Path = PROC) -> int | None:
+    """The pid of the tritonserver serving HTTP or gRPC on ``port`` (any one when None)."""
+    flags = (f"--http-port={port}".encode(), f"--grpc-port={port}".encode())
     for process in _processes(proc):
         if not process.args or not process.args[0].endswith(SERVER_BINARY):
             continue
-        if wanted is None or wanted in process.args:
+        if port is None or any(flag in process.args for flag in flags):
             return process.pid
     return None
 

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,6 +47,47 @@ _HEAL_POLL_S = 0.05  # how often a reload is checked for a serving model again
 # A reload's load call returns 2-4 s after its new instances serve (digits, 2 instances, 2
 # shared CPUs) while Triton finalizes the dead ones; one still pending after this is stuck.
 _PREVIOUS_LOAD_WAIT_S = 15.0
+# While a model is healed, a probe every 0.1 s, at most 20 unanswered (see _Probes).
+_PROBE_SPACING_S = 0.1
+_MAX_PROBES = 20
+
+
+class _Probes:
+    """Probes of a model being healed, sent every ``_PROBE_SPACING_S`` while none has answered.
+
+    A probe that reaches the dead instance is answered "not healthy" only after about 1 s (the
+    Python backend sleeps 1 s before it reads a stub's health), so waiting for each probe in
+    turn would confirm a heal up to a second after the new instances serve. Probes overlap
+    instead: the first one sent after the switch to the new instances answers at once.
+    """
+
+    def __init__(self, send: Callable[[], Coroutine[Any, Any, Verdict]]) -> None:
+        self._send = send
+        self._pending: set[asyncio.Task[Verdict]] = set()
+        self._last_sent = -_PROBE_SPACING_S
+
+    def send(self) -> None:
+        """Send a probe unless one was sent less than the spacing ago or too many are out."""
+        now = time.monotonic()
+        if now - self._last_sent < _PROBE_SPACING_S or len(self._pending) >= _MAX_PROBES:
+            return
+        self._last_sent = now
+        self._pending.add(asyncio.create_task(self._send()))
+
+    def answer(self) -> Verdict | None:
+        """ALIVE or ABSENT as soon as a probe says so; None while none has."""
+        for task in [t for t in self._pending if t.done()]:
+            self._pending.discard(task)
+            answer = task.result() if task.exception() is None else Verdict.UNKNOWN
+            if answer in (Verdict.ALIVE, Verdict.ABSENT):
+                return answer
+        return None
+
+    async def cancel(self) -> None:
+        for task in self._pending:
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        self._pending.clear()
 
 
 class Supervisor:
@@ -177,6 +218,15 @@ class Supervisor:
                 if answer is Verdict.DEAD:
                     self._suspect(entry.name, entry.version or "", "probe")
 
+    def load_pending(self, model: str) -> bool:
+        """Whether Triton still runs this supervisor's last load of ``model``.
+
+        A healing load returns once the dead instances are finalized (about 1 s each): until
+        then they can still take requests and fail them.
+        """
+        load = self._loads.get(model)
+        return load is not None and not load.done()
+
     # --- healing ----------------------------------------------------------------------------
 
     def _suspect(self, model: str, version: str, detector: str) -> None:
@@ -240,24 +290,18 @@ class Supervisor:
         self._loads[model] = load
         deadline = started + self.settings.heal_timeout_s
         instances = instance_count(config)
-        while time.monotonic() < deadline:
-            if load.done():
-                if load.exception() is not None:
-                    log.error("reloading %s failed: %s", model, load.exception())
-                    return "failed"
-                log.info("%s reloaded in %.2f s", model, time.monotonic() - started)
-                return "reloaded"
-            if self._replaced(model, version, before, instances):
-                try:
-                    answer = await probe(
-                        self._client_or_fail(),
-                        model,
-                        version,
-                        config,
-                        self.settings.probe_timeout_s,
-                    )
-                except ProbeUnsupportedError:
-                    answer = Verdict.UNKNOWN  # only the load's answer can tell
+        probes = _Probes(lambda: self._probe(model, version, config))
+        try:
+            while time.monotonic() < deadline:
+                if load.done():
+                    if load.exception() is not None:
+                        log.error("reloading %s failed: %s", model, load.exception())
+                        return "failed"
+                    log.info("%s reloaded in %.2f s", model, time.monotonic() - started)
+                    return "reloaded"
+                if self._replaced(model, version, before, instances):
+                    probes.send()
+                answer = probes.answer()
                 if answer is Verdict.ALIVE:
                     log.info("%s version %s serves again, %.2f s after the reload began",
                              model, version, time.monotonic() - started)  # fmt: skip
@@ -265,10 +309,20 @@ class Supervisor:
                 if answer is Verdict.ABSENT:
                     log.warning("%s was unloaded while it was being healed", model)
                     return "failed"
-            await asyncio.sleep(_HEAL_POLL_S)
+                await asyncio.sleep(_HEAL_POLL_S)
+        finally:
+            await probes.cancel()
         log.error("%s version %s still does not answer %.0f s after its reload began",
                   model, version, self.settings.heal_timeout_s)  # fmt: skip
         return "timeout"
+
+    async def _probe(self, model: str, version: str, config: dict[str, Any]) -> Verdict:
+        try:
+            return await probe(
+                self._client_or_fail(), model, version, config, self.settings.probe_timeout_s
+            )
+        except ProbeUnsupportedError:
+            return Verdict.UNKNOWN  # only the load's answer can tell
 
     def _replaced(self, model: str, version: str, before: set[int] | None, instances: int) -> bool:
         """Whether a probe's answer can only come from the new instances.

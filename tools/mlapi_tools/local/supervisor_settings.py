@@ -19,8 +19,13 @@ class SupervisorSettings:
     an empty ``METRICS_PORT`` leaves the Prometheus endpoint off.
     """
 
-    # Triton's HTTP endpoint; the supervisor sends the access key (mlapi_client.access).
-    triton_url: str = "http://127.0.0.1:8000"
+    # Triton's endpoint; the supervisor sends the access key (mlapi_client.access). gRPC, not
+    # HTTP: Triton 2.51's HTTP frontend runs a repository load on one of its worker threads,
+    # and replies due on the connections that thread serves wait until the load returns (a
+    # heal's load of digits takes ~3 s while its dead instances are finalized, 1 s each: an
+    # error reply ready after 1.0 s reached its caller after 3.1 s). A gRPC load holds no
+    # inference reply.
+    triton_url: str = "grpc://127.0.0.1:8001"
     # Prometheus endpoint for mlapi_supervisor_* metrics: off when None, any free port when 0.
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
@@ -59,12 +64,12 @@ class SupervisorSettings:
     ) -> SupervisorSettings:
         """Defaults, then ``MLAPI_SUPERVISOR_*`` variables, then ``overrides`` (e.g. CLI flags).
 
-        Without ``MLAPI_SUPERVISOR_TRITON_URL`` the URL follows ``TRITON_HTTP_PORT``.
+        Without ``MLAPI_SUPERVISOR_TRITON_URL`` the URL follows ``TRITON_GRPC_PORT``.
         """
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        if "TRITON_HTTP_PORT" in environ:
-            values["triton_url"] = f"http://127.0.0.1:{environ['TRITON_HTTP_PORT']}"
+        if "TRITON_GRPC_PORT" in environ:
+            values["triton_url"] = f"grpc://127.0.0.1:{environ['TRITON_GRPC_PORT']}"
         for spec in dataclasses.fields(cls):
             raw = environ.get(ENV_PREFIX + spec.name.upper())
             if raw is not None:
