@@ -211,7 +211,7 @@ def test_triton_pod_has_probes_shm_and_explicit_model_control() -> None:
     supervisor = container(deployment, "supervisor")
     assert supervisor["image"].startswith("triton-mlapi/gateway:")
     assert supervisor["command"] == ["python", "-m", "mlapi_tools.local", "supervise"]
-    assert "--triton-url=http://127.0.0.1:8000" in supervisor["args"]
+    assert "--triton-url=grpc://127.0.0.1:8001" in supervisor["args"]
 
 
 def test_supervisor_settings_are_the_supervisors_own(monkeypatch: pytest.MonkeyPatch) -> None:
