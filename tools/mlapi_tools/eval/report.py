@@ -124,7 +124,37 @@ def markdown(summary: dict[str, Any]) -> str:
                     f"{_mark(met['flagged'])} | - | {reasons} |"
                 )
             lines.append(row)
+    if len(summary["versions"]) > 1:
+        lines += _comparison(summary["versions"])
     return "\n".join(lines) + "\n"
+
+
+def _comparison(versions: dict[str, Any]) -> list[str]:
+    """Side by side: accuracy (digit sets) or flagged share (not-digit sets) of every version."""
+    names = list(next(iter(versions.values()))["sets"])
+    header = " | ".join(f"v{v}" for v in versions)
+    lines = [
+        "",
+        "## versions compared",
+        "",
+        "Digit sets: accuracy / silent errors. Not-digit sets: flagged.",
+        "",
+        f"| set | {header} |",
+        "|---|" + "---|" * len(versions),
+    ]
+    for name in names:
+        cells = []
+        for data in versions.values():
+            s = data["sets"][name]
+            cells.append(
+                f"{_pct(s['accuracy'])} / {_pct(s['silent_errors'])}"
+                if s["is_digit"]
+                else _pct(s["flagged"])
+            )
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    ece = " | ".join(f"{d['digit_sets_pooled']['ece']:.4f}" for d in versions.values())
+    lines.append(f"| ECE, digit sets | {ece} |")
+    return lines
 
 
 def plots(results: Sequence[SetResult], out: Path) -> list[Path]:

@@ -125,6 +125,20 @@ def test_report_writes_json_markdown_and_plots(tmp_path):
         "confusion_v3.png",
     }
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("reliability_v3.png",))
+    assert "versions compared" not in (tmp_path / "results.md").read_text()
+
+
+def test_report_compares_versions_side_by_side(tmp_path):
+    digits = sets.handwritten_8x8(10)
+    truth = digits.labels.tolist()
+    wrong = [(label + 1) % 10 for label in truth]
+    results = [
+        SetResult(2, digits, _answers(wrong, [0.9] * 10, [False] * 10)),
+        SetResult(3, digits, _answers(truth, [0.9] * 10, [False] * 10)),
+    ]
+    text = report.markdown(report.summarise(results, {"revision": "test", "per_set": 10}))
+    assert "| handwritten_8x8 | 0.0% / 100.0% | 100.0% / 0.0% |" in text
+    assert "| ECE, digit sets | 0.9000 | 0.1000 |" in text
 
 
 def test_command_line_takes_what_make_eval_passes():
