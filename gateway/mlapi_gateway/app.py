@@ -55,7 +55,9 @@ def create_app(
     register_error_handlers(app)
     app.add_middleware(routes.PredictFastPath, fastapi_app=app)  # innermost
     app.add_middleware(RequestGuard, settings=settings)
-    app.add_middleware(MetricsMiddleware, models=settings.models)  # counts sheds too
+    app.add_middleware(  # counts sheds too
+        MetricsMiddleware, models=settings.models, protocol=settings.triton_infer_protocol
+    )
     # Outermost: every answer (sheds, 500s included) carries the request id and is logged.
     app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]

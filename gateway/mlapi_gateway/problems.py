@@ -163,7 +163,7 @@ def internal_error(
         exc_info=exc,
     )  # fmt: skip
     if answer:
-        count_error("internal")
+        count_error("internal", 500)
     return problem(
         500, "Internal error", "the gateway failed; see its log", "internal",
         scope.get("path"), None, request_id,
@@ -199,14 +199,14 @@ def register_error_handlers(app: FastAPI) -> None:
 
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, errors.GatewayError)
-        count_error(exc.error_type)
+        count_error(exc.error_type, status_of(exc))
         request_id = request_id_of(request.scope)
         log_server_error(exc, request_id, f"{request.method} {request.url.path}")
         return render(exc, request.url.path, request_id)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        count_error("validation")
+        count_error("validation", 400)
         invalid = errors.RequestInvalidError(
             "the request does not match the schema", field_errors_from_pydantic(list(exc.errors()))
         )
@@ -217,11 +217,11 @@ def register_error_handlers(app: FastAPI) -> None:
         path = request.url.path
         request_id = request_id_of(request.scope)
         if exc.status_code == 404:
-            count_error("not_found")
+            count_error("not_found", 404)
             return problem(
                 404, "Not found", f"no route {path}", "not_found", path, None, request_id
             )
-        count_error("http")
+        count_error("http", exc.status_code)
         headers = dict(exc.headers) if exc.headers else {}
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request))
@@ -234,7 +234,7 @@ def register_error_handlers(app: FastAPI) -> None:
 
     async def client_gone(request: Request, exc: Exception) -> Response:
         # Not a failure of the gateway: counted apart, answered with nginx's 499 (nobody reads it).
-        count_error("cancelled")
+        count_error("cancelled", CLIENT_CLOSED)
         log.debug("client disconnected during %s %s", request.method, request.url.path)
         return Response(status_code=CLIENT_CLOSED)
 

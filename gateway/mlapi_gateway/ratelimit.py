@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mlapi_gateway import errors
 from mlapi_gateway.errors import UnavailableError
 from mlapi_gateway.metrics import count_error
-from mlapi_gateway.problems import log_server_error, render
+from mlapi_gateway.problems import log_server_error, render, status_of
 from mlapi_gateway.request_id import request_id_of
 from mlapi_gateway.settings import GatewaySettings, Plan
 
@@ -197,7 +197,7 @@ class RequestGuard:
                 ],
             )
         if refusal is not None:
-            count_error(refusal.error_type)
+            count_error(refusal.error_type, status_of(refusal))
             request_id = request_id_of(scope)
             log_server_error(refusal, request_id, f"{scope['method']} {scope['path']}")
             response = render(refusal, scope["path"], request_id)

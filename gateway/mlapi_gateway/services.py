@@ -111,4 +111,7 @@ async def read_body(request: Request, limit_bytes: int | None = None) -> bytes:
             f"the request body did not arrive within {settings.body_timeout_s:g} s "
             f"({size} bytes came); send it at once"
         ) from exc
+    request.state.body_bytes = (
+        size  # the input_size label of mlapi_gateway_predict_duration_seconds
+    )
     return b"".join(chunks)

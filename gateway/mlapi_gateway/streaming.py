@@ -19,7 +19,7 @@ import orjson
 
 from mlapi_gateway import errors
 from mlapi_gateway.metrics import count_error
-from mlapi_gateway.problems import log_server_error, problem_body
+from mlapi_gateway.problems import log_server_error, problem_body, status_of
 from mlapi_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ async def relay(
                     return
             await queue.put(("done", {}))
         except errors.GatewayError as exc:
-            count_error(exc.error_type)
+            count_error(exc.error_type, status_of(exc))
             log_server_error(exc, request_id, where)
             await queue.put(("error", problem_body(exc, None, request_id)))
         finally:
@@ -92,7 +92,7 @@ async def relay(
                     f"the client read too slowly (buffer of {settings.sse_buffer_events} "
                     "events full)"
                 )
-                count_error(slow.error_type)
+                count_error(slow.error_type, status_of(slow))
                 yield event("error", problem_body(slow, None, request_id))
                 return
             try:

@@ -103,4 +103,41 @@ def test_health_readiness_and_metrics(api: httpx.Client, split: DigitsSplit) -> 
         'status_class="2xx",version="1"}' in text
     )
     assert "mlapi_gateway_request_duration_seconds_bucket" in text
-    assert 'mlapi_gateway_errors_total{type="validation"}' in text
+    assert 'mlapi_gateway_errors_total{status_class="4xx",type="validation"}' in text
+
+
+def _predict_counts(api: httpx.Client) -> dict[tuple[str, ...], float]:
+    """mlapi_gateway_predict_duration_seconds_count by (model, version, protocol, input_size)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {}
+    for family in text_string_to_metric_families(api.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "mlapi_gateway_predict_duration_seconds_count":
+                labels = sample.labels
+                key = (labels["model"], labels["version"], labels["protocol"], labels["input_size"])
+                counts[key] = sample.value
+    return counts
+
+
+def test_served_predictions_are_timed_by_version_protocol_and_input_size(
+    api: httpx.Client, split: DigitsSplit
+) -> None:
+    small = {"pixels": split.test_images[3].tolist()}  # ~200 bytes of JSON
+    large = {"image": _png(np.kron(split.test_images[3], np.ones((64, 64), np.uint8)))}
+    before = _predict_counts(api)
+    for _ in range(3):
+        assert api.post("/v1/models/digits/versions/1/predict", json=small).status_code == 200
+    assert api.post("/v1/models/digits/versions/2/predict", json=large).status_code == 200
+    assert api.post("/v1/models/digits/versions/1/predict", json={"pixels": "x"}).status_code == 400
+    after = _predict_counts(api)
+    grown = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+    large_bucket = (
+        "le_16KiB"
+        if len(httpx.Request("POST", "/", json=large).content) <= 16384
+        else ("le_256KiB")
+    )
+    assert grown == {
+        ("digits", "1", "http", "le_1KiB"): 3,
+        ("digits", "2", "http", large_bucket): 1,
+    }

@@ -41,7 +41,7 @@ def test_burst_over_the_plan_is_429_with_retry_after(gateway: Gateway, gateway_d
     while _burst([gateway.url], other, 1)[0].status_code == 401:
         pass
     metrics = httpx.get(f"{gateway.url}/metrics").text
-    assert 'mlapi_gateway_errors_total{type="rate_limit"}' in metrics
+    assert 'mlapi_gateway_errors_total{status_class="4xx",type="rate_limit"}' in metrics
 
 
 def test_two_replicas_share_limits_through_redis(

@@ -58,7 +58,7 @@ def test_unloaded_model_then_stopped_triton_are_503(
             _assert_503(api.get("/readyz"))
             assert api.get("/healthz").status_code == 200
             metrics = api.get("/metrics").text
-            assert 'mlapi_gateway_errors_total{type="unavailable"}' in metrics
+            assert 'mlapi_gateway_errors_total{status_class="5xx",type="unavailable"}' in metrics
     finally:
         gateway.stop()
 
