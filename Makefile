@@ -108,3 +108,4 @@ bench-gateway: models $(INSTALLED) system-deps ## wrk: gateway (auth, validation
 -include docker/images.mk
 -include deploy/chart.mk
 -include tools/eval.mk
+-include tools/embedder.mk
