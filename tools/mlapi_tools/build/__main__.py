@@ -1,4 +1,7 @@
-"""`python -m mlapi_tools.build [--repository DIR] [--only digits|text]`: build the default models."""
+"""`python -m mlapi_tools.build [--repository DIR] [--only digits|text]`: build the default models.
+
+``digits`` is digits_classifier versions 1 and 2 (digits_models) and 3 (digits_cnn).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlapi_tools.build import digits_models, text_lm
+from mlapi_tools.build import digits_cnn, digits_models, text_lm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.only in (None, "digits"):
         digits_models.build(args.repository)
+        digits_cnn.build(args.repository)
     if args.only in (None, "text"):
         text_lm.build(args.repository)
     return 0

@@ -86,3 +86,14 @@ def test_render_digit_is_deterministic_dark_on_white(
 def test_render_digit_refuses_non_digits(split: tuple[list[Path], list[Path]]) -> None:
     with pytest.raises(ValueError, match="digit"):
         fonts.render_digit(split[0][0], "A", 20)
+
+
+def test_the_makefile_installs_the_font_packages() -> None:
+    lines = (Path(__file__).resolve().parents[4] / "Makefile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("FONT_PACKAGES :="))
+    words: list[str] = []
+    for line in lines[start:]:
+        words += line.removeprefix("FONT_PACKAGES :=").rstrip("\\").split()
+        if not line.endswith("\\"):
+            break
+    assert tuple(words) == fonts.FONT_PACKAGES
