@@ -21,8 +21,10 @@ from .images_dockerfile import parse
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "docker" / "triton" / "gpu_configs.py"
 REPOSITORY = ROOT / "model_repository"
-ONNX_MODELS = {"digits_classifier", "text_decoder"}
-PYTHON_MODELS = {"digits", "text_generator"}
+ONNX_MODELS = {"digits_classifier", "text_decoder", "text_embedder_encoder"}
+PYTHON_MODELS = {"digits", "text_generator", "text_embedder_tokenizer"}
+# Ensembles run no instances of their own: the script leaves them as they are.
+ENSEMBLES = {"text_embedder"}
 
 
 def _script() -> ModuleType:
@@ -39,7 +41,7 @@ def repository(tmp_path: Path) -> Path:
     for config in REPOSITORY.glob("*/config.pbtxt"):
         (copy / config.parent.name).mkdir(parents=True)
         shutil.copy(config, copy / config.parent.name / "config.pbtxt")
-    assert {p.name for p in copy.iterdir()} == ONNX_MODELS | PYTHON_MODELS
+    assert {p.name for p in copy.iterdir()} == ONNX_MODELS | PYTHON_MODELS | ENSEMBLES
     return copy
 
 
@@ -55,11 +57,14 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_onnx_models_go_to_the_gpu_and_python_models_stay(repository: Path) -> None:
     before = {m: _config(repository, m) for m in ONNX_MODELS | PYTHON_MODELS}
-    python_text = {m: (repository / m / "config.pbtxt").read_text() for m in PYTHON_MODELS}
+    python_text = {
+        m: (repository / m / "config.pbtxt").read_text() for m in PYTHON_MODELS | ENSEMBLES
+    }
     done = _run(str(repository))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
-        "gpu_configs: KIND_GPU for digits_classifier, text_decoder (tensorrt off)"
+        "gpu_configs: KIND_GPU for digits_classifier, text_decoder, text_embedder_encoder"
+        " (tensorrt off)"
     )
     for model in ONNX_MODELS:
         after = _config(repository, model)
@@ -71,7 +76,7 @@ def test_onnx_models_go_to_the_gpu_and_python_models_stay(repository: Path) -> N
         rest = {k: v for k, v in after.items() if k != "instance_group"}
         assert rest == {k: v for k, v in before[model].items() if k != "instance_group"}
         assert "optimization" not in after
-    for model in PYTHON_MODELS:
+    for model in PYTHON_MODELS | ENSEMBLES:
         assert (repository / model / "config.pbtxt").read_text() == python_text[model]
 
 

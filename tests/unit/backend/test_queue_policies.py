@@ -18,7 +18,13 @@ BATCHED = sorted(
 
 
 def test_the_batched_models_are_the_expected_ones():
-    assert BATCHED == ["digits", "digits_classifier", "text_decoder"]
+    assert BATCHED == [
+        "digits",
+        "digits_classifier",
+        "text_decoder",
+        "text_embedder_encoder",
+        "text_embedder_tokenizer",
+    ]
 
 
 @pytest.mark.parametrize("model", BATCHED)

@@ -217,15 +217,62 @@ def plots(results: Sequence[SetResult], out: Path) -> list[Path]:
     return written
 
 
+def misses(result: SetResult) -> list[int]:
+    """Indices of the images a version got silently wrong (digit sets) or did not flag (others)."""
+    answers = result.answers
+    if result.eval_set.is_digit:
+        wrong = (answers.labels != result.eval_set.labels) & ~answers.flagged
+        return [int(i) for i in np.flatnonzero(wrong)]
+    return [int(i) for i in np.flatnonzero(~answers.flagged)]
+
+
+def misses_mosaic(results: Sequence[SetResult], version: int, path: Path, limit: int = 64) -> bool:
+    """A grid of a version's misses (64 px tiles, captioned set:true->read), for a look at what
+    fails; False when there are none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tiles = []
+    for result in (r for r in results if r.version == version):
+        for i in misses(result):
+            truth = result.eval_set.labels[i]
+            caption = f"{result.eval_set.name[:12]}:{truth if truth >= 0 else 'x'}->"
+            caption += f"{result.answers.labels[i]} {result.answers.scores[i]:.2f}"
+            tiles.append((result.eval_set.images[i], caption))
+    if not tiles:
+        return False
+    tiles = tiles[:limit]
+    columns = 8
+    rows = (len(tiles) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.8), squeeze=False)
+    for ax in axes.reshape(-1):
+        ax.axis("off")
+    for ax, (image, caption) in zip(axes.reshape(-1), tiles, strict=False):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=6)
+    fig.suptitle(f"digits v{version}: silent errors and unflagged non-digits (first {limit})")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
 def write(results: Sequence[SetResult], settings: dict[str, Any], out: Path) -> dict[str, Any]:
     """Write results.json, results.md and the plots into ``out``; return the summary."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results, settings)
     for result in results:
+        by_set = summary["versions"][str(result.version)]["sets"][result.eval_set.name]
+        by_set["misses"] = misses(result)
         if result.eval_set.is_digit:
-            by_set = summary["versions"][str(result.version)]["sets"][result.eval_set.name]
             by_set["confusion"] = result.confusion
     (out / "results.json").write_text(json.dumps(summary, indent=1, allow_nan=True) + "\n")
     (out / "results.md").write_text(markdown(summary))
-    summary["plots"] = [str(p) for p in plots(results, out)]
+    written = plots(results, out)
+    for version in sorted({r.version for r in results}):
+        path = out / f"misses_v{version}.png"
+        if misses_mosaic(results, version, path):
+            written.append(path)
+    summary["plots"] = [str(p) for p in written]
     return summary

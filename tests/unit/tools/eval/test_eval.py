@@ -123,7 +123,8 @@ def test_report_writes_json_markdown_and_plots(tmp_path):
     assert {p.rsplit("/", 1)[-1] for p in summary["plots"]} == {
         "reliability_v3.png",
         "confusion_v3.png",
-    }
+    }  # no misses: no mosaic
+    assert v3["sets"]["noise"]["misses"] == []
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("reliability_v3.png",))
     assert "versions compared" not in (tmp_path / "results.md").read_text()
 
@@ -137,6 +138,9 @@ def test_report_compares_versions_side_by_side(tmp_path):
         SetResult(3, digits, _answers(truth, [0.9] * 10, [False] * 10)),
     ]
     text = report.markdown(report.summarise(results, {"revision": "test", "per_set": 10}))
+    assert report.misses(results[0]) == list(range(10)) and report.misses(results[1]) == []
+    assert report.misses_mosaic(results, 2, tmp_path / "misses_v2.png")
+    assert not report.misses_mosaic(results, 3, tmp_path / "misses_v3.png")
     assert "| handwritten_8x8 | 0.0% / 100.0% | 100.0% / 0.0% |" in text
     assert "| ECE, digit sets | 0.9000 | 0.1000 |" in text
 
