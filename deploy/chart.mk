@@ -19,3 +19,8 @@ test: chart-tools
 
 chart-check: $(INSTALLED) chart-tools system-deps ## Chart and rules proofs only: render matrix, schemas, checkov, promtool, real Prometheus (~2 min)
 	$(BIN)/python -m pytest tests/deploy/test_chart_render.py tests/deploy/test_chart_checkov.py tests/deploy/test_monitoring_rules.py tests/deploy/test_monitoring_prometheus.py
+
+# --- Monitoring beside `make serve` (docs/observability.md) ---
+.PHONY: monitor
+monitor: $(INSTALLED) system-deps ## Prometheus beside a running `make serve`, chart rules loaded, on MONITOR_PORT (9090)
+	$(BIN)/python -m mlapi_tools.local.monitor

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -24,10 +25,10 @@ import yaml
 
 from mlapi_client import AsyncClient
 from mlapi_client.errors import MlapiError
+from mlapi_tools.local.prometheus import BINARY, Prometheus, wait_for
 from tests.conftest import MODEL_REPOSITORY, PUBLIC_MODELS, own_triton
 from tests.integration.gateway.harness import Gateway, create_key
 
-from .chart_prometheus import BINARY, Prometheus, wait_for
 from .chart_render import CHART, RULES_FILE
 
 pytestmark = [
@@ -87,6 +88,7 @@ class Stack:
     api_key_file: Path
     prometheus: Prometheus
     idle_ratio: float
+    triton_metrics_port: int
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +139,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, triton_key: str) -> Iterator
                 30,
                 "the ratio recorded before any inference",
             )[0]
-            yield Stack(triton.grpc_url, gateway, api_key_file, prometheus, idle)
+            yield Stack(
+                triton.grpc_url, gateway, api_key_file, prometheus, idle, triton.ports.metrics
+            )
         finally:
             prometheus.stop()
             gateway.stop()
@@ -298,3 +302,73 @@ def test_autoscaling_ratio_is_near_zero_at_idle_and_above_target_under_load(
         f"gateway in flight after sequential predictions {in_flight:.3g}",
     )
     assert load.outcomes[f"{PROBE} ok"] > 0
+
+
+def test_every_dashboard_query_runs_on_the_real_stack(stack: Stack, report_figure) -> None:
+    """Each expression of the Grafana dashboard is valid PromQL and, unless it charts a rare
+    event (heals, errors), returns data once the stack has served predictions."""
+    import httpx
+
+    from mlapi_tools.dashboard import panels
+
+    for _ in range(2):  # two scrapes apart, so that rate() has two samples of each series
+        assert _helm_test(stack).returncode == 0
+        time.sleep(1.5)
+    headers = {"Authorization": f"Bearer {stack.api_key_file.read_text().strip()}"}
+    refused = httpx.post(
+        f"{stack.gateway.url}/v1/models/digits/predict", json={"pixels": "x"}, headers=headers
+    )
+    assert refused.status_code == 400
+    queries = [
+        (panel, expr.replace("$__rate_interval", "1m"))
+        for panel in panels()
+        for expr, _legend in panel.queries
+    ]
+    empty = []
+    for panel, expr in queries:
+        answer = prometheus_answer(stack.prometheus, expr)  # a parse error fails here
+        if not answer and not panel.on_event:
+            try:
+                wait_for(lambda: prometheus_answer(stack.prometheus, expr), 45, expr)  # noqa: B023
+            except TimeoutError:
+                empty.append(f"{panel.title}: {expr}")
+    report_figure(
+        "dashboard queries run on a real Prometheus", f"{len(queries)} in {len(panels())} panels"
+    )
+    assert not empty, "no data for:\n" + "\n".join(empty)
+    validation = 'mlapi_gateway_errors_total{type="validation",status_class="4xx"}'
+    wait_for(lambda: stack.prometheus.query(validation), 30, "the 400 counted as validation, 4xx")
+
+
+def prometheus_answer(prometheus: Prometheus, expr: str) -> dict[str, float]:
+    """The series ``expr`` returns now, NaN values (0/0 quantiles of idle windows) left out."""
+    return {k: v for k, v in prometheus.query(expr).items() if v == v}
+
+
+def test_make_monitor_runs_prometheus_with_the_rules_beside_a_local_stack(
+    stack: Stack, tmp_path: Path
+) -> None:
+    from mlapi_tools.local.prometheus import free_port
+
+    port = free_port()
+    gateway_port = stack.gateway.url.rsplit(":", 1)[1]
+    command = [sys.executable, "-m", "mlapi_tools.local.monitor", "--port", str(port),
+               "--triton-metrics-port", str(stack.triton_metrics_port), "--gateway-port",
+               gateway_port, "--data-dir", str(tmp_path), "--scrape-interval-s", "1"]  # fmt: skip
+    monitor = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert monitor.stdout is not None
+        line = monitor.stdout.readline()
+        assert line.startswith(f"Prometheus: http://127.0.0.1:{port}"), line
+        local = Prometheus.attach(port)
+        wait_for(local.targets_up, 30, "triton and gateway scraped by make monitor")
+        rules = wait_for(local.rule_health, 30, "the chart's rules loaded")
+        assert "mlapi:triton_queue_compute_ratio:rate1m" in rules and "MlapiTritonDown" in rules
+        up = local.query('up{namespace="local"}')
+        assert len(up) == 2 and set(up.values()) == {1.0}, up
+    finally:
+        monitor.send_signal(signal.SIGINT)
+        code = monitor.wait(timeout=30)
+        if monitor.stdout is not None:
+            monitor.stdout.close()
+    assert code == 0

@@ -1,5 +1,6 @@
 """A real Prometheus (Debian's package) on a free port with the chart's rule file, scraping
-given targets, and a small client for its query API."""
+given targets, and a small client for its query API: ``make monitor`` beside ``make serve``,
+and the monitoring tests (tests/deploy)."""
 
 from __future__ import annotations
 
@@ -50,10 +51,12 @@ class Prometheus:
         rule_file: Path,
         targets: Mapping[str, tuple[str, str, Mapping[str, str]]],
         scrape_interval_s: float = 1.0,
+        port: int | None = None,
     ) -> None:
-        assert BINARY is not None, "prometheus is not installed"
+        if BINARY is None:
+            raise RuntimeError("prometheus is not installed: `make system-deps` installs it")
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port if port is not None else free_port()
         interval = f"{int(scrape_interval_s * 1000)}ms"
         config = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
@@ -72,6 +75,14 @@ class Prometheus:
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "prometheus.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def attach(cls, port: int) -> Prometheus:
+        """A client of a Prometheus already listening on ``port`` (``start`` is not for it)."""
+        client = cls.__new__(cls)
+        client.port = port
+        client.process = None
+        return client
 
     @property
     def url(self) -> str:
