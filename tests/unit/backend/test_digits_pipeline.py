@@ -239,7 +239,7 @@ def test_no_live_alternative_makes_the_routed_requests_unavailable():
 def test_pinned_configured_version_that_is_not_ready_is_unavailable_naming_it():
     """Version 1 is in the classifier's version_policy but failed to load: 503, not 400."""
     pipeline = _pipeline()
-    assert pipeline.settings.classifier_versions == {1, 2}
+    assert {1, 2} <= pipeline.settings.classifier_versions  # as the shipped config names them
     backend = FakeBackend(live=(2,))
     pinned = [pipeline.parse(_image(), None, {"model_version": v}) for v in ("1", "9", "2")]
     configured, unknown, served = pipeline.run(pinned, backend)
