@@ -45,7 +45,7 @@ class GatewaySettings(BaseSettings):
     # caller has already had its 504 (HTTP has no server-side cancellation). Streams: gRPC.
     triton_infer_protocol: Literal["http", "grpc"] = "http"
     # Models the gateway exposes; others on the server stay internal (e.g. the classifiers).
-    models: list[str] = ["digits", "text_generator"]
+    models: list[str] = ["digits", "text_generator", "text_embedder"]
 
     # Authentication: "keys" (Bearer API keys) or "open" (no auth; loudly logged at start).
     auth_mode: Literal["keys", "open"] = "keys"

@@ -8,9 +8,13 @@ from __future__ import annotations
 from mlapi_gateway.adapters.base import ModelAdapter
 from mlapi_gateway.adapters.digits import DigitsAdapter
 from mlapi_gateway.adapters.generic import TensorAdapter
+from mlapi_gateway.adapters.text_embedder import TextEmbedderAdapter
 from mlapi_gateway.upstream import Upstream
 
-ADAPTERS: dict[str, type[ModelAdapter]] = {"digits": DigitsAdapter}
+ADAPTERS: dict[str, type[ModelAdapter]] = {
+    "digits": DigitsAdapter,
+    "text_embedder": TextEmbedderAdapter,
+}
 
 
 def adapters_for(models: list[str], upstream: Upstream) -> dict[str, ModelAdapter]:
