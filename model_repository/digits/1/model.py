@@ -32,6 +32,8 @@ class TritonPythonModel:
         policy = json.dumps(settings.policy.to_dict())
         checked = "repository policy, checked per request" if live is None else f"live {live}"
         pb_utils.Logger.log_info(f"{settings.model_name}: traffic policy {policy} ({checked})")
+        inputs = {v: p.input_kind for v, p in sorted(settings.profiles.items())}
+        pb_utils.Logger.log_info(f"{settings.model_name}: classifier inputs by version {inputs}")
 
     def execute(self, requests: list) -> list:
         return respond(requests, self._parse, self._run, pb_utils, self.failures)
