@@ -24,11 +24,11 @@ from mlapi_backend.generation import (
     TOKEN_INPUT,
     DecoderError,
     DecoderUnavailableError,
-    FinishReason,
     GeneratorSettings,
     responses,
 )
 from mlapi_backend.generation_batching import stream_step
+from mlapi_backend.generation_metrics import GeneratorMetrics
 from mlapi_backend.generation_request import INPUTS, parse_request
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.triton_responses import request_id, send_stream
@@ -42,21 +42,7 @@ class TritonPythonModel:
         self.settings = settings = GeneratorSettings.from_config(config)
         self.failures = FailureLog(pb_utils.Logger, config.name)
         self.step = stream_step(self._decode, settings.coalesce_steps, settings.max_decoder_batch)
-        streams = pb_utils.MetricFamily(
-            name="mlapi_text_generator_streams_total",
-            description="Finished text_generator streams by finish reason",
-            kind=pb_utils.MetricFamily.COUNTER,
-        )
-        tokens = pb_utils.MetricFamily(
-            name="mlapi_text_generator_tokens_total",
-            description="Tokens processed by text_generator (prompt or completion)",
-            kind=pb_utils.MetricFamily.COUNTER,
-        )
-        # pb_utils.MetricFamily exists only once the stub runs (not at import time); the
-        # families must outlive their metrics.
-        self.metrics = (streams, tokens)
-        self.finished = {r: streams.Metric(labels={"finish_reason": r.value}) for r in FinishReason}
-        self.token_counts = {k: tokens.Metric(labels={"kind": k}) for k in ("prompt", "completion")}
+        self.metrics = GeneratorMetrics(pb_utils)
 
     async def execute(self, requests: list) -> None:
         await asyncio.gather(*(self._stream(request) for request in requests))
@@ -70,12 +56,15 @@ class TritonPythonModel:
         tensors = {name: _input(request, name) for name in INPUTS}
         parsed = parse_request(tensors, self.settings.limits)
         shape = self.settings.state_shape
-        async for chunk in responses(parsed, self.step, shape, is_cancelled):
-            yield chunk.outputs(), chunk.is_last
-            if chunk.finish_reason is not None:
-                self.finished[chunk.finish_reason].increment(1)
-                self.token_counts["prompt"].increment(chunk.prompt_tokens)
-                self.token_counts["completion"].increment(chunk.completion_tokens)
+        timing = self.metrics.stream_started()
+        try:
+            async for chunk in responses(parsed, self.step, shape, is_cancelled):
+                yield chunk.outputs(), chunk.is_last
+                timing.sent()
+                if chunk.finish_reason is not None:
+                    self.metrics.stream_finished(chunk, timing)
+        finally:
+            self.metrics.stream_ended()
 
     async def _decode(
         self, tokens: np.ndarray, states: np.ndarray
