@@ -28,12 +28,19 @@ from mlapi_backend.preprocessing import (
     TRAINING_MAX,
     PreprocessedDigit,
     area_weights,
+    preprocess_digit,
 )
 
 SCALED_8X8 = "scaled_8x8"
 NORMALISED_28X28 = "normalised_28x28"
 INPUT_KINDS = {OUTPUT_SIDE: SCALED_8X8, OUTPUT_PX: NORMALISED_28X28}
 METRICS_FILE = "metrics.json"
+# Pixels the 8x8 path vectorises over at once; an image of this size or more goes alone through
+# preprocess_digit. Measured on a busy 2-CPU host (best of 5, vectorised vs preprocess_digit
+# image by image): 64 images of 8x8 0.5 vs 7.3 ms, of 28x28 1.2 vs 16.0 ms, of 64x64 4.9 vs
+# 15.4 ms, 32 of 128x128 11.8 vs 13.6 ms; larger chunks lost (16 of 256x256 at once: 20.3 vs
+# 12.5 ms; the temporaries outgrow the caches).
+CHUNK_PIXELS = 2**16
 
 
 @dataclass(frozen=True)
@@ -154,10 +161,41 @@ def prepare(kind: str, images: NDArray[np.uint8]) -> PreparedImages:
 
 
 def scaled_8x8(images: NDArray[np.uint8]) -> PreparedImages:
-    """``preprocess_digit`` over a whole request at once (the images share one size).
+    """``preprocess_digit`` over a whole request (the images share one size), vectorised.
 
-    The same steps, vectorised over the batch: polarity from the border against the 1st..99th
-    percentile range, border median removed, exact area average to 8x8, brightest cell to 16.
+    The images go in chunks of at most CHUNK_PIXELS pixels: past that one image at a time is
+    faster.
+    """
+    per_chunk = CHUNK_PIXELS // (images.shape[1] * images.shape[2])
+    if per_chunk <= 1:  # a large image: preprocess_digit itself, one image at a time
+        parts = [_single_8x8(image) for image in images]
+    elif len(images) <= per_chunk:
+        return _scaled_8x8_chunk(images)
+    else:
+        parts = [
+            _scaled_8x8_chunk(images[i : i + per_chunk]) for i in range(0, len(images), per_chunk)
+        ]
+    return PreparedImages(
+        np.concatenate([p.pixels for p in parts]),
+        tuple(m for p in parts for m in p.metadata),
+        tuple(f for p in parts for f in p.flags),
+    )
+
+
+def _single_8x8(image: NDArray[np.uint8]) -> PreparedImages:
+    digit = preprocess_digit(image, min_side=1, max_side=max(image.shape))
+    return PreparedImages(
+        digit.pixels[None],
+        ({"method": SCALED_8X8, **digit.metadata(), "steps": _8x8_steps(digit)},),
+        ("blank" if digit.blank else None,),
+    )
+
+
+def _scaled_8x8_chunk(images: NDArray[np.uint8]) -> PreparedImages:
+    """Run preprocess_digit's steps over a batch.
+
+    Polarity from the border against the 1st..99th percentile range, border median removed,
+    exact area average to 8x8, brightest cell to 16.
     """
     count, height, width = images.shape
     grey = images.astype(np.float32)

@@ -39,7 +39,8 @@ def _stroke_images(count: int, height: int, width: int, seed: int) -> np.ndarray
     return images
 
 
-@pytest.mark.parametrize(("height", "width"), [(8, 8), (28, 28), (37, 53), (200, 120)])
+# One chunk, several chunks (200x120: 2 images a chunk), one image at a time (300x260).
+@pytest.mark.parametrize(("height", "width"), [(8, 8), (28, 28), (37, 53), (200, 120), (300, 260)])
 def test_scaled_8x8_over_a_batch_is_preprocess_digit_per_image(height, width):
     images = _stroke_images(6, height, width, seed=height * width)
     images[2] = 255 - images[2]
