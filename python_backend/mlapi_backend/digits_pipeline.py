@@ -27,6 +27,7 @@ from mlapi_backend.classifier_inputs import (
     prepare,
     read_profiles,
 )
+from mlapi_backend.classifier_repository import repository_versions, version_folders
 from mlapi_backend.errors import (
     InvalidInputError,
     MlapiBackendError,
@@ -149,7 +150,7 @@ class DigitsSettings:
         )
         try:
             profiles = read_profiles(
-                classifier_dir, sorted(_version_folders(classifier_dir)), threshold
+                classifier_dir, sorted(version_folders(classifier_dir)), threshold
             )
         except ModelConfigError as exc:
             raise ModelConfigError(f"model '{config.name}': {exc}") from exc
@@ -166,7 +167,7 @@ class DigitsSettings:
             labels=labels,
             min_side_px=min_side,
             max_side_px=max_side,
-            classifier_versions=_repository_versions(classifier_dir),
+            classifier_versions=repository_versions(classifier_dir),
             repository_policy=_repository_policy(model_dir / "config.pbtxt", config.name),
             profiles=profiles,
         )
@@ -182,7 +183,7 @@ class DigitsSettings:
 
     def candidate_versions(self, extra: Iterable[int] = ()) -> set[int]:
         """Versions worth asking the server about: policy, shadow, and folders on disk."""
-        return set(self.policy.named_versions) | _version_folders(self.classifier_dir) | set(extra)
+        return set(self.policy.named_versions) | version_folders(self.classifier_dir) | set(extra)
 
     @property
     def configured_versions(self) -> frozenset[int]:
@@ -194,10 +195,6 @@ class DigitsSettings:
         return self.policy.named_versions | self.classifier_versions
 
 
-def _version_folders(classifier_dir: Path) -> set[int]:
-    return {int(p.name) for p in classifier_dir.glob("[0-9]*") if p.name.isdigit()}
-
-
 def _repository_policy(path: Path, model: str) -> TrafficPolicy | None:
     if not path.is_file():
         return None
@@ -206,32 +203,6 @@ def _repository_policy(path: Path, model: str) -> TrafficPolicy | None:
         return TrafficPolicy.parse(raw.string_parameter("traffic_policy", DEFAULT_POLICY), model)
     except Exception:  # a broken file on disk is not what is being served
         return None
-
-
-def _repository_versions(classifier_dir: Path) -> frozenset[int]:
-    """Read the versions the classifier's config.pbtxt asks Triton to serve, if it is there."""
-    path = classifier_dir / "config.pbtxt"
-    if not path.is_file():
-        return frozenset()
-    try:
-        raw = read_pbtxt(path)
-    except Exception as exc:  # the classifier's own load reports a broken config
-        raise ModelConfigError(f"cannot read the classifier config {path}: {exc}") from exc
-    return served_versions(raw.get("version_policy", {}), _version_folders(classifier_dir))
-
-
-def served_versions(version_policy: Mapping[str, Any], folders: Iterable[int]) -> frozenset[int]:
-    """Versions a Triton ``version_policy`` (config JSON form) serves, given the folders present.
-
-    Triton's default, with no policy, is the latest one version.
-    """
-    available = sorted(folders)
-    if "specific" in version_policy:
-        return frozenset(int(v) for v in version_policy["specific"].get("versions", []))
-    if "all" in version_policy:
-        return frozenset(available)
-    count = int(version_policy.get("latest", {}).get("num_versions", 1))
-    return frozenset(available[-count:] if count > 0 else [])
 
 
 @dataclass(frozen=True)

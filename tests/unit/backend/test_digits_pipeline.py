@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlapi_backend.classifier_repository import served_versions
 from mlapi_backend.digits_pipeline import (
     ClassifierError,
     DigitsPipeline,
     DigitsSettings,
     ParsedRequest,
-    served_versions,
 )
 from mlapi_backend.errors import InvalidInputError, ModelConfigError, UnavailableError
 from mlapi_backend.failure_log import FailureLog
