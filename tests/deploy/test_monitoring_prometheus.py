@@ -311,8 +311,16 @@ def test_every_dashboard_query_runs_on_the_real_stack(stack: Stack, report_figur
 
     from mlapi_tools.dashboard import panels
 
+    async def streams() -> None:
+        async with AsyncClient(f"grpc://{stack.triton_grpc}") as client:
+            prompt = {"text_input": np.array([b"The server"], dtype=object),
+                      "max_tokens": np.array([4], dtype=np.int32)}  # fmt: skip
+            async for _ in client.stream("text_generator", prompt, timeout_s=30):
+                pass
+
     for _ in range(2):  # two scrapes apart, so that rate() has two samples of each series
         assert _helm_test(stack).returncode == 0
+        asyncio.run(streams())
         time.sleep(1.5)
     headers = {"Authorization": f"Bearer {stack.api_key_file.read_text().strip()}"}
     refused = httpx.post(

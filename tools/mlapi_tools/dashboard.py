@@ -170,6 +170,62 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         ),
     ),
     (
+        "Generation",
+        (
+            Panel(
+                "Tokens per second",
+                "Completion tokens text_generator generates per second, and streams in flight.",
+                "short",
+                (
+                    (
+                        'sum(rate(mlapi_text_generator_tokens_total{kind="completion"}'
+                        f"[{RATE}]))",
+                        "tokens/s",
+                    ),
+                    ("sum(mlapi_text_generator_active_streams)", "streams in flight"),
+                ),
+            ),
+            Panel(
+                "Time to first token",
+                "From text_generator taking a stream to its first response: p50, p95, p99.",
+                "s",
+                tuple(
+                    (
+                        f"histogram_quantile({q}, sum by (le) (rate("
+                        f"mlapi_text_generator_time_to_first_token_seconds_bucket[{RATE}])))",
+                        f"p{round(q * 100)}",
+                    )
+                    for q in (0.5, 0.95, 0.99)
+                ),
+            ),
+            Panel(
+                "Inter-token latency",
+                "Each stream's mean gap between tokens: p50 and p99 over streams.",
+                "s",
+                tuple(
+                    (
+                        f"histogram_quantile({q}, sum by (le) (rate("
+                        f"mlapi_text_generator_inter_token_seconds_bucket[{RATE}])))",
+                        f"p{round(q * 100)}",
+                    )
+                    for q in (0.5, 0.99)
+                ),
+            ),
+            Panel(
+                "Finish reasons",
+                "Finished streams per second by why they ended (length, stop, cancelled).",
+                "reqps",
+                (
+                    (
+                        "sum by (finish_reason) "
+                        f"(rate(mlapi_text_generator_streams_total[{RATE}]))",
+                        "{{finish_reason}}",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    (
         "Self-healing",
         (
             Panel(
