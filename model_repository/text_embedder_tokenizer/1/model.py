@@ -23,7 +23,7 @@ from mlapi_backend.triton_responses import respond
 
 
 class TritonPythonModel:
-    """Tokenizes every request of an execute call together, padded to one length."""
+    """Tokenizes each request of an execute call; a bad one fails alone."""
 
     def initialize(self, args: dict[str, str]) -> None:
         config = ModelConfig.from_json(json.loads(args["model_config"]))

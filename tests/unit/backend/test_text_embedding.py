@@ -51,13 +51,13 @@ def test_truncation_is_reported_with_the_token_count(tokenizer):
     assert batch.input_ids[1, 255] == tokenizer.tokenizer.token_to_id("[SEP]")
 
 
-def test_requests_are_padded_together_and_split_back(tokenizer):
+def test_each_request_is_padded_to_its_own_longest_text(tokenizer):
     results = emb.tokenize_requests(
         tokenizer, [["one"], InvalidInputError("text", "x", "y"), ["two words here", "three"]]
     )
     first, failed, third = results
     assert isinstance(failed, InvalidInputError)
-    assert first[emb.IDS].shape == (1, 5) and third[emb.IDS].shape == (2, 5)
+    assert first[emb.IDS].shape == (1, 3) and third[emb.IDS].shape == (2, 5)
     assert third[emb.TOKEN_COUNT].tolist() == [[5], [3]]
     assert third[emb.TRUNCATED].dtype == np.bool_ and third[emb.TRUNCATED].shape == (2, 1)
     assert len(results) == 3
