@@ -27,7 +27,7 @@ class Strength:
     shear: float = 0.3
     scale: tuple[float, float] = (0.75, 1.15)
     canvas: tuple[float, float] = (1.05, 2.2)  # canvas side / digit canvas side
-    elastic_px: float = 2.0  # displacement amplitude at the ink map's scale per 64 px
+    elastic_px: float = 1.5  # displacement amplitude at the ink map's scale per 64 px
     thickness_steps: tuple[int, int] = (-1, 2)
     blur_sigma: tuple[float, float] = (0.0, 1.2)
     noise_sigma: tuple[float, float] = (0.0, 25.0)

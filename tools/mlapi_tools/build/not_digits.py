@@ -1,7 +1,8 @@
 """Images that are not one digit: the examples of the classifier's "not a digit" class.
 
 Letters and symbols typed in the training fonts, geometric shapes, pen scribbles, cluttered
-scenes of shapes, stripes and grids, smooth random fields, gradients and noise, photographed with
+scenes of shapes, stripes and grids, smooth random fields, gradients, noise and crops of real
+pictures (matplotlib's sample photograph and terrain), photographed with
 the same augmentation as the digits. Glyphs that read as digits (O, l, S, Z, B, g, ...) and shapes
 that are digits (a ring is a 0, a bar a 1) are left out. normalise_digit flags many of these
 images on its own; the rest are the training examples of the class.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +31,14 @@ KINDS = (
     "smooth_field",
     "gradient",
     "noise",
+    "photo",
 )
 # Relative frequency of each kind (the ink-like kinds are the ones normalise_digit lets through).
-KIND_WEIGHTS = (0.4, 0.22, 0.06, 0.1, 0.06, 0.06, 0.05, 0.05)
+KIND_WEIGHTS = (0.36, 0.2, 0.06, 0.1, 0.06, 0.06, 0.04, 0.04, 0.08)
+# Real pictures that ship with matplotlib: a photograph (Grace Hopper, US Navy, public domain)
+# and a terrain elevation model. Crops of them stand for photographs of things that are not
+# digits.
+PHOTO_FILES = ("grace_hopper.jpg", "jacksboro_fault_dem.npz")
 
 
 def _polygon(
@@ -141,6 +148,40 @@ def _noise(rng: np.random.Generator, side: int) -> NDArray[np.uint8]:
     return np.clip(base + rng.normal(0, rng.uniform(5, 60), (side, side)), 0, 255).astype(np.uint8)
 
 
+@cache
+def _photos() -> tuple[NDArray[np.float64], ...]:
+    import matplotlib.cbook
+    from PIL import Image
+
+    photos = []
+    for name in PHOTO_FILES:
+        path = matplotlib.cbook.get_sample_data(name, asfileobj=False)
+        if name.endswith(".npz"):
+            with np.load(path) as data:
+                field = data["elevation"].astype(np.float64)
+            photos.append(255.0 * (field - field.min()) / (np.ptp(field) + 1e-9))
+        else:
+            photos.append(np.asarray(Image.open(path).convert("L"), dtype=np.float64))
+    return tuple(photos)
+
+
+def _photo(rng: np.random.Generator, side: int) -> NDArray[np.uint8]:
+    from PIL import Image
+
+    photos = _photos()
+    photo = photos[int(rng.integers(len(photos)))]
+    crop = int(rng.integers(24, min(photo.shape) + 1))
+    top = int(rng.integers(photo.shape[0] - crop + 1))
+    left = int(rng.integers(photo.shape[1] - crop + 1))
+    patch = Image.fromarray(photo[top : top + crop, left : left + crop].astype(np.float32), "F")
+    image = np.asarray(patch.resize((side, side), Image.Resampling.BILINEAR), np.float64)
+    if rng.random() < 0.5:
+        image = 255.0 - image
+    gamma = rng.uniform(0.6, 1.6)
+    image = 255.0 * (np.clip(image, 0, 255) / 255.0) ** gamma
+    return np.clip(image + rng.normal(0, rng.uniform(0, 4), image.shape), 0, 255).astype(np.uint8)
+
+
 def not_digit_image(
     rng: np.random.Generator,
     font_files: Sequence[Path],
@@ -156,6 +197,7 @@ def not_digit_image(
         "smooth_field": _smooth_field,
         "gradient": _gradient,
         "noise": _noise,
+        "photo": _photo,
     }
     if kind in direct:
         return kind, direct[kind](rng, side)
