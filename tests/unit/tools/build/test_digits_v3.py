@@ -172,3 +172,12 @@ def test_thresholds_flag_the_unsure_and_keep_the_limits() -> None:
     assert (20 + flags.sum()) / (n + 20) <= calibration.FLAGGED_DIGITS_TARGET
     assert fitted.calibration_rates["silent_errors"] == 0.0
     assert fitted.calibration_rates["not_digits_flagged"] == 1.0
+
+
+def test_training_is_deterministic() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.random((300, 784), dtype=np.float32)
+    y = rng.integers(0, 11, 300)
+    first = digits_cnn.train(x, y, digits_cnn.TINY_SETTINGS)
+    again = digits_cnn.train(x, y, digits_cnn.TINY_SETTINGS)
+    assert digits_cnn.to_onnx(first, 1.5) == digits_cnn.to_onnx(again, 1.5)
