@@ -84,8 +84,8 @@ bench-full: models $(INSTALLED) ## Long sweep + batching study + harness capacit
 	$(BIN)/python -m mlapi_bench capacity $(if $(shell command -v wrk),--wrk) $(BENCH_ARGS)
 	$(BIN)/python -m mlapi_bench locust $(BENCH_ARGS)
 
-perf-analyzer: ## perf_analyzer sweeps over HTTP and gRPC (runs where perf_analyzer is on PATH, else says how)
-	@bash benchmarks/perf_analyzer/sweep.sh
+perf-analyzer: models $(INSTALLED) system-deps ## perf_analyzer sweeps of the public models over HTTP and gRPC, the harness beside it: CSV, table, PNG
+	$(BIN)/python -m mlapi_bench perf-analyzer --compare $(BENCH_ARGS)
 
 bench-tools: ## Install Debian's wrk (HTTP load from C, for `mlapi_bench capacity --wrk`)
 	apt-get install -y wrk
@@ -94,13 +94,13 @@ bench-tools: ## Install Debian's wrk (HTTP load from C, for `mlapi_bench capacit
 .PHONY: gateway bench-gateway system-deps
 GATEWAY_PORT ?= 8080
 
-# Idempotent and tolerant: does nothing when the tools and the font packages (FONT_PACKAGES, for
-# the digits build) are there; without root or apt-get it only warns (the Redis and Prometheus
-# tests then skip, naming the reason; the gateway benchmark needs wrk; the digits build stops,
-# naming the font packages to install).
-system-deps: ## Install Debian's redis-server, wrk and prometheus when missing (root + apt-get; else a warning)
+# Idempotent and tolerant: does nothing when the tools and the packages (FONT_PACKAGES for the
+# digits build, libb64-0d for perf_analyzer) are there; without root or apt-get it only warns
+# (the Redis, Prometheus and perf_analyzer tests then skip, naming the reason; the gateway
+# benchmark needs wrk; the digits build stops, naming the font packages to install).
+system-deps: ## Install Debian's redis-server, wrk, prometheus, libb64 and fonts when missing (root + apt-get; else a warning)
 	@missing=""; for tool in redis-server wrk prometheus; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
-	for pkg in $(FONT_PACKAGES); do \
+	for pkg in $(FONT_PACKAGES) libb64-0d; do \
 		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \

@@ -5,6 +5,7 @@
     python -m mlapi_bench study              # batching study (dynamic batching off/on, instances)
     python -m mlapi_bench capacity           # how fast the harness itself can drive requests
     python -m mlapi_bench locust             # locust scenarios, headless, fixed duration
+    python -m mlapi_bench perf-analyzer      # perf_analyzer sweeps (--compare: the harness too)
 
 The server under test is the one at TRITON_HTTP_PORT/TRITON_GRPC_PORT (8000/8001) when it is
 ready, with the identity model loaded into it; otherwise the harness starts its own.
@@ -23,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from mlapi_bench.measure import MeasurementError, Phases
+from mlapi_bench.perf_analyzer_runs import PerfAnalyzerError
 from mlapi_bench.report import results_dir
 from mlapi_bench.stack import ROOT, StackError, stack
 from mlapi_bench.study import FULL_VARIANTS, QUICK_VARIANTS, StudyError
@@ -98,6 +100,18 @@ def parser() -> argparse.ArgumentParser:
     capacity.add_argument("--max-processes", type=int, default=max(2, os.cpu_count() or 1))
     capacity.add_argument(
         "--wrk", action="store_true", help="also drive HTTP with wrk (if installed)"
+    )
+
+    pa = sub.add_parser(
+        "perf-analyzer", parents=[common], help="perf_analyzer sweeps over HTTP and gRPC"
+    )
+    pa.add_argument("--models", type=_words, default=("digits", "digits_classifier"))
+    pa.add_argument("--streaming-models", type=_words, default=("text_generator",))
+    pa.add_argument("--protocols", type=_words, default=("grpc", "http"))
+    pa.add_argument("--concurrency", type=_ints, default=(1, 4, 16))
+    pa.add_argument("--measurement-ms", type=int, default=2000)
+    pa.add_argument(
+        "--compare", action="store_true", help="the harness on the same points, in the same run"
     )
 
     locust = sub.add_parser(
@@ -188,6 +202,26 @@ def _main(argv: list[str] | None) -> int:
                     via=args.via,
                 )
                 summary = runs.run_study(server, settings_s, out)
+            elif args.command == "perf-analyzer":
+                from mlapi_bench.perf_analyzer_runs import PerfAnalyzerSettings
+                from mlapi_bench.perf_analyzer_runs import run as run_perf_analyzer
+
+                summary = run_perf_analyzer(
+                    server,
+                    PerfAnalyzerSettings(
+                        models=args.models,
+                        streaming_models=args.streaming_models,
+                        protocols=args.protocols,
+                        concurrency=args.concurrency,
+                        measurement_ms=args.measurement_ms,
+                        compare=args.compare,
+                        phases=Phases(
+                            args.warmup_s if args.warmup_s is not None else 1.0,
+                            args.window_s if args.window_s is not None else 3.0,
+                        ),
+                    ),
+                    out,
+                )
             elif args.command == "locust":
                 from mlapi_bench.locust_run import LocustSettings, problems, run_locust
 
@@ -218,7 +252,7 @@ def _main(argv: list[str] | None) -> int:
                     CapacitySettings(args.concurrency, args.max_processes, phases, args.wrk),
                     out,
                 )
-    except (StackError, StudyError, MeasurementError) as exc:
+    except (StackError, StudyError, MeasurementError, PerfAnalyzerError) as exc:
         log.error("%s", exc)
         return 2
     print(summary)

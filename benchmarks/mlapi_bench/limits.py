@@ -13,7 +13,7 @@ from mlapi_bench.inprocess import InProcessResult, classifier_limit, pipeline_li
 from mlapi_bench.payloads import IDENTITY_MODEL
 from mlapi_bench.stack import MODEL_REPOSITORY
 
-SERVED_VERSION = 2  # the classifier version requests without a version get (latest of 1, 2)
+SERVED_VERSION = 2  # the version the harness sends digits_classifier payloads to (PAYLOAD_VERSIONS)
 
 
 def in_process_limits(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mlapi_bench.clients import Endpoint, error_kind, open_client
-from mlapi_bench.payloads import PAYLOAD_MODELS, payloads
+from mlapi_bench.payloads import PAYLOAD_MODELS, payload_version, payloads
 from mlapi_bench.stats import OK, Records
 from mlapi_client import AsyncClient
 
@@ -106,7 +106,8 @@ async def _one(
     client: AsyncClient, spec: LoadSpec, inputs: Payload, n: int, start_s: float, records: Records
 ) -> None:
     try:
-        await client.infer(spec.model, inputs, spec.version or None, parameters=spec.parameters(n))
+        version = payload_version(spec.model, spec.version)
+        await client.infer(spec.model, inputs, version, parameters=spec.parameters(n))
         outcome = OK
     except Exception as exc:  # every failure is counted, by kind, never hidden
         outcome = error_kind(exc)

@@ -13,6 +13,15 @@ import numpy as np
 IDENTITY_MODEL = "bench_identity"
 POOL_SIZE = 16
 PAYLOAD_MODELS = ("digits", "digits_classifier", IDENTITY_MODEL)
+# The version a model's payloads are made for when a load names none. digits_classifier's
+# payloads are 8x8 pixel rows (64 features): versions 1 and 2; its latest version, 3, takes
+# 28x28 frames, so an unversioned request with them would fail.
+PAYLOAD_VERSIONS = {"digits_classifier": "2"}
+
+
+def payload_version(model: str, version: str = "") -> str | None:
+    """The version to request: ``version``, else the one ``model``'s payloads are made for."""
+    return version or PAYLOAD_VERSIONS.get(model)
 
 
 @cache

@@ -2,9 +2,10 @@
 
 perf_analyzer is the raw baseline: NVIDIA's C++ load generator over tritonclient's C++ library,
 no Python and not the project's client (which the mlapi_bench harness measures). It ships in
-the NGC SDK container (nvcr.io/nvidia/tritonserver:24.10-py3-sdk), not on PyPI. The input files hold real held-out digits (not perf_analyzer's random data, which the
-digits model would flag low-confidence and a cache could not reuse) and are committed under
-benchmarks/perf_analyzer/; `python -m mlapi_bench.perf_analyzer` rewrites them.
+the tritonclient wheel (perf_analyzer_runs runs it). The input files hold real held-out digits
+(not perf_analyzer's random data, which the digits model would flag low-confidence and a cache
+could not reuse) and are committed under benchmarks/perf_analyzer/;
+`python -m mlapi_bench.perf_analyzer` rewrites them.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from mlapi_client import access
 
 INPUT_DIR = ROOT / "benchmarks" / "perf_analyzer"
 ENTRIES = 8
-# Public models and how perf_analyzer drives them. A decoupled (streaming) model adds
-# "--streaming" and runs over gRPC only.
-MODELS: dict[str, tuple[str, ...]] = {"digits": (), "digits_classifier": (), IDENTITY_MODEL: ()}
-CONCURRENCY = (1, 2, 4, 8, 16, 32)
+# The models with committed input files (the streaming ones below run over gRPC only).
+MODELS = ("digits", "digits_classifier", IDENTITY_MODEL)
 
 
 # The streaming text generator (decoupled, max_batch_size 0: full shapes, no batch axis).
@@ -71,38 +70,6 @@ def write_inputs(directory: Path = INPUT_DIR) -> list[Path]:
     return written
 
 
-def commands(
-    model: str, protocol: str, url: str, out_csv: Path, measurement_ms: int = 3000
-) -> list[list[str]]:
-    """One perf_analyzer concurrency sweep (a run per level, CSV per run) of ``model``."""
-    runs = []
-    for level in CONCURRENCY:
-        runs.append(
-            [
-                "perf_analyzer",
-                "-m",
-                model,
-                "-i",
-                protocol,
-                "-u",
-                url,
-                "--input-data",
-                str(INPUT_DIR / f"{model}.json"),
-                "--concurrency-range",
-                f"{level}:{level}",
-                "--measurement-interval",
-                str(measurement_ms),
-                "--percentile",
-                "99",
-                "-f",
-                str(out_csv.with_name(f"{out_csv.stem}_c{level}.csv")),
-                *key_header(protocol),
-                *MODELS.get(model, ("--streaming",) if model in STREAMING_MODELS else ()),
-            ]
-        )
-    return runs
-
-
 def key_header(protocol: str, key: str | None = None) -> list[str]:
     """perf_analyzer's ``-H name:value`` presenting Triton's access key (none without a key)."""
     key = key if key is not None else access.read_key()
@@ -113,7 +80,9 @@ def key_header(protocol: str, key: str | None = None) -> list[str]:
 def main() -> int:
     for path in write_inputs():
         print(path.relative_to(ROOT))
-    example = commands("digits", "grpc", "127.0.0.1:8001", Path("pa_digits_grpc.csv"))[0]
+    from mlapi_bench.perf_analyzer_runs import command
+
+    example = command("digits", "grpc", "127.0.0.1:8001", 1, 3000, Path("pa_digits_grpc.csv"))
     key = access.read_key()
     shown = shlex.join(example).replace(key, "<key>") if key else shlex.join(example)
     print("e.g.", shown, file=sys.stderr)

@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 
 from mlapi_bench.capacity import parse_wrk
-from mlapi_bench.perf_analyzer import (
-    CONCURRENCY,
-    INPUT_DIR,
-    MODELS,
-    STREAMING_MODELS,
-    commands,
-    input_data,
-)
+from mlapi_bench.perf_analyzer import INPUT_DIR, MODELS, STREAMING_MODELS, input_data
+from mlapi_bench.perf_analyzer_runs import command
 from mlapi_bench.scenarios import BAD_REQUEST_SHARE, Call, GatewayMix, Mix, resize_nearest
 
 
@@ -35,13 +29,15 @@ def test_perf_analyzer_input_entries_have_content_and_shape() -> None:
     assert pixels["shape"] == [64]
 
 
-def test_perf_analyzer_commands_sweep_each_level_into_its_own_csv() -> None:
-    runs = commands("digits", "grpc", "host:8001", Path("out/pa.csv"))
-    assert len(runs) == len(CONCURRENCY)
-    first = runs[0]
-    assert first[:7] == ["perf_analyzer", "-m", "digits", "-i", "grpc", "-u", "host:8001"]
-    assert first[first.index("--concurrency-range") + 1] == "1:1"
-    assert first[first.index("-f") + 1] == "out/pa_c1.csv"
+def test_a_perf_analyzer_run_is_one_level_into_its_own_csv() -> None:
+    run = command("digits", "grpc", "host:8001", 4, 1000, Path("out/pa_c4.csv"))
+    assert Path(run[0]).name == "perf_analyzer"
+    assert run[1:7] == ["-m", "digits", "-i", "grpc", "-u", "host:8001"]
+    assert run[run.index("--concurrency-range") + 1] == "4:4"
+    assert run[run.index("-f") + 1] == "out/pa_c4.csv"
+    assert "-x" not in run  # digits chooses its classifier itself
+    pinned = command("digits_classifier", "http", "h:1", 1, 1000, Path("x.csv"))
+    assert pinned[pinned.index("-x") + 1] == "2"  # the version its 8x8 inputs are for
 
 
 def test_verdicts_separate_expected_4xx_from_failures() -> None:
@@ -112,8 +108,8 @@ def test_streaming_generator_inputs_and_flags() -> None:
         entry["text_input"]["content"][0], str
     )
     assert entry["max_tokens"]["content"] == [32]
-    assert commands("text_generator", "grpc", "h:1", Path("x.csv"))[0][-1] == "--streaming"
-    assert "--streaming" not in commands("digits", "grpc", "h:1", Path("x.csv"))[0]
+    assert "--streaming" in command("text_generator", "grpc", "h:1", 1, 1000, Path("x.csv"), True)
+    assert "--streaming" not in command("digits", "grpc", "h:1", 1, 1000, Path("x.csv"))
 
 
 def test_gateway_mix_uses_v1_routes_and_json_pixels() -> None:
