@@ -97,9 +97,9 @@ def _copier_script() -> tuple[str, dict[str, str]]:
 @pytest.mark.parametrize(
     ("present", "missing"),
     [
-        ((), ("digits", "text_generator")),
-        (("digits",), ("text_generator",)),
-        (("digits", "text_generator"), ()),
+        ((), ("digits", "text_generator", "text_embedder")),
+        (("digits", "text_embedder"), ("text_generator",)),
+        (("digits", "text_generator", "text_embedder"), ()),
     ],
 )
 def test_the_s3_copier_refuses_a_repository_without_a_public_model(

@@ -180,6 +180,7 @@ def test_triton_pod_has_probes_shm_and_explicit_model_control() -> None:
         "8000",
         "/v2/models/digits/ready",
         "/v2/models/text_generator/ready",
+        "/v2/models/text_embedder/ready",
     ]
     assert server["startupProbe"] == {
         "exec": {"command": ready},
@@ -191,7 +192,7 @@ def test_triton_pod_has_probes_shm_and_explicit_model_control() -> None:
     assert env_of(server)["TRITON_HTTP_PORT"] == "8000"
     assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     gateway = container(render_file("default-values.yaml").one("Deployment", "-gateway"), "gateway")
-    assert env_of(gateway)["MLAPI_GATEWAY_MODELS"] == '["digits","text_generator"]'
+    assert env_of(gateway)["MLAPI_GATEWAY_MODELS"] == '["digits","text_generator","text_embedder"]'
     few = container(
         render({"gateway": {"models": ["digits"]}, "triton": {"ports": {"http": 9000}}}).one(
             "Deployment", "-triton"
@@ -336,7 +337,7 @@ def test_model_sources() -> None:
     assert fetch["image"] == "amazon/aws-cli:2.17.0"
     env = env_of(fetch)
     assert env["MODELS_URL"] == "s3://models/triton-mlapi" and env["MODELS_PATH"] == "/models"
-    assert env["PUBLIC_MODELS"] == "digits text_generator"
+    assert env["PUBLIC_MODELS"] == "digits text_generator text_embedder"
     assert env["AWS_ENDPOINT_URL"] == "http://minio.storage.svc:9000"
     assert env_of(fetch)["AWS_SECRET_ACCESS_KEY"] == {
         "secret": "minio-credentials",
