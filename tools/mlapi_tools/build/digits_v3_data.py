@@ -73,7 +73,7 @@ SET_IDS = {
 class Sizes:
     """How many raw images each set draws (clean test sets are enumerated, not sized)."""
 
-    handwritten_copies: int = 5  # augmented copies of each fit image
+    handwritten_copies: int = 7  # copies of each fit image (CLEAN_8X8_COPIES resampled only)
     strokes: int = 9000
     fonts: int = 11000
     not_digits: int = 14000
