@@ -280,7 +280,9 @@ def test_client_disconnect_is_counted_as_cancelled_not_500(
 ) -> None:
     def count(kind: str) -> float:
         match = re.search(
-            rf'^mlapi_gateway_errors_total\{{type="{kind}"\}} (\S+)', api.get("/metrics").text, re.M
+            rf'^mlapi_gateway_errors_total\{{status_class="\dxx",type="{kind}"\}} (\S+)',
+            api.get("/metrics").text,
+            re.M,
         )
         return float(match.group(1)) if match else 0.0
 
