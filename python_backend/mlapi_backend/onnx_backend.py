@@ -6,7 +6,11 @@ refuses, at load time, everything else, so a config never silently means somethi
 here than on the NGC container:
 
 - inputs/outputs are taken from the config and checked against the ONNX graph (names, types,
-  shapes);
+  shapes). A graph whose input dims are symbolic (so that one config with ``dims: [ -1 ]``
+  serves versions of different widths) may declare the dims it needs in its metadata
+  (INPUT_DIMS_METADATA, JSON ``{"input": [dims without the batch axis]}``): the config must
+  allow them, and a request of another shape is refused with INVALID_ARG instead of failing
+  inside the session (the native backend cannot read them: there such a request is a 500);
 - every request of one ``execute`` call is concatenated along the batch axis and run in one
   session call (requests whose non-batch shapes differ are run in one call per shape);
 - ``intra_op_thread_count`` / ``inter_op_thread_count`` parameters set the session's threads,
@@ -15,8 +19,9 @@ here than on the NGC container:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,8 @@ ORT_TO_TRITON = {
     "tensor(double)": "TYPE_FP64",
 }
 SUPPORTED_PARAMETERS = ("intra_op_thread_count", "inter_op_thread_count")
+# ONNX metadata key: the non-batch dims each input needs, where the graph declares them symbolic.
+INPUT_DIMS_METADATA = "mlapi.input_dims"
 # Config sections the stand-in cannot honour. Scheduling sections that Triton's core implements
 # (dynamic_batching, response_cache, model_warmup, version_policy) are fine.
 UNSUPPORTED_SECTIONS = {
@@ -145,12 +152,41 @@ def _check_tensor(config: ModelConfig, spec: TensorSpec, node: Any, kind: str) -
             )
 
 
+def _declared_dims(config: ModelConfig, session: Any, version: str) -> dict[str, tuple[int, ...]]:
+    """Return the dims the graph's metadata declares per input, checked against the config."""
+    raw = session.get_modelmeta().custom_metadata_map.get(INPUT_DIMS_METADATA)
+    if raw is None:
+        return {}
+    try:
+        declared = {str(k): tuple(int(d) for d in v) for k, v in json.loads(raw).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ModelConfigError(
+            f"model '{config.name}' version {version}: unreadable {INPUT_DIMS_METADATA} "
+            f"metadata {raw!r}: {exc}"
+        ) from exc
+    for spec in config.inputs:
+        dims = declared.get(spec.name)
+        if dims is None:
+            continue
+        fits = len(dims) == len(spec.dims) and all(
+            want in (-1, have) for want, have in zip(spec.dims, dims, strict=True)
+        )
+        if not fits:
+            raise ModelConfigError(
+                f"model '{config.name}' version {version}: input '{spec.name}' has dims "
+                f"{list(spec.dims)} in the config but the ONNX model needs {list(dims)}"
+            )
+    return declared
+
+
 @dataclass
 class OnnxModel:
     """An ONNX Runtime session checked against its Triton config."""
 
     config: ModelConfig
     session: Any
+    # Input name -> the non-batch dims the graph needs (from INPUT_DIMS_METADATA).
+    needed_dims: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     @classmethod
     def load(
@@ -183,7 +219,8 @@ class OnnxModel:
                     f"(it produces {sorted(graph_outputs)})"
                 )
             _check_tensor(config, spec, graph_outputs[spec.name], "output")
-        return cls(config=config, session=session)
+        needed = _declared_dims(config, session, version)
+        return cls(config=config, session=session, needed_dims=needed)
 
     @property
     def output_names(self) -> list[str]:
@@ -197,6 +234,13 @@ class OnnxModel:
                 raise InvalidInputError(spec.name, "a tensor", "nothing")
             if array.dtype != spec.numpy_dtype:
                 raise InvalidInputError(spec.name, spec.data_type, str(array.dtype))
+            needed = self.needed_dims.get(spec.name)
+            batched = self.config.max_batch_size > 0
+            shape = tuple(array.shape[1:] if batched else array.shape)
+            if needed is not None and shape != needed:
+                raise InvalidInputError(
+                    spec.name, f"dims {list(needed)} for this version", f"{list(shape)}"
+                )
 
     def run(self, requests: Sequence[Tensors | Exception]) -> list[Outputs | Exception]:
         """Run every request; batched requests with equal non-batch shapes share one session run.

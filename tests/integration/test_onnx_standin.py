@@ -12,8 +12,6 @@ from tritonclient.utils import InferenceServerException
 
 from mlapi_client import access
 
-from .conftest import MODEL_REPOSITORY
-
 
 def _stats(client, model: str, version: str) -> dict:
     stats = client.get_inference_statistics(model, version, as_json=True)["model_stats"][0]
@@ -72,8 +70,29 @@ BAD_CONFIGS = {
 }
 
 
+def _fixed_width_graph() -> bytes:
+    """A softmax over [N, 64] pixels with the width fixed in the graph (the shipped classifier
+    versions declare it symbolic for their shared ``dims: [ -1 ]`` config)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.full((64, 10), 0.01, dtype=np.float32), "weights")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["pixels", "weights"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "fixed_width",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what ONNX Runtime 1.19 loads
+    return bytes(model.SerializeToString())
+
+
 def _load_probe(client, name: str, changes: dict) -> None:
-    """Load digits_classifier v1's ONNX file under ``name`` with a config override."""
+    """Load a fixed-width softmax classifier under ``name`` with a config override."""
     config = {
         "name": name,
         "backend": "onnxruntime",
@@ -83,8 +102,9 @@ def _load_probe(client, name: str, changes: dict) -> None:
         "instance_group": [{"kind": "KIND_CPU", "count": 1}],
     }
     config.update({k: v for k, v in changes.items() if v is not None})
-    onnx_bytes = (MODEL_REPOSITORY / "digits_classifier" / "1" / "model.onnx").read_bytes()
-    client.load_model(name, config=json.dumps(config), files={"file:1/model.onnx": onnx_bytes})
+    client.load_model(
+        name, config=json.dumps(config), files={"file:1/model.onnx": _fixed_width_graph()}
+    )
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
@@ -106,3 +126,20 @@ def test_valid_config_loads_through_the_same_path(http_client):
         assert http_client.is_model_ready("standin_probe_ok")
     finally:
         http_client.unload_model("standin_probe_ok")
+
+
+@pytest.mark.parametrize(("version", "width", "wanted"), [("3", 64, 784), ("2", 784, 64)])
+def test_a_version_refuses_another_versions_width_as_invalid_input(
+    grpc_client, version: str, width: int, wanted: int
+) -> None:
+    """The versions share dims [ -1 ]; each graph declares its own width in its metadata, and a
+    request of another width is a 400 naming it, not a failure inside the session (a 500)."""
+    tensor = grpcclient.InferInput("pixels", [1, width], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, width), dtype=np.float32))
+    with pytest.raises(InferenceServerException) as refused:
+        grpc_client.infer("digits_classifier", [tensor], model_version=version)
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert f"dims [{wanted}] for this version" in refused.value.message()
+    right = grpcclient.InferInput("pixels", [1, wanted], "FP32")
+    right.set_data_from_numpy(np.zeros((1, wanted), dtype=np.float32))
+    assert grpc_client.infer("digits_classifier", [right], model_version=version)

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 
 from mlapi_tools.build import digits_v3_data, fonts
 from mlapi_tools.build import v3_calibration as calibration
+from mlapi_tools.build.digits_models import declare_input_dims
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ NUM_DIGITS = 10
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8
 # Bump when the training, data or export code changes what is built (part of the fingerprint).
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: the graph declares its input dims in its metadata
 _MODEL_SOURCES = ("digits_cnn.py", "v3_calibration.py")
 _DATA_SOURCES = (
     "digits_v3_data.py",
@@ -241,6 +242,7 @@ def to_onnx(net: Any, temperature: float) -> bytes:
         ),
     )
     model.ir_version = ONNX_IR_VERSION
+    declare_input_dims(model, {INPUT_NAME: [28 * 28]})
     onnx.checker.check_model(model, full_check=True)
     return bytes(model.SerializeToString())
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mlapi_backend.onnx_backend import INPUT_DIMS_METADATA
 from mlapi_backend.preprocessing import digits_to_images
 from mlapi_tools.build.digits_data import (
     NOT_A_DIGIT,
@@ -129,6 +130,7 @@ def to_onnx(model: Any) -> bytes:
         helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None, NUM_DIGITS])
     )
     make_feature_dim_symbolic(proto)
+    declare_input_dims(proto, {INPUT_NAME: [64]})
     graph.name = f"{MODEL_NAME}_{type(model).__name__}"  # skl2onnx names it with a random uuid
     proto.producer_name = "triton-mlapi"
     proto.doc_string = "digits classifier: pixels [N,64] in 0..16 -> probabilities [N,10]"
@@ -150,6 +152,18 @@ def make_feature_dim_symbolic(proto: Any, name: str = FEATURE_DIM_NAME) -> None:
             dims[1].dim_param = name
             return
     raise ValueError(f"the graph has no input {INPUT_NAME!r}")
+
+
+def declare_input_dims(proto: Any, dims: dict[str, list[int]]) -> None:
+    """Record in the graph's metadata the dims its symbolic inputs need (in place).
+
+    The onnxruntime stand-in then refuses a request of another width with INVALID_ARG
+    (mlapi_backend.onnx_backend.INPUT_DIMS_METADATA) rather than failing inside the session.
+    """
+    import onnx
+
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {INPUT_DIMS_METADATA: json.dumps(dims)})
 
 
 def onnx_accuracy(model_bytes: bytes, x: np.ndarray, y: np.ndarray) -> float:
