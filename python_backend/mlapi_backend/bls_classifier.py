@@ -19,6 +19,10 @@ from mlapi_backend.digits_pipeline import CLASSIFIER_INPUT, CLASSIFIER_OUTPUT, C
 # healthy." while readiness still says ready, until the model is reloaded. The status is the
 # one any model failure gets, so this fixed message is the only signal.
 DEAD_STUB = re.compile(r"Stub process '[^']+' is not healthy")
+# A version being unloaded fails a BLS call with "Model '<name>' is not ready" while Triton's
+# readiness check may still say ready for a moment after (seen under load, when a canary was
+# pulled): the error itself then says the version is going away.
+NOT_READY = re.compile(r"Model '[^']+' is not ready")
 
 
 class BlsClassifier:
@@ -51,7 +55,8 @@ class BlsClassifier:
             error = response.error()
             message = error.message()
             crashed = DEAD_STUB.search(message) is not None
-            ready = crashed or self._ready(version)
+            going = NOT_READY.search(message) is not None
+            ready = crashed or (not going and self._ready(version))
             # A ready classifier answering UNAVAILABLE shed the call from its queue (full or
             # timed out): the caller's request is then unavailable too, not broken.
             raise ClassifierError(

@@ -130,7 +130,8 @@ PARAMETER_VALUES = (
 # reach the model's own code and not only Triton's type and shape checks.
 VALID = {
     "digits": {"image": IMAGE_ONE, "top_k": np.array([[3]], dtype=np.int32)},
-    "digits_classifier": {"pixels": np.zeros((1, 64), dtype=np.float32)},
+    # 784 pixels: a request without a version goes to version 3 (28x28 frames).
+    "digits_classifier": {"pixels": np.zeros((1, 784), dtype=np.float32)},
     "text_generator": {
         "text_input": np.array([b"The "], dtype=np.object_),
         "max_tokens": np.array([4], dtype=np.int32),

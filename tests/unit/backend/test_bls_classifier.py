@@ -66,6 +66,17 @@ def test_an_unloaded_version_is_unavailable():
     assert error.unavailable and not error.crashed and not error.overloaded
 
 
+def test_a_version_being_unloaded_is_unavailable_while_readiness_still_says_ready():
+    # Seen under load: the canary's BLS call fails "is not ready" while is_model_ready still
+    # answers True for a moment; the request must fall back, not fail as a shed call.
+    error = _failure(
+        "Failed for execute the inference request. Model 'digits_classifier' is not ready.",
+        "UNAVAILABLE",
+        ready=True,
+    )
+    assert error.unavailable and not error.overloaded and not error.crashed
+
+
 def test_a_ready_version_answering_unavailable_shed_the_call():
     error = _failure("Exceeds maximum queue size", "UNAVAILABLE", ready=True)
     assert error.overloaded and not error.unavailable and not error.crashed
