@@ -29,6 +29,7 @@ exec "$TRITON_ROOT/bin/tritonserver" \
     --model-repository="${MLAPI_MODEL_REPOSITORY:-/models}" \
     --backend-directory="$MLAPI_BACKEND_DIR" \
     --cache-directory="$TRITON_ROOT/caches" \
+    --cache-config="local,size=${TRITON_RESPONSE_CACHE_BYTES:-67108864}" \
     --http-address="$bind" \
     --http-port="${TRITON_HTTP_PORT:-8000}" \
     --grpc-address="$bind" \

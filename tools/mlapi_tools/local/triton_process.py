@@ -22,6 +22,8 @@ from mlapi_tools.local.backend_dir import TritonInstall, assemble
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
+# 64 MiB, allocated at start; used only by models whose config enables response_cache.
+RESPONSE_CACHE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class TritonServer:
     ports: Ports = field(default_factory=Ports.from_env)
     extra_args: Sequence[str] = ()
     exit_timeout_s: int = 15
+    # Bytes of the server's local response cache (--cache-config local,size=...). Only models
+    # whose config says ``response_cache { enable: true }`` use it (docs/caching.md says which).
+    response_cache_bytes: int = RESPONSE_CACHE_BYTES
     # SIGTERM the server when the thread that started it dies (even by SIGKILL), so a killed
     # launcher or test run leaves no server behind. Linux only; leave it off when starting the
     # server from a short-lived thread.
@@ -99,6 +104,7 @@ class TritonServer:
             *repos,
             f"--backend-directory={self.backend_dir.resolve()}",
             f"--cache-directory={self.install.cache_dir}",
+            f"--cache-config=local,size={self.response_cache_bytes}",
             f"--http-address={self.bind_address}",
             f"--http-port={self.ports.http}",
             f"--grpc-address={self.bind_address}",
