@@ -15,8 +15,8 @@ FONT_PACKAGES := fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fonts-ur
 	fonts-crosextra-carlito fonts-crosextra-caladea fonts-open-sans fonts-roboto-unhinted fonts-lato \
 	fonts-cantarell fonts-go fonts-comic-neue fonts-inconsolata fonts-hack fonts-ebgaramond \
 	fonts-quicksand fonts-league-spartan fonts-oxygen fonts-sil-gentium fonts-linuxlibertine
-TEXT_LM_FILES := $(REPO)/text_decoder/1/model.onnx
-TEXT_LM_SOURCES := tools/mlapi_tools/build/text_lm.py python_backend/mlapi_backend/tokenizer.py
+TEXT_LM_FILES := $(REPO)/text_decoder/1/model.onnx $(REPO)/text_prefill/1/model.onnx
+TEXT_LM_SOURCES := tools/mlapi_tools/build/text_lm.py tools/mlapi_tools/build/text_prefill.py python_backend/mlapi_backend/tokenizer.py
 
 .PHONY: help install models backends serve test test-unit lint format clean
 
@@ -39,10 +39,11 @@ $(CLASSIFIER_FILES) &: $(BUILD_SOURCES) | $(INSTALLED) system-deps
 	@touch $(CLASSIFIER_FILES)
 
 # The text LM build skips training when its fingerprint (corpus, vocabulary, settings, recipe
-# version) is unchanged; the touch then marks the model fresh for make.
-$(TEXT_LM_FILES): $(TEXT_LM_SOURCES) | $(INSTALLED)
+# version) is unchanged, and text_prefill (the decode step's weights over a whole prompt) when
+# the decode step is; the touch then marks both fresh for make.
+$(TEXT_LM_FILES) &: $(TEXT_LM_SOURCES) | $(INSTALLED)
 	$(BIN)/python -m mlapi_tools.build.text_lm --repository $(REPO)
-	@touch $@
+	@touch $(TEXT_LM_FILES)
 
 models: $(CLASSIFIER_FILES) $(TEXT_LM_FILES) ## Train and export the default models (only when missing or stale)
 

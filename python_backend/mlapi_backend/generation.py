@@ -3,7 +3,9 @@
 The loop is written once, as an async generator over a *decode step* callable: inside Triton
 the step is an async BLS call to ``text_decoder`` (coalesced with the steps of the instance's
 other streams, see generation_batching); in-process (benchmarks, tests) it is an ONNX Runtime
-session.
+session. The prompt goes to a *prefill* callable in one call (``text_prefill``: the same GRU
+over the whole prompt) when one is configured, else one decode step per prompt character;
+both give the same logits and state to float tolerance, so a seeded stream is the same text.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from numpy.typing import NDArray
 
 from mlapi_backend import tokenizer
 from mlapi_backend.errors import MlapiBackendError, ModelConfigError, UnavailableError
-from mlapi_backend.generation_batching import Logits, States, StreamStep, Tokens
+from mlapi_backend.generation_batching import Logits, States, StreamPrefill, StreamStep, Tokens
 from mlapi_backend.generation_request import INPUTS, OUTPUTS, GenerationLimits, GenerationRequest
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.sampling import Sampler, StopMatcher
@@ -29,6 +31,10 @@ TOKEN_INPUT = "token"
 STATE_INPUT = "state"
 LOGITS_OUTPUT = "logits"
 STATE_OUTPUT = "new_state"
+# Tensor names of the prompt model (text_prefill); its logits output is LOGITS_OUTPUT.
+PREFILL_TOKENS = "tokens"
+PREFILL_LENGTHS = "lengths"
+PREFILL_STATE = "state"
 
 # (token [1, 1] int64, state [1, layers, hidden] fp32) -> (logits [vocab], new state)
 DecodeStep = StreamStep
@@ -50,6 +56,10 @@ class DecoderUnavailableError(DecoderError, UnavailableError):
     """The decoder shed the step (its queue is full or timed out) or is not loaded: 503."""
 
 
+class PrefillMissingError(DecoderError):
+    """The prefill model is not loaded: the stream feeds its prompt step by step instead."""
+
+
 @dataclass(frozen=True)
 class GeneratorSettings:
     """What ``text_generator`` reads from its config: the decoder to call and request limits."""
@@ -60,6 +70,9 @@ class GeneratorSettings:
     # Merge the steps of this instance's streams into one BLS request (see generation_batching).
     coalesce_steps: bool
     max_decoder_batch: int
+    # The model that reads a whole prompt in one call; "" feeds the prompt step by step.
+    prefill_model: str = ""
+    max_prefill_batch: int = 16
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> GeneratorSettings:
@@ -85,6 +98,8 @@ class GeneratorSettings:
             limits=GenerationLimits.from_config(config),
             coalesce_steps=_boolean(config, "coalesce_decode_steps", True),
             max_decoder_batch=config.int_parameter("max_decoder_batch", 64, 1, 1 << 16),
+            prefill_model=config.string_parameter("prefill_model", "").strip(),
+            max_prefill_batch=config.int_parameter("max_prefill_batch", 16, 1, 1 << 16),
         )
 
 
@@ -129,20 +144,21 @@ async def generate(
     step: DecodeStep,
     state_shape: tuple[int, int],
     is_cancelled: Callable[[], bool] = lambda: False,
+    prefill: StreamPrefill | None = None,
 ) -> AsyncIterator[Chunk]:
     """Feed the prompt, then sample up to ``max_tokens`` tokens, yielding text as it appears.
 
-    ``is_cancelled`` is polled before every decode step, so a cancelled stream costs at most
-    the step already in flight. Exactly one yielded chunk has a finish reason, and it is last.
+    The prompt goes to ``prefill`` in one call when given (falling back to decode steps when
+    it raises PrefillMissingError). ``is_cancelled`` is polled before every model call, so a
+    cancelled stream costs at most the call already in flight. Exactly one yielded chunk has
+    a finish reason, and it is last.
     """
     prompt_tokens = len(request.prompt_ids)
-    state = np.zeros((1, *state_shape), dtype=np.float32)
-    logits = np.zeros(0, dtype=np.float32)
-    for token in request.prompt_ids:
-        if is_cancelled():
-            yield Chunk("", FinishReason.CANCELLED, prompt_tokens, 0)
-            return
-        logits, state = await step(_token(int(token)), state)
+    fed = await _feed_prompt(request.prompt_ids, step, state_shape, is_cancelled, prefill)
+    if fed is None:
+        yield Chunk("", FinishReason.CANCELLED, prompt_tokens, 0)
+        return
+    logits, state = fed
     sampler = Sampler(request.temperature, request.top_p, request.seed)
     matcher = StopMatcher(request.stop)
     for produced in range(1, request.max_tokens + 1):
@@ -162,6 +178,30 @@ async def generate(
         logits, state = await step(_token(token), state)
 
 
+async def _feed_prompt(
+    prompt_ids: Tokens,
+    step: DecodeStep,
+    state_shape: tuple[int, int],
+    is_cancelled: Callable[[], bool],
+    prefill: StreamPrefill | None,
+) -> tuple[Logits, States] | None:
+    """(logits after the prompt, state), or None when the stream was cancelled first."""
+    if is_cancelled():
+        return None
+    if prefill is not None:
+        try:
+            return await prefill(prompt_ids[None, :])
+        except PrefillMissingError:
+            pass
+    state = np.zeros((1, *state_shape), dtype=np.float32)
+    logits = np.zeros(0, dtype=np.float32)
+    for index, token in enumerate(prompt_ids):
+        if index and is_cancelled():
+            return None
+        logits, state = await step(_token(int(token)), state)
+    return logits, state
+
+
 def _token(token: int) -> Tokens:
     return np.array([[token]], dtype=np.int64)
 
@@ -171,9 +211,10 @@ async def responses(
     step: DecodeStep,
     state_shape: tuple[int, int],
     is_cancelled: Callable[[], bool] = lambda: False,
+    prefill: StreamPrefill | None = None,
 ) -> AsyncIterator[Chunk]:
     """Yield what to send: every chunk when streaming, else one chunk with all the text."""
-    chunks = generate(request, step, state_shape, is_cancelled)
+    chunks = generate(request, step, state_shape, is_cancelled, prefill)
     if request.stream:
         async for chunk in chunks:
             yield chunk
@@ -217,3 +258,29 @@ class LocalDecoder:
     async def step(self, token: Tokens, state: States) -> tuple[Logits, States]:
         logits, new_state = self.run(token, state)
         return logits[0], new_state
+
+
+class LocalPrefill:
+    """The prompt model (text_prefill) run in-process with ONNX Runtime (benchmarks, tests)."""
+
+    def __init__(self, model_path: Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+
+    def run(self, tokens: Tokens, lengths: Tokens) -> tuple[Logits, States]:
+        """Run padded prompts: tokens [batch, time], lengths [batch, 1] -> (logits, states)."""
+        outputs: list[Any] = self.session.run(
+            [LOGITS_OUTPUT, PREFILL_STATE], {PREFILL_TOKENS: tokens, PREFILL_LENGTHS: lengths}
+        )
+        return outputs[0], outputs[1]
+
+    async def prefill(self, prompt: Tokens) -> tuple[Logits, States]:
+        """One prompt: ids [1, time] -> (logits [vocab], state [1, layers, hidden])."""
+        logits, state = self.run(prompt, np.array([[prompt.shape[1]]], dtype=np.int64))
+        return logits[0], state

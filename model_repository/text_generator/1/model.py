@@ -2,7 +2,8 @@
 
 Thin adapter (decoupled, ``async def execute``): validation, sampling, stop strings, step
 coalescing and the loop live in mlapi_backend.generation*; this file moves tensors, makes the
-awaited BLS calls to the decode-step model and sends each piece as its own response. Every
+awaited BLS calls to the prompt model (one per prompt) and the decode-step model, and sends
+each piece as its own response. Every
 request runs as its own coroutine on the stub's event loop, so the decode steps of concurrent
 streams are batched (here, and in text_decoder's dynamic batcher).
 """
@@ -19,15 +20,19 @@ import triton_python_backend_utils as pb_utils
 from mlapi_backend.failure_log import FailureLog
 from mlapi_backend.generation import (
     LOGITS_OUTPUT,
+    PREFILL_LENGTHS,
+    PREFILL_STATE,
+    PREFILL_TOKENS,
     STATE_INPUT,
     STATE_OUTPUT,
     TOKEN_INPUT,
     DecoderError,
     DecoderUnavailableError,
     GeneratorSettings,
+    PrefillMissingError,
     responses,
 )
-from mlapi_backend.generation_batching import stream_step
+from mlapi_backend.generation_batching import stream_prefill, stream_step
 from mlapi_backend.generation_metrics import GeneratorMetrics
 from mlapi_backend.generation_request import INPUTS, parse_request
 from mlapi_backend.model_config import ModelConfig
@@ -42,6 +47,11 @@ class TritonPythonModel:
         self.settings = settings = GeneratorSettings.from_config(config)
         self.failures = FailureLog(pb_utils.Logger, config.name)
         self.step = stream_step(self._decode, settings.coalesce_steps, settings.max_decoder_batch)
+        self.prefill = (
+            stream_prefill(self._prefill, settings.coalesce_steps, settings.max_prefill_batch)
+            if settings.prefill_model
+            else None
+        )
         self.metrics = GeneratorMetrics(pb_utils)
 
     async def execute(self, requests: list) -> None:
@@ -58,7 +68,7 @@ class TritonPythonModel:
         shape = self.settings.state_shape
         timing = self.metrics.stream_started()
         try:
-            async for chunk in responses(parsed, self.step, shape, is_cancelled):
+            async for chunk in responses(parsed, self.step, shape, is_cancelled, self.prefill):
                 yield chunk.outputs(), chunk.is_last
                 timing.sent()
                 if chunk.finish_reason is not None:
@@ -70,21 +80,38 @@ class TritonPythonModel:
         self, tokens: np.ndarray, states: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """One batched BLS call to the decoder: tokens [k, 1], states [k, layers, hidden]."""
-        response = await pb_utils.InferenceRequest(
-            model_name=self.settings.decoder_model,
-            requested_output_names=[LOGITS_OUTPUT, STATE_OUTPUT],
-            inputs=[pb_utils.Tensor(TOKEN_INPUT, tokens), pb_utils.Tensor(STATE_INPUT, states)],
-        ).async_exec()
-        if response.has_error():
-            error = response.error()
-            failure = (
-                DecoderUnavailableError
-                if error.code() == pb_utils.TritonError.UNAVAILABLE
-                else DecoderError
+        inputs = {TOKEN_INPUT: tokens, STATE_INPUT: states}
+        return await _call(self.settings.decoder_model, inputs, STATE_OUTPUT)
+
+    async def _prefill(
+        self, tokens: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One batched BLS call to the prompt model: padded tokens [k, time], lengths [k, 1]."""
+        name = self.settings.prefill_model
+        try:
+            return await _call(
+                name, {PREFILL_TOKENS: tokens, PREFILL_LENGTHS: lengths}, PREFILL_STATE
             )
-            raise failure(f"{self.settings.decoder_model} failed: {error.message()}")
-        logits = pb_utils.get_output_tensor_by_name(response, LOGITS_OUTPUT).as_numpy()
-        return logits, pb_utils.get_output_tensor_by_name(response, STATE_OUTPUT).as_numpy()
+        except DecoderError as exc:
+            if not pb_utils.is_model_ready(name):
+                raise PrefillMissingError(f"{name} is not loaded") from exc
+            raise
+
+
+async def _call(model: str, inputs: dict, state_output: str) -> tuple[np.ndarray, np.ndarray]:
+    """One BLS call returning (logits, state); its error becomes a DecoderError naming ``model``."""
+    response = await pb_utils.InferenceRequest(
+        model_name=model,
+        requested_output_names=[LOGITS_OUTPUT, state_output],
+        inputs=[pb_utils.Tensor(name, array) for name, array in inputs.items()],
+    ).async_exec()
+    if response.has_error():
+        error = response.error()
+        unavailable = error.code() == pb_utils.TritonError.UNAVAILABLE
+        failure = DecoderUnavailableError if unavailable else DecoderError
+        raise failure(f"{model} failed: {error.message()}")
+    logits = pb_utils.get_output_tensor_by_name(response, LOGITS_OUTPUT).as_numpy()
+    return logits, pb_utils.get_output_tensor_by_name(response, state_output).as_numpy()
 
 
 def _input(request, name: str) -> np.ndarray | None:

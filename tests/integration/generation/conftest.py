@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[3]
 GENERATOR = "text_generator"
 DECODER = "text_decoder"
 DECODER_FILE = ROOT / "model_repository" / DECODER / "1" / "model.onnx"
+PREFILL = "text_prefill"
+PREFILL_FILE = ROOT / "model_repository" / PREFILL / "1" / "model.onnx"
 
 
 @pytest.fixture(scope="session")
@@ -200,10 +202,15 @@ def decoder_steps(triton: TritonServer) -> int:
 
 def decoder_stats(triton: TritonServer) -> tuple[int, int]:
     """(inference_count, execution_count) of text_decoder."""
+    return model_stats(triton, DECODER)
+
+
+def model_stats(triton: TritonServer, model: str) -> tuple[int, int]:
+    """(inference_count, execution_count) of ``model`` (all its versions)."""
     import urllib.request
 
     request = urllib.request.Request(
-        f"http://{triton.http_url}/v2/models/{DECODER}/stats",
+        f"http://{triton.http_url}/v2/models/{model}/stats",
         headers=access.http_headers(access.read_key()),
     )
     with urllib.request.urlopen(request, timeout=10) as reply:

@@ -13,7 +13,9 @@ from mlapi_client import access
 from mlapi_tools.local.triton_process import TritonServer
 from tests.integration.generation.conftest import (
     GENERATOR,
+    PREFILL,
     decoder_stats,
+    model_stats,
     reference,
     settled_decoder_steps,
     sse,
@@ -37,6 +39,7 @@ def test_32_concurrent_streams_finish_with_their_own_text(
 ) -> None:
     settled_decoder_steps(triton)
     inferences_before, executions_before = decoder_stats(triton)
+    prompts_before, prefill_calls_before = model_stats(triton, PREFILL)
 
     async def go() -> list:
         async with aiohttp.ClientSession(
@@ -49,6 +52,7 @@ def test_32_concurrent_streams_finish_with_their_own_text(
 
     replies = asyncio.run(go())
     inferences, executions = decoder_stats(triton)
+    prompts, prefill_calls = model_stats(triton, PREFILL)
     for seed, reply in enumerate(replies):
         assert reply.status == 200
         assert (
@@ -63,7 +67,13 @@ def test_32_concurrent_streams_finish_with_their_own_text(
             ]
         )
     steps = inferences - inferences_before
-    assert steps == sum(len(body(s)["text_input"]) + MAX_TOKENS - 1 for s in range(STREAMS))
+    # every prompt ("Section 0: " .. "Section 31: ", two lengths) is read by text_prefill in
+    # one call per stream, so the decoder runs only the sampled tokens (not the last one)
+    assert steps == STREAMS * (MAX_TOKENS - 1)
+    assert prompts - prompts_before == STREAMS
+    report_figure(
+        f"text_prefill executions for {STREAMS} prompts", prefill_calls - prefill_calls_before
+    )
     mean_batch = steps / (executions - executions_before)
     report_figure(f"text_decoder mean batch size over {STREAMS} streams", round(mean_batch, 2))
     assert mean_batch > 2, "decode steps of concurrent streams were not batched"

@@ -9,7 +9,15 @@ import pytest
 
 from mlapi_backend import tokenizer
 from mlapi_backend.errors import ModelConfigError
-from mlapi_backend.generation import FinishReason, GeneratorSettings, collect, generate, responses
+from mlapi_backend.generation import (
+    DecoderError,
+    FinishReason,
+    GeneratorSettings,
+    PrefillMissingError,
+    collect,
+    generate,
+    responses,
+)
 from mlapi_backend.generation_request import GenerationLimits, GenerationRequest
 from mlapi_backend.model_config import ModelConfig
 
@@ -159,3 +167,71 @@ def test_chunk_outputs_carry_counts_only_when_last() -> None:
     last = Chunk("c", FinishReason.STOP, 3, 4).outputs()
     assert last["text_output"].tolist() == [b"c"] and last["finish_reason"].tolist() == [b"stop"]
     assert last["prompt_tokens"].dtype == np.int32 and last["completion_tokens"].tolist() == [4]
+
+
+class ToyPrefill:
+    """The toy decoder's steps over a whole prompt, in one call; or a model that is missing."""
+
+    def __init__(self, decoder: ToyDecoder, missing: bool = False) -> None:
+        self.decoder = decoder
+        self.missing = missing
+        self.calls: list[tuple[int, ...]] = []
+
+    async def prefill(self, prompt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert prompt.shape[0] == 1 and prompt.dtype == np.int64
+        self.calls.append(prompt.shape)
+        if self.missing:
+            raise PrefillMissingError("text_prefill is not loaded")
+        stepper = ToyDecoder()
+        state = np.zeros((1, *STATE_SHAPE), dtype=np.float32)
+        logits = np.zeros(0, dtype=np.float32)
+        for token in prompt[0]:
+            logits, state = await stepper.step(np.array([[token]], dtype=np.int64), state)
+        return logits, state
+
+
+def test_prefill_reads_the_prompt_in_one_call_and_gives_the_same_text() -> None:
+    request = make_request(prompt="a long prompt\n", temperature=1.3, seed=4, max_tokens=20)
+    stepped = ToyDecoder()
+    expected = run(request, stepped)
+    decoder = ToyDecoder()
+    prefill = ToyPrefill(decoder)
+    chunks = run(request, decoder, prefill=prefill.prefill)
+    assert [c.text for c in chunks] == [c.text for c in expected]
+    assert chunks[-1] == expected[-1] and chunks[-1].prompt_tokens == 14
+    assert prefill.calls == [(1, 14)]
+    # the decoder ran only the sampled tokens (the last one needs no step)
+    assert decoder.steps == stepped.steps - 14 == 19
+
+
+def test_a_missing_prefill_model_falls_back_to_decode_steps() -> None:
+    request = make_request(prompt="xa")
+    decoder = ToyDecoder()
+    prefill = ToyPrefill(decoder, missing=True)
+    chunks = run(request, decoder, prefill=prefill.prefill)
+    assert "".join(c.text for c in chunks) == "bc \nabc"
+    assert len(prefill.calls) == 1 and decoder.steps == 2 + 6
+
+
+def test_a_failing_prefill_fails_the_stream() -> None:
+    async def broken(prompt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise DecoderError("text_prefill failed: boom")
+
+    with pytest.raises(DecoderError, match="text_prefill failed"):
+        run(make_request(), ToyDecoder(), prefill=broken)
+
+
+def test_a_stream_cancelled_before_its_prompt_calls_no_model() -> None:
+    decoder = ToyDecoder()
+    prefill = ToyPrefill(decoder)
+    chunks = run(make_request(), decoder, is_cancelled=lambda: True, prefill=prefill.prefill)
+    assert [c.finish_reason for c in chunks] == [FinishReason.CANCELLED]
+    assert prefill.calls == [] and decoder.steps == 0
+
+
+def test_prefill_settings_from_config() -> None:
+    settings = GeneratorSettings.from_config(
+        config(decoder_state_dims="1,4", prefill_model="text_prefill", max_prefill_batch="8")
+    )
+    assert settings.prefill_model == "text_prefill" and settings.max_prefill_batch == 8
+    assert GeneratorSettings.from_config(config(decoder_state_dims="1,4")).prefill_model == ""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mlapi_backend import tokenizer
 from mlapi_backend.generation_request import INPUTS, OUTPUTS
-from mlapi_tools.build import text_lm
+from mlapi_tools.build import text_lm, text_prefill
 
 REPO = Path(__file__).resolve().parents[3] / "model_repository"
 
@@ -40,3 +40,20 @@ def test_generator_config_matches_the_library() -> None:
         in config
     )
     assert "decoupled: true" in config
+
+
+def test_prefill_config_matches_the_build_and_the_generator() -> None:
+    settings = text_lm.DEFAULT_SETTINGS
+    config = (REPO / text_prefill.PREFILL_MODEL_NAME / "config.pbtxt").read_text()
+    assert f'name: "{text_prefill.PREFILL_MODEL_NAME}"' in config
+    assert tensors(config) == {
+        text_prefill.TOKENS_INPUT: ("TYPE_INT64", [-1]),
+        text_prefill.LENGTHS_INPUT: ("TYPE_INT64", [1]),
+        "logits": ("TYPE_FP32", [tokenizer.VOCAB_SIZE]),
+        text_prefill.STATE_OUTPUT: ("TYPE_FP32", [settings.layers, settings.hidden_dim]),
+    }
+    generator = (REPO / "text_generator" / "config.pbtxt").read_text()
+    assert '"prefill_model", value: { string_value: "text_prefill" }' in generator
+    batch = re.search(r'"max_prefill_batch", value: \{ string_value: "(\d+)" \}', generator)
+    limit = re.search(r"max_batch_size: (\d+)", config)
+    assert batch and limit and int(batch.group(1)) <= int(limit.group(1))

@@ -12,7 +12,9 @@ opset 17 / IR 8 (loadable by the ONNX Runtime 1.19 inside NGC 24.10) and batch-f
     new_state FP32 [batch, layers, hidden]
 
 Every tensor has the batch as dimension 0, so Triton's dynamic batcher can stack the steps of
-concurrent streams. ``metrics.json`` beside the model records held-out perplexity next to a
+concurrent streams. The same weights are also written as ``text_prefill`` (mlapi_tools.build.text_prefill):
+the whole prompt in one call, so a stream's first token does not wait for one step per
+prompt character. ``metrics.json`` beside the model records held-out perplexity next to a
 unigram baseline.
 """
 
@@ -304,6 +306,21 @@ def fingerprint(text: str, settings: TrainingSettings) -> str:
 
 
 def build(
+    repository: Path, settings: TrainingSettings = DEFAULT_SETTINGS, force: bool = False
+) -> dict[str, Any]:
+    """Build the decode step (``text_decoder``), then the prompt model (``text_prefill``) from it.
+
+    Returns the decode step's metrics. Each part is skipped when what it was built from is
+    unchanged, so rebuilding the other default models retrains nothing.
+    """
+    from mlapi_tools.build import text_prefill
+
+    metrics = build_decoder(repository, settings, force)
+    text_prefill.build(repository, settings, force)
+    return metrics
+
+
+def build_decoder(
     repository: Path, settings: TrainingSettings = DEFAULT_SETTINGS, force: bool = False
 ) -> dict[str, Any]:
     """Train, check and write ``text_decoder/1/model.onnx`` plus ``metrics.json``.
