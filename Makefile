@@ -8,7 +8,8 @@ REPO := model_repository
 CLASSIFIER_FILES := $(REPO)/digits_classifier/1/model.onnx $(REPO)/digits_classifier/2/model.onnx $(REPO)/digits_classifier/3/model.onnx
 BUILD_SOURCES := $(addprefix tools/mlapi_tools/build/,digits_data.py digits_models.py __main__.py \
 	digits_cnn.py digits_v3_data.py v3_calibration.py augment.py handwriting.py not_digits.py fonts.py) \
-	python_backend/mlapi_backend/preprocessing.py python_backend/mlapi_backend/digit_normalise.py
+	python_backend/mlapi_backend/preprocessing.py python_backend/mlapi_backend/digit_normalise.py \
+	python_backend/mlapi_backend/image_ops.py
 # Typed digits and glyphs for classifier version 3 (mlapi_tools.build.fonts lists the same
 # packages; about 33 MB to download).
 FONT_PACKAGES := fonts-dejavu-core fonts-liberation2 fonts-freefont-ttf fonts-urw-base35 fonts-croscore \

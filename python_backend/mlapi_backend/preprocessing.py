@@ -19,6 +19,7 @@ can be read with the wrong polarity; leave a margin around the digit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,11 @@ SIDE_CEILING = 4096
 BLANK_CONTRAST = 3.0
 # Percentiles that bound the image's grey range for polarity detection.
 RANGE_PERCENTILE = 1.0
+# Resize matrices kept for reuse: normalise_digit resamples to a few fixed sizes, and building a
+# 80x80 matrix took 50 us on a busy 2-CPU host, as long as using it. At most 256 of up to 32K
+# cells (256 KiB) each, so a caller sending many sizes holds at most 64 MiB.
+CACHED_WEIGHTS = 256
+CACHED_WEIGHTS_MAX_CELLS = 2**15
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,20 @@ def area_weights(size_in: int, size_out: int) -> NDArray[np.float64]:
     """Matrix W (size_out x size_in) such that W @ v is the exact area average of v.
 
     Output cell i covers the input interval [i*s, (i+1)*s) with s = size_in / size_out; each input
-    pixel j contributes the length of its overlap with that interval, divided by s.
+    pixel j contributes the length of its overlap with that interval, divided by s. Read-only:
+    small matrices are cached, since the same few sizes recur for every image.
     """
+    if size_in * size_out <= CACHED_WEIGHTS_MAX_CELLS:
+        return _cached_area_weights(size_in, size_out)
+    return _area_weights(size_in, size_out)
+
+
+@lru_cache(maxsize=CACHED_WEIGHTS)
+def _cached_area_weights(size_in: int, size_out: int) -> NDArray[np.float64]:
+    return _area_weights(size_in, size_out)
+
+
+def _area_weights(size_in: int, size_out: int) -> NDArray[np.float64]:
     scale = size_in / size_out
     starts = np.arange(size_out)[:, None] * scale
     ends = starts + scale
@@ -97,7 +115,9 @@ def area_weights(size_in: int, size_out: int) -> NDArray[np.float64]:
     overlap: NDArray[np.float64] = np.clip(
         np.minimum(ends, pixel_lo + 1) - np.maximum(starts, pixel_lo), 0.0, None
     )
-    return overlap / scale
+    weights: NDArray[np.float64] = overlap / scale
+    weights.setflags(write=False)
+    return weights
 
 
 def area_resize(image: NDArray[Any], height: int, width: int) -> NDArray[np.float64]:

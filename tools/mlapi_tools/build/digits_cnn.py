@@ -291,11 +291,11 @@ def data_fingerprint(settings: Settings) -> str:
     import scipy
     import sklearn
 
-    from mlapi_backend import digit_normalise, preprocessing
+    from mlapi_backend import digit_normalise, image_ops, preprocessing
 
     served = [
         hashlib.sha256(Path(str(m.__file__)).read_bytes()).hexdigest()
-        for m in (digit_normalise, preprocessing)
+        for m in (digit_normalise, preprocessing, image_ops)
     ]
     font_files = [
         f"{f}:{f.stat().st_size}" for f in fonts.training_fonts() + fonts.held_out_fonts()
