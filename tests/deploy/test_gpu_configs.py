@@ -21,7 +21,7 @@ from .images_dockerfile import parse
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "docker" / "triton" / "gpu_configs.py"
 REPOSITORY = ROOT / "model_repository"
-ONNX_MODELS = {"digits_classifier", "text_decoder", "text_embedder_encoder"}
+ONNX_MODELS = {"digits_classifier", "text_decoder", "text_embedder_encoder", "text_prefill"}
 PYTHON_MODELS = {"digits", "text_generator", "text_embedder_tokenizer"}
 # Ensembles run no instances of their own: the script leaves them as they are.
 ENSEMBLES = {"text_embedder"}
@@ -63,7 +63,8 @@ def test_onnx_models_go_to_the_gpu_and_python_models_stay(repository: Path) -> N
     done = _run(str(repository))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
-        "gpu_configs: KIND_GPU for digits_classifier, text_decoder, text_embedder_encoder"
+        "gpu_configs: KIND_GPU for digits_classifier, text_decoder, text_embedder_encoder,"
+        " text_prefill"
         " (tensorrt off)"
     )
     for model in ONNX_MODELS:

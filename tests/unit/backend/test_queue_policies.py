@@ -24,6 +24,7 @@ def test_the_batched_models_are_the_expected_ones():
         "text_decoder",
         "text_embedder_encoder",
         "text_embedder_tokenizer",
+        "text_prefill",
     ]
 
 
