@@ -35,6 +35,7 @@ from mlapi_backend.generation import (
 from mlapi_backend.generation_batching import stream_prefill, stream_step
 from mlapi_backend.generation_metrics import GeneratorMetrics
 from mlapi_backend.generation_request import INPUTS, parse_request
+from mlapi_backend.generation_sending import SendQueue
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.triton_responses import request_id, send_stream
 
@@ -53,14 +54,20 @@ class TritonPythonModel:
             else None
         )
         self.metrics = GeneratorMetrics(pb_utils)
+        failures = self.failures
+        self.sends = SendQueue(lambda rid, exc: failures.request_failed(rid, exc, "send failed"))
+
+    def finalize(self) -> None:
+        self.sends.close()
 
     async def execute(self, requests: list) -> None:
         await asyncio.gather(*(self._stream(request) for request in requests))
 
     async def _stream(self, request) -> None:
-        sender = request.get_response_sender()
+        rid = request_id(request)
+        sender = self.sends.sender(request.get_response_sender(), rid)
         chunks = self._chunks(request, sender.is_cancelled)
-        await send_stream(sender, chunks, pb_utils, self.failures, request_id(request))
+        await send_stream(sender, chunks, pb_utils, self.failures, rid)
 
     async def _chunks(self, request, is_cancelled) -> AsyncGenerator[tuple[dict, bool], None]:
         tensors = {name: _input(request, name) for name in INPUTS}

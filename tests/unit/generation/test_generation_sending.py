@@ -1,0 +1,79 @@
+"""SendQueue: responses go out on one worker thread in the order they were sent; a failed send
+is reported once, drops what follows for that stream only, and reads as a cancellation."""
+
+from __future__ import annotations
+
+import threading
+
+from mlapi_backend.generation_sending import SendQueue
+
+FINAL = 1
+
+
+class FakeSender:
+    """Records (stream, response, flags) in one shared list; can fail from its n-th send."""
+
+    def __init__(self, name: str, log: list, fail_at: int | None = None) -> None:
+        self.name = name
+        self.log = log
+        self.fail_at = fail_at
+        self.sends = 0
+        self.threads: set[str] = set()
+
+    def send(self, response: object = None, flags: int = 0) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.sends += 1
+        if self.fail_at is not None and self.sends >= self.fail_at:
+            raise RuntimeError(f"{self.name}: sender closed")
+        self.log.append((self.name, response, flags))
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
+def test_responses_keep_their_order_and_leave_the_calling_thread() -> None:
+    log: list = []
+    errors: list = []
+    queue = SendQueue(lambda rid, exc: errors.append((rid, exc)))
+    senders = {name: FakeSender(name, log) for name in "ab"}
+    wrapped = {name: queue.sender(s, f"id-{name}") for name, s in senders.items()}
+    for index in range(50):
+        for name in "ab":
+            wrapped[name].send(f"{name}{index}")
+    for name in "ab":
+        wrapped[name].send(flags=FINAL)
+    queue.close()
+    assert errors == []
+    for name in "ab":
+        mine = [(response, flags) for who, response, flags in log if who == name]
+        assert mine == [(f"{name}{i}", 0) for i in range(50)] + [(None, FINAL)]
+        assert threading.current_thread().name not in senders[name].threads
+    assert len(log) == 102
+
+
+def test_a_failed_send_is_reported_once_and_stops_only_its_stream() -> None:
+    log: list = []
+    errors: list = []
+    queue = SendQueue(lambda rid, exc: errors.append((rid, str(exc))))
+    broken = queue.sender(FakeSender("broken", log, fail_at=3), "id-broken")
+    healthy = queue.sender(FakeSender("healthy", log), "id-healthy")
+    for index in range(10):
+        broken.send(index)
+        healthy.send(index)
+    queue.close()
+    assert errors == [("id-broken", "broken: sender closed")]
+    assert [r for who, r, _ in log if who == "broken"] == [0, 1]
+    assert [r for who, r, _ in log if who == "healthy"] == list(range(10))
+    # the generation loop polls is_cancelled: a stream that cannot be sent to stops
+    assert broken.is_cancelled() and not healthy.is_cancelled()
+    assert broken.sender.sends == 3, "nothing is sent after the failure"
+
+
+def test_cancellation_is_read_from_the_real_sender() -> None:
+    class Cancelled(FakeSender):
+        def is_cancelled(self) -> bool:
+            return True
+
+    queue = SendQueue(lambda rid, exc: None)
+    assert queue.sender(Cancelled("c", []), "id").is_cancelled()
+    queue.close()
