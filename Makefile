@@ -46,7 +46,14 @@ $(TEXT_LM_FILES) &: $(TEXT_LM_SOURCES) | $(INSTALLED)
 	$(BIN)/python -m mlapi_tools.build.text_lm --repository $(REPO)
 	@touch $(TEXT_LM_FILES)
 
-models: $(CLASSIFIER_FILES) $(TEXT_LM_FILES) ## Train and export the default models (only when missing or stale)
+# Drift reference profiles of the built classifier versions (held-out digits through the served
+# preparation and each exported graph, ~4 s); the touch marks them fresh when nothing changed.
+PROFILE_FILES := $(CLASSIFIER_FILES:model.onnx=drift_profile.json)
+$(PROFILE_FILES) &: $(CLASSIFIER_FILES) tools/mlapi_tools/build/drift_profiles.py python_backend/mlapi_backend/drift_monitor.py | $(INSTALLED)
+	$(BIN)/python -m mlapi_tools.build.drift_profiles --repository $(REPO)
+	@touch $(PROFILE_FILES)
+
+models: $(CLASSIFIER_FILES) $(PROFILE_FILES) $(TEXT_LM_FILES) ## Train and export the default models (only when missing or stale)
 
 backends: $(INSTALLED) ## Assemble build/backends for the local tritonserver
 	@$(BIN)/python -m mlapi_tools.local backends --backend-dir build/backends

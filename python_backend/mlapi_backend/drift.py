@@ -237,6 +237,9 @@ class DriftMonitor:
         with self._lock:
             self._window.append(observation)
 
+    def __len__(self) -> int:
+        return len(self._window)
+
     def clear(self) -> None:
         with self._lock:
             self._window.clear()

@@ -16,6 +16,7 @@ from mlapi_backend.bls_classifier import BlsClassifier
 from mlapi_backend.digits_pipeline import DigitsPipeline, DigitsSettings, ParsedRequest
 from mlapi_backend.failure_log import FailureLog
 from mlapi_backend.model_config import ModelConfig
+from mlapi_backend.prediction_metrics import start_statistics
 from mlapi_backend.triton_responses import respond
 
 
@@ -34,6 +35,8 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{settings.model_name}: traffic policy {policy} ({checked})")
         inputs = {v: p.input_kind for v, p in sorted(settings.profiles.items())}
         pb_utils.Logger.log_info(f"{settings.model_name}: classifier inputs by version {inputs}")
+        # Prediction distributions and drift per version, computed by a thread off the request path.
+        self.statistics = start_statistics(pb_utils, settings, args)
 
     def execute(self, requests: list) -> list:
         return respond(requests, self._parse, self._run, pb_utils, self.failures)
@@ -44,7 +47,12 @@ class TritonPythonModel:
         return self.pipeline.parse(image, top_k, parameters)
 
     def _run(self, parsed: list) -> list:
-        return self.pipeline.run(parsed, self.backend)
+        results = self.pipeline.run(parsed, self.backend)
+        self.statistics.submit(parsed, results)  # statistics: one queue append here
+        return results
+
+    def finalize(self) -> None:
+        self.statistics.stop()
 
 
 def _input(request, name: str) -> np.ndarray | None:

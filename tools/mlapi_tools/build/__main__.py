@@ -9,7 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlapi_tools.build import digits_cnn, digits_models, text_lm
+from mlapi_tools.build import digits_cnn, digits_models, drift_profiles, text_lm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "digits"):
         digits_models.build(args.repository)
         digits_cnn.build(args.repository)
+        drift_profiles.write_profiles(args.repository)  # drift references of the built versions
     if args.only in (None, "text"):
         text_lm.build(args.repository)
     return 0

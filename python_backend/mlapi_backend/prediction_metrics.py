@@ -1,0 +1,168 @@
+"""``digits``'s prediction distributions and drift results as Triton custom metrics.
+
+The ``drift_monitor`` thread calls this sink; ``pb_utils`` is passed in, so this library module
+never imports it. Every label value is bounded: model and version come from the repository,
+``label`` from the classifier's labels file, ``reason`` from the fixed low-confidence reasons,
+``field`` from the model's inputs and parameters, ``feature`` and ``test`` from the profile, and
+``instance`` from the model's instance group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlapi_backend.classifier_repository import version_folders
+from mlapi_backend.drift import DriftReport
+from mlapi_backend.drift_monitor import ServedImages, ServedTraffic, read_profiles
+from mlapi_backend.errors import ModelConfigError
+
+# Top-1 score buckets: fine near 1, where confident digits sit, and at the default 0.5 cut.
+TOP1_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
+BLANK_REASON = "blank_image"
+
+
+class TritonPredictionMetrics:
+    """Counters, a histogram and gauges on Triton's metrics port, per model version."""
+
+    def __init__(self, pb_utils: Any, model: str, instance: str) -> None:
+        family = pb_utils.MetricFamily
+        self.model = model
+        self.instance = instance
+        self._families = {
+            "predictions": family(
+                name="mlapi_predictions_total",
+                description="Served images by classifier version and predicted (top-1) label",
+                kind=family.COUNTER,
+            ),
+            "top1": family(
+                name="mlapi_top1_score",
+                description="Top-1 score of served images, by classifier version",
+                kind=family.HISTOGRAM,
+            ),
+            "low_confidence": family(
+                name="mlapi_low_confidence_total",
+                description="Served images flagged low-confidence, by version and reason",
+                kind=family.COUNTER,
+            ),
+            "flagged": family(
+                name="mlapi_low_confidence_images_total",
+                description="Served images with the low_confidence flag set (any reason)",
+                kind=family.COUNTER,
+            ),
+            "blank": family(
+                name="mlapi_blank_images_total",
+                description="Served images that held no ink (blank), by classifier version",
+                kind=family.COUNTER,
+            ),
+            "rejected": family(
+                name="mlapi_rejected_inputs_total",
+                description="Requests refused as invalid (400), by the input or parameter named",
+                kind=family.COUNTER,
+            ),
+            "dropped": family(
+                name="mlapi_statistics_dropped_batches_total",
+                description="Served batches the statistics thread fell too far behind to see",
+                kind=family.COUNTER,
+            ),
+            "statistic": family(
+                name="mlapi_drift_statistic",
+                description="Drift test statistic of the live window vs the version's profile",
+                kind=family.GAUGE,
+            ),
+            "p_value": family(
+                name="mlapi_drift_p_value",
+                description="Drift test p-value of the live window vs the version's profile",
+                kind=family.GAUGE,
+            ),
+            "flag": family(
+                name="mlapi_drift_flag",
+                description="1 while the version's live window drifts from its profile",
+                kind=family.GAUGE,
+            ),
+            "window": family(
+                name="mlapi_drift_window_images",
+                description="Images in the version's live drift window",
+                kind=family.GAUGE,
+            ),
+        }
+        self._metrics: dict[tuple[Any, ...], Any] = {}
+
+    def _metric(self, family: str, buckets: Any = None, **labels: str) -> Any:
+        key = (family, *sorted(labels.items()))
+        if key not in self._metrics:
+            full = {"model": self.model, **labels}
+            fam = self._families[family]
+            self._metrics[key] = (
+                fam.Metric(labels=full)
+                if buckets is None
+                else fam.Metric(labels=full, buckets=list(buckets))
+            )
+        return self._metrics[key]
+
+    def record_served(self, served: ServedImages) -> None:
+        """Count one served request's predictions, scores and flags."""
+        version = str(served.version)
+        per_label: dict[str, int] = {}
+        top1 = self._metric("top1", TOP1_BUCKETS, version=version)
+        for observation in served.observations:
+            per_label[observation.predicted] = per_label.get(observation.predicted, 0) + 1
+            top1.observe(observation.top1)
+        for label, count in per_label.items():
+            self._metric("predictions", version=version, label=label).increment(count)
+        per_reason: dict[str, int] = {}
+        flagged = 0
+        for reasons in served.low_confidence:
+            flagged += bool(reasons)
+            for reason in reasons:
+                per_reason[reason] = per_reason.get(reason, 0) + 1
+        # Create the zero series too, so that rates read 0 rather than nothing.
+        self._metric("flagged", version=version).increment(flagged)
+        self._metric("blank", version=version).increment(per_reason.get(BLANK_REASON, 0))
+        for reason, count in per_reason.items():
+            self._metric("low_confidence", version=version, reason=reason).increment(count)
+
+    def record_rejected(self, field: str, count: int) -> None:
+        """Count requests refused for ``field``."""
+        self._metric("rejected", field=field).increment(count)
+
+    def record_dropped(self, count: int) -> None:
+        """Count batches the statistics never saw."""
+        self._metric("dropped").increment(count)
+
+    def record_drift(self, version: int, report: DriftReport | None, window: int) -> None:
+        """Export one evaluation of ``version``'s window (None: too few images yet)."""
+        labels = {"version": str(version), "instance": self.instance}
+        self._metric("window", **labels).set(window)
+        if report is None:
+            self._metric("flag", **labels).set(0)
+            return
+        for test in report.tests:
+            where = {**labels, "feature": test.feature, "test": test.test}
+            self._metric("statistic", **where).set(test.statistic)
+            if test.p_value is not None:
+                self._metric("p_value", **where).set(test.p_value)
+        self._metric("flag", **labels).set(1 if report.drifted else 0)
+
+
+def start_statistics(pb_utils: Any, settings: Any, args: dict[str, str]) -> ServedTraffic:
+    """Start ``digits``'s statistics thread: profiles read, Triton metrics as its sink.
+
+    ``settings`` is the model's DigitsSettings; ``args`` the stub's initialize arguments (the
+    instance name labels the drift gauges: each instance watches the traffic it serves).
+    """
+    versions = sorted(version_folders(settings.classifier_dir))
+    try:
+        profiles = read_profiles(settings.classifier_dir, versions)
+    except ValueError as exc:
+        raise ModelConfigError(f"model '{settings.model_name}': {exc}") from exc
+    instance = str(args.get("model_instance_name") or settings.model_name)
+    traffic = ServedTraffic(
+        profiles,
+        TritonPredictionMetrics(pb_utils, settings.model_name, instance),
+        lambda version: settings.profile(version).input_kind,
+        log_error=pb_utils.Logger.log_error,
+    )
+    traffic.start()
+    watched = sorted(profiles) or "none (no drift_profile.json)"
+    pb_utils.Logger.log_info(f"{settings.model_name}: drift watched for versions {watched}")
+    return traffic
