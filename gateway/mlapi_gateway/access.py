@@ -80,28 +80,43 @@ class AccessLogMiddleware:
             if not status:
                 await response(scope, counting_receive, counting_send)
         finally:
-            if self.enabled and access_log.isEnabledFor(logging.INFO):
-                route = scope.get("route")
-                line = {
-                    "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                    "request_id": request_id,
-                    "key_id": state.get("key_id"),
-                    "method": scope["method"],
-                    "route": getattr(route, "path", "unmatched"),
-                    "path": scope["path"],
-                    "model": state.get("model"),
-                    "version": state.get("model_version"),
-                    "status": status or 500,
-                    "latency_ms": round((time.perf_counter() - start) * 1000, 3),
-                    "bytes_in": bytes_in,
-                    "bytes_out": bytes_out,
-                }
-                # The record info() would make, minus its caller lookup (a stack walk) and
-                # %-formatting: the message is the JSON line itself.
-                record = access_log.makeRecord(
-                    ACCESS_LOGGER, logging.INFO, __file__, 0, orjson.dumps(line).decode(), (), None
-                )
-                access_log.handle(record)
+            if self.enabled:
+                write_line(scope, request_id, status or 500, start, bytes_in, bytes_out)
+
+
+def write_line(
+    scope: Scope, request_id: str, status: int, start: float, bytes_in: int, bytes_out: int
+) -> None:
+    """Write the access log line of a request answered with ``status`` (a no-op below INFO).
+
+    ``start`` is the request's ``time.perf_counter()``; the route, the key id, the model and
+    its served version come from the scope and its state. The predict shortcut
+    (mlapi_gateway.fastpath) writes its lines through this function too.
+    """
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    state = scope["state"]
+    route = scope.get("route")
+    line = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "request_id": request_id,
+        "key_id": state.get("key_id"),
+        "method": scope["method"],
+        "route": getattr(route, "path", "unmatched"),
+        "path": scope["path"],
+        "model": state.get("model"),
+        "version": state.get("model_version"),
+        "status": status,
+        "latency_ms": round((time.perf_counter() - start) * 1000, 3),
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+    }
+    # The record info() would make, minus its caller lookup (a stack walk) and %-formatting:
+    # the message is the JSON line itself.
+    record = access_log.makeRecord(
+        ACCESS_LOGGER, logging.INFO, __file__, 0, orjson.dumps(line).decode(), (), None
+    )
+    access_log.handle(record)
 
 
 def logging_config(level: str) -> dict[str, Any]:

@@ -49,6 +49,9 @@ def create_app(
         description="The API layer in front of Triton: auth, rate limits, validation, "
         "versioned predict routes, SSE relay of streaming models, async jobs with webhooks.",
         lifespan=lifespan,
+        # FastAPI's native OpenTelemetry: off. The gateway's own metrics and access log cover
+        # every request; left on, FastAPI asks the global providers on every request (6 us).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     routes.add_routes(app)
     app.include_router(job_routes.router)

@@ -115,30 +115,7 @@ class MetricsMiddleware:
             if recorded:
                 return
             recorded = True
-            route = scope.get("route")
-            model = state.get("model", "")
-            labels = (
-                getattr(route, "path", "unmatched"),
-                model if model in self.models else "",
-                state.get("model_version", "") if model in self.models else "",
-                f"{status // 100}xx",
-            )
-            children = self._children.get(labels)
-            if children is None:
-                children = self._children[labels] = (
-                    REQUESTS.labels(*labels),
-                    LATENCY.labels(*labels),
-                )
-            elapsed_s = time.perf_counter() - start
-            children[0].inc()
-            children[1].observe(elapsed_s)
-            if labels[0] in PREDICT_ROUTES and 200 <= status < 300 and labels[1]:
-                size = input_size_bucket(int(state.get("body_bytes", 0)))
-                served = (labels[1], labels[2], self.protocol, size)
-                histogram = self._predict_children.get(served)
-                if histogram is None:
-                    histogram = self._predict_children[served] = PREDICT_LATENCY.labels(*served)
-                histogram.observe(elapsed_s)
+            self.observe(scope.get("route"), state, status, time.perf_counter() - start)
 
         async def send_recorded(message: Message) -> None:
             nonlocal status
@@ -154,3 +131,33 @@ class MetricsMiddleware:
             raise
         finally:
             record()
+
+    def observe(self, route: Any, state: dict[str, Any], status: int, elapsed_s: float) -> None:
+        """Count and time one answer of ``route`` (None: unmatched) with ``status``.
+
+        ``state`` is the request's: the model, the served version and the body size the
+        handlers left there. The predict shortcut (mlapi_gateway.fastpath) records through
+        this method too, so both paths give the same samples.
+        """
+        model = state.get("model", "")
+        labels = (
+            getattr(route, "path", "unmatched"),
+            model if model in self.models else "",
+            state.get("model_version", "") if model in self.models else "",
+            f"{status // 100}xx",
+        )
+        children = self._children.get(labels)
+        if children is None:
+            children = self._children[labels] = (
+                REQUESTS.labels(*labels),
+                LATENCY.labels(*labels),
+            )
+        children[0].inc()
+        children[1].observe(elapsed_s)
+        if labels[0] in PREDICT_ROUTES and 200 <= status < 300 and labels[1]:
+            size = input_size_bucket(int(state.get("body_bytes", 0)))
+            served = (labels[1], labels[2], self.protocol, size)
+            histogram = self._predict_children.get(served)
+            if histogram is None:
+                histogram = self._predict_children[served] = PREDICT_LATENCY.labels(*served)
+            histogram.observe(elapsed_s)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlapi_gateway import errors
@@ -179,7 +180,26 @@ class RequestGuard:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        declared = _declared_body(scope)
+        declared = declared_body(scope)
+        refused = self.refusal(scope, declared)
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            if declared == 0:
+                await self.app(scope, receive, send)
+            else:
+                await self._closing_if_unread(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    def refusal(self, scope: Scope, declared: int | None) -> Response | None:
+        """Return the answer of a request refused before any work (counted and logged), or None.
+
+        A shed (503) while ``max_in_flight`` others are served, or a declared body over
+        ``max_body_bytes`` (413); with a body, the answer closes the connection.
+        """
         refusal: errors.GatewayError | None = None
         if self.in_flight >= self.max_in_flight:
             refusal = errors.OverloadedError(
@@ -196,23 +216,15 @@ class RequestGuard:
                     )
                 ],
             )
-        if refusal is not None:
-            count_error(refusal.error_type, status_of(refusal))
-            request_id = request_id_of(scope)
-            log_server_error(refusal, request_id, f"{scope['method']} {scope['path']}")
-            response = render(refusal, scope["path"], request_id)
-            if declared != 0:
-                response.headers["connection"] = "close"
-            await response(scope, receive, send)
-            return
-        self.in_flight += 1
-        try:
-            if declared == 0:
-                await self.app(scope, receive, send)
-            else:
-                await self._closing_if_unread(scope, receive, send)
-        finally:
-            self.in_flight -= 1
+        if refusal is None:
+            return None
+        count_error(refusal.error_type, status_of(refusal))
+        request_id = request_id_of(scope)
+        log_server_error(refusal, request_id, f"{scope['method']} {scope['path']}")
+        response = render(refusal, scope["path"], request_id)
+        if declared != 0:
+            response.headers["connection"] = "close"
+        return response
 
     async def _closing_if_unread(self, scope: Scope, receive: Receive, send: Send) -> None:
         body_done = False
@@ -232,7 +244,7 @@ class RequestGuard:
         await self.app(scope, tracked_receive, closing_send)
 
 
-def _declared_body(scope: Scope) -> int | None:
+def declared_body(scope: Scope) -> int | None:
     """Return the Content-Length (0 without one), or None for a body of unknown length."""
     for name, value in scope["headers"]:
         if name == b"content-length":

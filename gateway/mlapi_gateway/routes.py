@@ -149,7 +149,11 @@ def _timeout_s(request: Request) -> float | None:
         ) from exc
 
 
-async def _predict(request: Request, version: str | None) -> Response:
+async def serve_predict(request: Request, version: str | None) -> Response:
+    """Answer a predict call of the model in the path, pinned to ``version`` when given.
+
+    Both predict routes and the predict shortcut (mlapi_gateway.fastpath) answer through it.
+    """
     svc = services(request)
     model = request.path_params["model"]
     await svc.gate.admit(request, "predict")
@@ -165,12 +169,12 @@ async def _predict(request: Request, version: str | None) -> Response:
 
 async def predict(request: Request) -> Response:
     """Run ``model`` on one input. digits: ``{"image": base64}`` or ``{"pixels": rows}``, ``top_k``."""
-    return await _predict(request, None)
+    return await serve_predict(request, None)
 
 
 async def predict_version(request: Request) -> Response:
     """Run ``model`` pinned to ``version`` (see VERSION_PREDICT_DESCRIPTION)."""
-    return await _predict(request, request.path_params["version"])
+    return await serve_predict(request, request.path_params["version"])
 
 
 class DirectRoute(APIRoute):
@@ -207,6 +211,7 @@ class PredictFastPath:
         self.fastapi_app = fastapi_app
         self._routes: list[DirectRoute] | None = None
         self._handled: ASGIApp | None = None
+        self._handlers: dict[Any, Any] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -215,23 +220,46 @@ class PredictFastPath:
             and scope["path"].endswith("/predict")
             and not scope.get("root_path")
         ):
-            if self._routes is None:  # routes and handlers are all registered by now
-                self._prepare()
-            assert self._routes is not None and self._handled is not None
-            for route in self._routes:
-                match, child_scope = route.matches(scope)
-                if match is Match.FULL:
-                    scope.setdefault("router", self.fastapi_app.router)
-                    scope.update(child_scope)
-                    await self._handled(scope, receive, send)
-                    return
+            child_scope = self.match(scope)
+            if child_scope is not None:
+                assert self._handled is not None
+                scope.setdefault("router", self.fastapi_app.router)
+                scope.update(child_scope)
+                await self._handled(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+    def match(self, scope: Scope) -> Scope | None:
+        """Return what a predict route that fully matches ``scope`` adds to it, else None."""
+        if self._routes is None:  # routes and handlers are all registered by now
+            self._prepare()
+        assert self._routes is not None
+        for route in self._routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                return child_scope
+        return None
+
+    def handler(self, exc: Exception) -> Callable[[Request, Exception], Any] | None:
+        """Return the app's handler of ``exc`` (by class, nearest first), as the router's path has.
+
+        None for what only ServerErrorMiddleware answers (500 and Exception).
+        """
+        if self._handlers is None:
+            self._prepare()
+        assert self._handlers is not None
+        for cls in type(exc).__mro__:
+            found = self._handlers.get(cls)
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+        return None
 
     def _prepare(self) -> None:
         app = self.fastapi_app
         self._routes = [r for r in app.router.routes if isinstance(r, DirectRoute)]
         # As FastAPI's stack: 500 and Exception belong to ServerErrorMiddleware, not here.
         handlers = {k: v for k, v in app.exception_handlers.items() if k not in (500, Exception)}
+        self._handlers = handlers
         self._handled = ExceptionMiddleware(_endpoint, handlers=handlers, debug=app.debug)
 
 

@@ -178,3 +178,17 @@ def test_uvicorn_writes_each_answer_once() -> None:
     ours = _socket_writes(HttpProtocol, 3)
     assert len(ours) == 3
     assert all(w.startswith(b"HTTP/1.1 200 OK\r\n") and w.endswith(b"\r\n\r\nhello") for w in ours)
+
+
+def test_a_whole_answer_leaves_at_once_after_what_is_held() -> None:
+    async def scenario() -> None:
+        recorder, joined, _ = _joined()
+        joined.write_whole(b"answer 1")  # nothing held: written as is, now
+        assert recorder.calls == [("write", b"answer 1")]
+        joined.write(b"held")
+        joined.write_whole(b"answer 2")
+        assert recorder.calls[1:] == [("write", b"heldanswer 2")]
+        await _next_iteration()  # the scheduled flush finds nothing left
+        assert len(recorder.calls) == 2
+
+    asyncio.run(scenario())
