@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from mlapi_gateway import routes
 from mlapi_gateway.access import AccessLogMiddleware
+from mlapi_gateway.cache.status import CacheHeaderMiddleware
 from mlapi_gateway.jobs import routes as job_routes
 from mlapi_gateway.metrics import MetricsMiddleware
 from mlapi_gateway.problems import register_error_handlers
@@ -56,7 +57,10 @@ def create_app(
     routes.add_routes(app)
     app.include_router(job_routes.router)
     register_error_handlers(app)
-    app.add_middleware(routes.PredictFastPath, fastapi_app=app)  # innermost
+    # Innermost: X-Cache on the routes below the predict fast path (streams; a predict
+    # answer says the same in its "cache" field).
+    app.add_middleware(CacheHeaderMiddleware)
+    app.add_middleware(routes.PredictFastPath, fastapi_app=app)
     app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(  # counts sheds too
         MetricsMiddleware, models=settings.models, protocol=settings.triton_infer_protocol

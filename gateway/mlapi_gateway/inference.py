@@ -1,7 +1,9 @@
 """The gateway core's door to Triton.
 
 It holds the clients, translates their errors, caches discovery, and hands each call to the
-model's adapter.
+model's adapter. It also builds the caches of predictions and gives each covered adapter its
+own (docs/caching.md): the adapters' ``predict`` and ``stream`` use them, so every route and
+the job runner share them.
 
 Each worker holds two clients of the library: one for unary calls, HTTP by default (its
 keep-alive connections answer a digits call about 0.3 ms sooner than gRPC's Python client,
@@ -25,6 +27,8 @@ from mlapi_client.async_client import AsyncClient
 from mlapi_client.results import ModelContract
 from mlapi_gateway import errors
 from mlapi_gateway.adapters import ModelAdapter, adapters_for
+from mlapi_gateway.cache.exact import ExactCache
+from mlapi_gateway.cache.semantic import SemanticCache
 from mlapi_gateway.settings import GatewaySettings
 from mlapi_gateway.upstream import Cached, TritonClient
 
@@ -62,10 +66,18 @@ class Inference:
         self._contracts = Cached(settings.metadata_cache_s)
         self._configs = Cached(settings.metadata_cache_s)
         self.adapters = adapters_for(settings.models, self)
+        self.exact_cache = ExactCache(settings)
+        self.semantic_cache = SemanticCache(settings, self)
+        for name, adapter in self.adapters.items():
+            if self.exact_cache.covers(name):
+                adapter.exact_cache = self.exact_cache
+            if name in settings.semantic_cache_models:
+                adapter.semantic_cache = self.semantic_cache
 
     async def close(self) -> None:
         for adapter in self.adapters.values():
             await adapter.close()
+        await self.exact_cache.close()
         await self.stream_client.close()
         if self.client is not self.stream_client:
             await self.client.close()

@@ -134,6 +134,27 @@ class GatewaySettings(BaseSettings):
     # error event (status 503) instead of heartbeats until sse_max_duration_s.
     sse_idle_timeout_s: float = Field(default=15.0, gt=0)
 
+    # Exact cache of predictions (docs/caching.md): the models whose answers are a function of
+    # the request (empty: off; e.g. ["digits", "text_embedder"]), the store ("auto": Redis when
+    # redis_url is set, shared by the replicas; else this worker's memory), its bounds and the
+    # time an answer is kept.
+    exact_cache_models: list[str] = []
+    exact_cache_store: Literal["auto", "memory", "redis"] = "auto"
+    exact_cache_max_entries: int = Field(default=10_000, ge=1)
+    exact_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    exact_cache_max_entry_bytes: int = Field(default=1024 * 1024, ge=1024)
+    exact_cache_ttl_s: float = Field(default=300.0, gt=0)
+    # Semantic cache of deterministic generations (temperature 0 or a seed): the models (empty:
+    # off; e.g. ["text_generator"]), the embedding model, the cosine a hit needs (chosen on the labelled prompt pairs:
+    # F1 at most, false hits <= 1 % at the 95 % upper bound; docs/caching.md), the bounds
+    # (generations kept per worker, events per generation) and the time one is kept.
+    semantic_cache_models: list[str] = []
+    semantic_cache_embedder: str = "text_embedder"
+    semantic_cache_threshold: float = Field(default=0.95, gt=0, le=1)
+    semantic_cache_max_entries: int = Field(default=2_000, ge=1)
+    semantic_cache_max_events: int = Field(default=1_100, ge=1)
+    semantic_cache_ttl_s: float = Field(default=600.0, gt=0)
+
     @field_validator("webhook_allow")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
@@ -147,6 +168,8 @@ class GatewaySettings(BaseSettings):
             raise ValueError("deadline_s must lie within [deadline_min_s, deadline_max_s]")
         if self.jobs_store == "redis" and not self.redis_url:
             raise ValueError("jobs_store 'redis' needs redis_url")
+        if self.exact_cache_store == "redis" and not self.redis_url:
+            raise ValueError("exact_cache_store 'redis' needs redis_url")
         if self.open_mode_plan not in self.plans:
             raise ValueError(f"open_mode_plan {self.open_mode_plan!r} is not in plans")
         return self

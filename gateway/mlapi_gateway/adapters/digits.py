@@ -27,6 +27,7 @@ from mlapi_client.async_client import AsyncClient
 from mlapi_client.traffic import AsyncTrafficController, TrafficStatus
 from mlapi_gateway import errors
 from mlapi_gateway.adapters.base import ModelAdapter
+from mlapi_gateway.cache.exact import CacheScope, scope_of_policy
 from mlapi_gateway.images import ImageDecoder
 from mlapi_gateway.settings import GatewaySettings
 from mlapi_gateway.upstream import Cached, Upstream
@@ -256,7 +257,7 @@ class DigitsAdapter(ModelAdapter):
             limits = await self.limits(wait_s=self.upstream.settings.ready_timeout_s)
         limits.check(body)
 
-    async def predict(
+    async def infer(
         self, body: BaseModel, version: str | None, timeout_s: float, request_id: str | None
     ) -> dict[str, Any]:
         assert isinstance(body, DigitsPredict)
@@ -283,6 +284,14 @@ class DigitsAdapter(ModelAdapter):
                 request_id=request_id,
             )
         return {"model": self.name, **result.to_dict()}
+
+    async def cache_scope(self, version: str | None) -> CacheScope | str:
+        """Resolve the classifier version under the traffic policy (a split is not cached)."""
+        try:
+            status = await self.traffic()
+        except errors.GatewayError:
+            return "traffic policy unknown"
+        return scope_of_policy(status.weights, status.shadow, status.live_versions, version)
 
     async def describe(self, info: dict[str, Any]) -> dict[str, Any]:
         status = await self.traffic()

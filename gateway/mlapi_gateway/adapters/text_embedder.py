@@ -101,7 +101,7 @@ class TextEmbedderAdapter(ModelAdapter):
             max_texts = await self.limit(self.upstream.settings.ready_timeout_s)
         self._check(body, max_texts)
 
-    async def predict(
+    async def infer(
         self, body: BaseModel, version: str | None, timeout_s: float, request_id: str | None
     ) -> dict[str, Any]:
         assert isinstance(body, EmbedPredict)
