@@ -104,12 +104,12 @@ bench-tools: ## Install Debian's wrk (HTTP load from C, for `mlapi_bench capacit
 GATEWAY_PORT ?= 8080
 
 # Idempotent and tolerant: does nothing when the tools and the packages (FONT_PACKAGES for the
-# digits build, libb64-0d for perf_analyzer) are there; without root or apt-get it only warns
+# digits build, libb64-0d for perf_analyzer, chromium for the browser-client tests) are there; without root or apt-get it only warns
 # (the Redis, Prometheus and perf_analyzer tests then skip, naming the reason; the gateway
 # benchmark needs wrk; the digits build stops, naming the font packages to install).
-system-deps: ## Install Debian's redis-server, wrk, prometheus, libb64 and fonts when missing (root + apt-get; else a warning)
+system-deps: ## Install Debian's redis-server, wrk, prometheus, libb64, chromium and fonts when missing (root + apt-get; else a warning)
 	@missing=""; for tool in redis-server wrk prometheus; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
-	for pkg in $(FONT_PACKAGES) libb64-0d; do \
+	for pkg in $(FONT_PACKAGES) libb64-0d chromium; do \
 		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \

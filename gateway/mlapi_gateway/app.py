@@ -12,13 +12,16 @@ from fastapi import FastAPI
 from mlapi_gateway import routes
 from mlapi_gateway.access import AccessLogMiddleware
 from mlapi_gateway.cache.status import CacheHeaderMiddleware
+from mlapi_gateway.cors import CorsMiddleware
 from mlapi_gateway.jobs import routes as job_routes
 from mlapi_gateway.metrics import MetricsMiddleware
+from mlapi_gateway.openai import add_openai_routes
 from mlapi_gateway.problems import register_error_handlers
 from mlapi_gateway.ratelimit import RequestGuard
 from mlapi_gateway.schemas import JobCreate, TensorAnswer, TensorPredict
 from mlapi_gateway.services import Services
 from mlapi_gateway.settings import GatewaySettings
+from mlapi_gateway.stream_tokens import add_stream_token_routes
 
 # The core's bodies; each exposed model's adapter documents its own.
 DOCUMENTED = (TensorPredict, TensorAnswer, JobCreate)
@@ -43,6 +46,8 @@ def create_app(
             yield
         finally:
             await svc.close()
+            await openai_budgets.close()
+            await stream_tokens.close()
 
     app = FastAPI(
         title="mlapi gateway",
@@ -56,6 +61,8 @@ def create_app(
     )
     routes.add_routes(app)
     app.include_router(job_routes.router)
+    openai_budgets = add_openai_routes(app, settings)
+    stream_tokens = add_stream_token_routes(app, settings)
     register_error_handlers(app)
     # Innermost: X-Cache on the routes below the predict fast path (streams; a predict
     # answer says the same in its "cache" field).
@@ -65,6 +72,8 @@ def create_app(
     app.add_middleware(  # counts sheds too
         MetricsMiddleware, models=settings.models, protocol=settings.triton_infer_protocol
     )
+    # Browser origins: preflights answered, unlisted origins refused, before any work.
+    app.add_middleware(CorsMiddleware, settings=settings)
     # Outermost: every answer (sheds, 500s included) carries the request id and is logged.
     app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]

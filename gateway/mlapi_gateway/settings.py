@@ -134,6 +134,31 @@ class GatewaySettings(BaseSettings):
     # error event (status 503) instead of heartbeats until sse_max_duration_s.
     sse_idle_timeout_s: float = Field(default=15.0, gt=0)
 
+    # OpenAI-compatible routes (/openai/v1, docs/openai.md): the exposed models each route
+    # serves, and per-minute budgets per key plan on top of the plan's own rate limit (a plan
+    # not named here has no such budget): requests, and tokens (prompt plus max_tokens taken
+    # when a request starts, the unused part given back when it ends).
+    openai_generation_models: list[str] = ["text_generator"]
+    openai_embedding_models: list[str] = ["text_embedder"]
+    openai_requests_per_min: dict[str, int] = {}
+    openai_tokens_per_min: dict[str, int] = {}
+
+    # Browser clients. CORS: origins allowed to call the gateway from a page (exact
+    # "scheme://host[:port]"; none by default: every cross-origin request is refused), whether
+    # their requests may carry credentials, and the answer headers their scripts may read.
+    cors_allow_origins: list[str] = []
+    cors_allow_credentials: bool = False
+    cors_expose_headers: list[str] = [
+        "X-Model-Version", "Retry-After", "X-Request-ID",
+        "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
+    ]  # fmt: skip
+    cors_max_age_s: int = Field(default=600, ge=0)
+    # Stream tokens (GET .../stream?token=, for EventSource): how long a minted token stays
+    # usable. Kept in Redis when redis_url is set, else in the minting worker's memory only.
+    stream_token_ttl_s: float = Field(default=30.0, gt=0, le=300)
+
     # Exact cache of predictions (docs/caching.md): the models whose answers are a function of
     # the request (empty: off; e.g. ["digits", "text_embedder"]), the store ("auto": Redis when
     # redis_url is set, shared by the replicas; else this worker's memory), its bounds and the
