@@ -318,6 +318,18 @@ def test_every_dashboard_query_runs_on_the_real_stack(stack: Stack, report_figur
             async for _ in client.stream("text_generator", prompt, timeout_s=30):
                 pass
 
+    async def digits_windows() -> None:
+        # 640 held-out digits straight to Triton: a digits instance's drift window holds the
+        # 200 images a drift test needs, so the p-value panel has data too.
+        from mlapi_tools.build.digits_data import load_split
+
+        images = load_split().test_images
+        async with AsyncClient(f"grpc://{stack.triton_grpc}") as client:
+            for start in range(0, 640, 64):
+                batch = images[np.arange(start, start + 64) % len(images)]
+                await client.infer("digits", {"image": batch}, timeout_s=30)
+
+    asyncio.run(digits_windows())
     for _ in range(2):  # two scrapes apart, so that rate() has two samples of each series
         assert _helm_test(stack).returncode == 0
         asyncio.run(streams())

@@ -226,6 +226,84 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         ),
     ),
     (
+        "Predictions and drift",
+        (
+            Panel(
+                "Drift flag",
+                "1 while a classifier version's live window (500 images per digits instance) "
+                "differs from the version's reference profile on held-out data.",
+                "short",
+                (("max by (model, version) (mlapi_drift_flag)", "{{model}} v{{version}}"),),
+            ),
+            Panel(
+                "Drift p-values",
+                "Lowest p-value per feature and test over the instances (chi-square on "
+                "categories, KS on numbers); the flag rises under 0.001 / tests per window.",
+                "short",
+                (
+                    (
+                        "min by (version, feature, test) (mlapi_drift_p_value)",
+                        "v{{version}} {{feature}} {{test}}",
+                    ),
+                ),
+            ),
+            Panel(
+                "Low-confidence rate",
+                "Share of served images flagged low-confidence, by classifier version.",
+                "percentunit",
+                (
+                    (
+                        "sum by (model, version) (rate(mlapi_low_confidence_images_total"
+                        f"[{RATE}])) / clamp_min(sum by (model, version) "
+                        f"(rate(mlapi_predictions_total[{RATE}])), 1e-9)",
+                        "{{model}} v{{version}}",
+                    ),
+                ),
+            ),
+            Panel(
+                "Top-1 score",
+                "p5 and p50 of the top-1 score of served images, by classifier version.",
+                "percentunit",
+                tuple(
+                    (
+                        f"histogram_quantile({q}, sum by (le, version) "
+                        f"(rate(mlapi_top1_score_bucket[{RATE}])))",
+                        f"p{round(q * 100)} v{{{{version}}}}",
+                    )
+                    for q in (0.05, 0.5)
+                ),
+            ),
+            Panel(
+                "Predicted classes",
+                "Served images per second by classifier version and predicted label.",
+                "reqps",
+                (
+                    (
+                        f"sum by (version, label) (rate(mlapi_predictions_total[{RATE}]))",
+                        "v{{version}} {{label}}",
+                    ),
+                ),
+            ),
+            Panel(
+                "Low-confidence reasons, blank and rejected inputs",
+                "Flagged images per second by reason, blank images, and requests refused as "
+                "invalid by the input named (out-of-range sizes are field image).",
+                "reqps",
+                (
+                    (
+                        f"sum by (version, reason) (rate(mlapi_low_confidence_total[{RATE}]))",
+                        "v{{version}} {{reason}}",
+                    ),
+                    (
+                        f"sum by (field) (rate(mlapi_rejected_inputs_total[{RATE}]))",
+                        "rejected {{field}}",
+                    ),
+                ),
+                on_event=True,
+            ),
+        ),
+    ),
+    (
         "Self-healing",
         (
             Panel(
