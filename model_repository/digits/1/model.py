@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from mlapi_backend.blas_threads import limit_blas_threads
 from mlapi_backend.bls_classifier import BlsClassifier
 from mlapi_backend.digits_pipeline import DigitsPipeline, DigitsSettings, ParsedRequest
 from mlapi_backend.failure_log import FailureLog
@@ -24,6 +25,7 @@ class TritonPythonModel:
     """``digits`` in Triton: a batch goes through the pipeline, one call per classifier version."""
 
     def initialize(self, args: dict[str, str]) -> None:
+        blas = limit_blas_threads()  # idle OpenBLAS threads spin: 2x the CPU per request
         config = ModelConfig.from_json(json.loads(args["model_config"]))
         settings = DigitsSettings.from_config(config, Path(args["model_repository"]))
         self.pipeline = DigitsPipeline(settings)
@@ -35,6 +37,8 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{settings.model_name}: traffic policy {policy} ({checked})")
         inputs = {v: p.input_kind for v, p in sorted(settings.profiles.items())}
         pb_utils.Logger.log_info(f"{settings.model_name}: classifier inputs by version {inputs}")
+        limited = blas or "none (no OpenBLAS loaded, or OPENBLAS_NUM_THREADS set)"
+        pb_utils.Logger.log_info(f"{settings.model_name}: OpenBLAS limited to 1 thread: {limited}")
         # Prediction distributions and drift per version, computed by a thread off the request path.
         self.statistics = start_statistics(pb_utils, settings, args)
 
