@@ -6,9 +6,17 @@ for each N, and measures per stream the time to first token
 and the gaps between tokens, plus the aggregate tokens/s. The in-process decode loop (the same
 library loop over ONNX Runtime, no server) is the limit it is compared with. With
 ``--compare-coalescing`` it reloads text_generator with ``coalesce_decode_steps`` off (one BLS
-request per stream per token, batching left to text_decoder's dynamic batcher) and runs again.
+request per stream per token, batching left to text_decoder's dynamic batcher) and runs again;
+with ``--compare-prefill`` it also runs with ``prefill_model`` empty (the prompt fed one decode step
+per character) and as served before text_prefill and the send queue (``queue_sends`` off too);
+``--compare-instances`` with two text_generator instances. The settings take turns level by
+level (``--repeats`` turns each, in rotated order), so that all see the same machine load.
 
     .venv/bin/python benchmarks/streaming_bench.py [--streams 1 4 16] [--max-tokens 128]
+        [--prompt "The "] [--compare-prefill] [--compare-coalescing] [--repeats 3]
+
+The TTFT target of the streaming work (p50 at one stream <= 2 decode steps + 5 ms, a decode
+step being that level's per-stream ms/token) is printed under the table.
 
 Writes benchmarks/results/streaming-<time>.json (git revision, settings, every figure) and
 prints a Markdown table.
@@ -25,12 +33,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mlapi_backend.generation import LocalDecoder, collect, generate
+from mlapi_backend.generation import LocalDecoder, LocalPrefill, collect, generate
 from mlapi_backend.generation_request import GenerationLimits, parse_request
 from mlapi_client import NO_RETRY, AsyncClient, Client, access
 from mlapi_tools.local.triton_process import Ports, TritonServer
@@ -87,62 +95,80 @@ async def one_stream(
     return arrivals[0] - started, list(np.diff(arrivals)), tokens
 
 
-async def run_level(url: str, streams: int, max_tokens: int, rounds: int, setting: str) -> Row:
-    ttfts: list[float] = []
-    gaps: list[float] = []
-    per_token: list[float] = []
-    total_tokens = 0
+@dataclass
+class Samples:
+    """What one setting's runs at one level measured (added up over interleaved repeats)."""
+
+    ttfts: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    per_token: list[float] = field(default_factory=list)
+    tokens: int = 0
+    wall_s: float = 0.0
+
+    def row(self, setting: str, streams: int) -> Row:
+        def ms(values: list[float], q: float) -> float:
+            return round(float(np.percentile(values, q)) * 1000, 2)
+
+        return Row(
+            setting,
+            streams,
+            self.tokens,
+            round(self.wall_s, 3),
+            round(self.tokens / self.wall_s, 1),
+            ms(self.ttfts, 50),
+            ms(self.ttfts, 99),
+            ms(self.gaps, 50),
+            ms(self.gaps, 99),
+            ms(self.per_token, 50),
+        )
+
+
+async def run_level(
+    url: str, streams: int, max_tokens: int, rounds: int, prompt: str, samples: Samples
+) -> None:
+    """``rounds`` times ``streams`` concurrent streams; adds what they measured to ``samples``."""
     async with AsyncClient(url, protocol="http", retry=NO_RETRY) as client:
         await one_stream(client, stream_inputs("Warm up", 8))
         started = time.perf_counter()
         for round_index in range(rounds):
             requests = [
-                stream_inputs("The ", max_tokens, seed=round_index * streams + i)
+                stream_inputs(prompt, max_tokens, seed=round_index * streams + i)
                 for i in range(streams)
             ]
             for ttft, stream_gaps, tokens in await asyncio.gather(
                 *(one_stream(client, inputs) for inputs in requests)
             ):
-                ttfts.append(ttft)
-                gaps.extend(stream_gaps)
-                per_token.append(float(np.mean(stream_gaps)) if stream_gaps else 0.0)
-                total_tokens += tokens
-        wall = time.perf_counter() - started
-
-    def ms(values: list[float], q: float) -> float:
-        return round(float(np.percentile(values, q)) * 1000, 2)
-
-    return Row(
-        setting,
-        streams,
-        total_tokens,
-        round(wall, 3),
-        round(total_tokens / wall, 1),
-        ms(ttfts, 50),
-        ms(ttfts, 99),
-        ms(gaps, 50),
-        ms(gaps, 99),
-        ms(per_token, 50),
-    )
+                samples.ttfts.append(ttft)
+                samples.gaps.extend(stream_gaps)
+                samples.per_token.append(float(np.mean(stream_gaps)) if stream_gaps else 0.0)
+                samples.tokens += tokens
+        samples.wall_s += time.perf_counter() - started
 
 
-def in_process_limits(model: Path, max_tokens: int, batch: int) -> dict[str, float]:
+def in_process_limits(
+    repository: Path, max_tokens: int, batch: int, prompt: str
+) -> dict[str, float]:
     """Tokens/s of the library loop over ONNX Runtime (one stream) and of raw batched steps."""
-    decoder = LocalDecoder(model)
+    decoder = LocalDecoder(repository / "text_decoder" / "1" / "model.onnx")
+    prefill = LocalPrefill(repository / "text_prefill" / "1" / "model.onnx").prefill
     request = parse_request(
         {
-            "text_input": np.array([b"The "], dtype=np.object_),
+            "text_input": np.array([prompt.encode()], dtype=np.object_),
             "max_tokens": np.array([max_tokens], dtype=np.int32),
             "seed": np.array([0], dtype=np.int64),
         },
         GenerationLimits(),
     )
     asyncio.run(collect(generate(request, decoder.step, decoder.state_shape)))  # warm up
-    started = time.perf_counter()
     repeats = 5
+    started = time.perf_counter()
     for _ in range(repeats):
         asyncio.run(collect(generate(request, decoder.step, decoder.state_shape)))
     loop_tps = repeats * max_tokens / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        asyncio.run(collect(generate(request, decoder.step, decoder.state_shape, prefill=prefill)))
+    prefill_tps = repeats * max_tokens / (time.perf_counter() - started)
     tokens = np.ones((batch, 1), dtype=np.int64)
     states = np.zeros((batch, *decoder.state_shape), dtype=np.float32)
     steps = 500
@@ -152,17 +178,53 @@ def in_process_limits(model: Path, max_tokens: int, batch: int) -> dict[str, flo
     batched_tps = steps * batch / (time.perf_counter() - started)
     return {
         "loop_tokens_per_s_1_stream": round(loop_tps, 1),
+        "loop_with_prefill_tokens_per_s_1_stream": round(prefill_tps, 1),
         f"raw_step_tokens_per_s_batch_{batch}": round(batched_tps, 1),
     }
 
 
-def set_coalescing(url: str, enabled: bool) -> None:
-    """Reload text_generator with coalesce_decode_steps set (explicit model control)."""
+# setting name -> text_generator parameters it reloads with (explicit model control);
+# INSTANCES sets its instance count (the shipped config's when absent)
+INSTANCES = "instances"
+SHIPPED = {"coalesce_decode_steps": "true", "prefill_model": "text_prefill", "queue_sends": "true"}
+SETTINGS: dict[str, dict[str, str]] = {
+    "shipped": SHIPPED,
+    "per-stream BLS": {**SHIPPED, "coalesce_decode_steps": "false"},
+    "prompt by steps": {**SHIPPED, "prefill_model": ""},
+    # what was served before text_prefill and the send queue
+    "before (steps, sends on the loop)": {**SHIPPED, "prefill_model": "", "queue_sends": "false"},
+    "2 generator instances": {**SHIPPED, INSTANCES: "2"},
+}
+
+
+def apply_setting(url: str, setting: str, shipped_instances: int) -> None:
+    """Reload text_generator with the parameters (and instance count) of ``setting``."""
     with Client(url, protocol="http", timeout_s=120) as client:
         config = client.model_config(GENERATOR)
-        value = "true" if enabled else "false"
-        config["parameters"]["coalesce_decode_steps"] = {"string_value": value}
+        values = dict(SETTINGS[setting])
+        config["instance_group"][0]["count"] = int(values.pop(INSTANCES, shipped_instances))
+        for key, value in values.items():
+            config["parameters"][key] = {"string_value": value}
         client.load_model(GENERATOR, config=config)
+
+
+def instance_count(url: str) -> int:
+    """text_generator's instance count as loaded (the shipped config)."""
+    with Client(url, protocol="http", timeout_s=120) as client:
+        return int(client.model_config(GENERATOR)["instance_group"][0]["count"])
+
+
+def ttft_target(rows: list[Row], setting: str) -> str:
+    """The 1-stream TTFT target (p50 <= 2 decode steps + 5 ms) for ``setting``, as a line."""
+    one = next((r for r in rows if r.setting == setting and r.streams == 1), None)
+    if one is None:
+        return f"{setting}: no 1-stream level, no TTFT target"
+    limit = 2 * one.ms_per_token_p50 + 5
+    verdict = "met" if one.ttft_p50_ms <= limit else "NOT met"
+    return (
+        f"{setting}: TTFT p50 {one.ttft_p50_ms} ms at 1 stream vs target 2 x "
+        f"{one.ms_per_token_p50} + 5 = {limit:.2f} ms: {verdict}"
+    )
 
 
 @contextmanager
@@ -193,7 +255,8 @@ def markdown(rows: list[Row], limits: dict[str, float]) -> str:
         "| ITL p99 ms | ms/token per stream |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in rows:
+    order = list(dict.fromkeys(r.setting for r in rows))
+    for row in sorted(rows, key=lambda r: (order.index(r.setting), r.streams)):
         first = min(r.streams for r in rows if r.setting == row.setting)
         base = next(r.tokens_per_s for r in rows if r.setting == row.setting and r.streams == first)
         lines.append(
@@ -202,6 +265,7 @@ def markdown(rows: list[Row], limits: dict[str, float]) -> str:
             f"{row.ms_per_token_p50} |"
         )
     lines.append("")
+    lines.extend(ttft_target(rows, setting) for setting in dict.fromkeys(r.setting for r in rows))
     lines.extend(f"in-process {name}: {value:.0f}" for name, value in limits.items())
     return "\n".join(lines)
 
@@ -249,29 +313,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=2, help="batches of concurrent streams per level"
     )
+    parser.add_argument("--prompt", default="The ", help="every stream's prompt")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="turns each setting takes per level (interleaved)"
+    )
     parser.add_argument("--compare-coalescing", action="store_true")
+    parser.add_argument(
+        "--compare-prefill", action="store_true", help="also feed the prompt by decode steps"
+    )
+    parser.add_argument(
+        "--compare-instances", action="store_true", help="also run 2 text_generator instances"
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    model = ROOT / "model_repository" / "text_decoder" / "1" / "model.onnx"
-    limits = in_process_limits(model, args.max_tokens, batch=max(args.streams))
+    limits = in_process_limits(
+        ROOT / "model_repository", args.max_tokens, max(args.streams), args.prompt
+    )
     rows: list[Row] = []
+    settings = ["shipped"]
+    settings += (
+        ["prompt by steps", "before (steps, sends on the loop)"] if args.compare_prefill else []
+    )
+    settings += ["per-stream BLS"] if args.compare_coalescing else []
+    settings += ["2 generator instances"] if args.compare_instances else []
     with server(args.url) as url:
-        settings = (
-            [("coalesced", True), ("per-stream BLS", False)]
-            if args.compare_coalescing
-            else [("coalesced", True)]
-        )
-        for name, enabled in settings:
-            if args.compare_coalescing:
-                set_coalescing(url, enabled)
-            for streams in args.streams:
-                rows.append(
-                    asyncio.run(run_level(url, streams, args.max_tokens, args.rounds, name))
-                )
+        shipped = instance_count(url)
+        for streams in args.streams:
+            samples = {name: Samples() for name in settings}
+            # the settings take turns, in a rotated order each repeat, so that a change in the
+            # machine's load falls on all of them
+            for repeat in range(args.repeats):
+                turn = repeat % len(settings)
+                for name in settings[turn:] + settings[:turn]:
+                    if len(settings) > 1:
+                        apply_setting(url, name, shipped)
+                    asyncio.run(
+                        run_level(
+                            url, streams, args.max_tokens, args.rounds, args.prompt, samples[name]
+                        )
+                    )
+            for name in settings:
+                rows.append(samples[name].row(name, streams))
                 log.info("%s", asdict(rows[-1]))
-        if args.compare_coalescing:
-            set_coalescing(url, True)
+        if len(settings) > 1:
+            apply_setting(url, "shipped", shipped)
     revision = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()

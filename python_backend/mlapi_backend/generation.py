@@ -73,6 +73,8 @@ class GeneratorSettings:
     # The model that reads a whole prompt in one call; "" feeds the prompt step by step.
     prefill_model: str = ""
     max_prefill_batch: int = 16
+    # Send responses from a worker thread (generation_sending) rather than the event loop.
+    queue_sends: bool = True
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> GeneratorSettings:
@@ -100,6 +102,7 @@ class GeneratorSettings:
             max_decoder_batch=config.int_parameter("max_decoder_batch", 64, 1, 1 << 16),
             prefill_model=config.string_parameter("prefill_model", "").strip(),
             max_prefill_batch=config.int_parameter("max_prefill_batch", 16, 1, 1 << 16),
+            queue_sends=_boolean(config, "queue_sends", True),
         )
 
 

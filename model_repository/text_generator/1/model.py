@@ -65,7 +65,9 @@ class TritonPythonModel:
 
     async def _stream(self, request) -> None:
         rid = request_id(request)
-        sender = self.sends.sender(request.get_response_sender(), rid)
+        sender = request.get_response_sender()
+        if self.settings.queue_sends:
+            sender = self.sends.sender(sender, rid)
         chunks = self._chunks(request, sender.is_cancelled)
         await send_stream(sender, chunks, pb_utils, self.failures, rid)
 

@@ -235,3 +235,11 @@ def test_prefill_settings_from_config() -> None:
     )
     assert settings.prefill_model == "text_prefill" and settings.max_prefill_batch == 8
     assert GeneratorSettings.from_config(config(decoder_state_dims="1,4")).prefill_model == ""
+
+
+def test_queued_sends_are_the_default_and_can_be_turned_off() -> None:
+    assert GeneratorSettings.from_config(config(decoder_state_dims="1,4")).queue_sends
+    off = config(decoder_state_dims="1,4", queue_sends="false")
+    assert not GeneratorSettings.from_config(off).queue_sends
+    with pytest.raises(ModelConfigError, match="queue_sends"):
+        GeneratorSettings.from_config(config(decoder_state_dims="1,4", queue_sends="maybe"))
