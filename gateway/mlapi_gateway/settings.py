@@ -175,7 +175,7 @@ class GatewaySettings(BaseSettings):
     # (generations kept per worker, events per generation) and the time one is kept.
     semantic_cache_models: list[str] = []
     semantic_cache_embedder: str = "text_embedder"
-    semantic_cache_threshold: float = Field(default=0.95, gt=0, le=1)
+    semantic_cache_threshold: float = Field(default=0.9515, gt=0, le=1)
     semantic_cache_max_entries: int = Field(default=2_000, ge=1)
     semantic_cache_max_events: int = Field(default=1_100, ge=1)
     semantic_cache_ttl_s: float = Field(default=600.0, gt=0)

@@ -5,9 +5,10 @@ A deterministic request whose prompt means the same as a cached one gets that ge
 Deterministic: temperature 0, or a fixed seed. Everything of the request but the prompt (every
 other input, every parameter, the resolved version) must be equal: that is the group a lookup
 searches. Prompts are embedded with the text embedding model (unit vectors, so cosine is a dot
-product); a hit needs the nearest cached prompt of the group at ``threshold`` or above, a value
-chosen on the project's labelled prompt pairs (``python -m mlapi_tools.semantic_pairs``,
-docs/caching.md). Memory is bounded by ``max_entries`` generations (least recently used go
+product); a hit needs a cached prompt of the group at ``threshold`` or above, a value chosen on
+the project's labelled prompt pairs (``python -m mlapi_tools.semantic_pairs``, docs/caching.md),
+that also passes the lexical guard (same numbers, negations and order of shared words:
+mlapi_gateway.cache.prompt_guard); the closest such prompt answers. Memory is bounded by ``max_entries`` generations (least recently used go
 first) of at most ``max_events`` events each, each kept ``ttl_s``; a worker holds its own.
 """
 
@@ -27,6 +28,7 @@ import numpy.typing as npt
 from mlapi_gateway import errors, tensors
 from mlapi_gateway.cache import metrics, status
 from mlapi_gateway.cache.exact import CacheScope, canonical_tensors
+from mlapi_gateway.cache.prompt_guard import compatible
 from mlapi_gateway.schemas import TensorPredict
 from mlapi_gateway.settings import GatewaySettings
 
@@ -64,7 +66,8 @@ class Entry:
     vector: Vector
     events: list[dict[str, Any]]
     created: float
-    name: str  # a short hash of the cached prompt (its text is another caller's)
+    name: str  # a short hash of the cached prompt: answers name it, never its text
+    prompt: str  # another caller's text: kept for the guard only
 
 
 @dataclass
@@ -86,6 +89,9 @@ class Group:
 class SemanticCache:
     """Generations by prompt meaning, for the models in ``semantic_cache_models``."""
 
+    # Cached prompts above the threshold the guard is asked about, closest first.
+    GUARD_CANDIDATES = 8
+
     def __init__(self, settings: GatewaySettings, upstream: Upstream) -> None:
         self.threshold = settings.semantic_cache_threshold
         self.max_entries = settings.semantic_cache_max_entries
@@ -105,8 +111,13 @@ class SemanticCache:
             )
         return np.asarray(response.outputs["embedding"][0], dtype=np.float32)
 
-    def lookup(self, group_key: bytes, vector: Vector) -> tuple[Entry | None, float | None]:
-        """Return the nearest live entry of the group if at the threshold, and its similarity."""
+    def lookup(
+        self, group_key: bytes, prompt: str, vector: Vector
+    ) -> tuple[Entry | None, float | None]:
+        """Return the closest entry at the threshold that the guard admits, and its similarity.
+
+        Without such an entry: None and the nearest entry's similarity (None: group empty).
+        """
         group = self._groups.get(group_key)
         if group is None:
             return None, None
@@ -115,12 +126,17 @@ class SemanticCache:
         if matrix is None:
             return None, None
         similarities = matrix @ vector
-        best = int(np.argmax(similarities))
-        similarity = float(similarities[best])
-        if similarity < self.threshold:
-            return None, similarity
-        self._order.move_to_end((group_key, names[best]))
-        return group.entries[names[best]], similarity
+        ranked = np.argsort(-similarities)
+        nearest = float(similarities[ranked[0]])
+        for index in ranked[: self.GUARD_CANDIDATES]:
+            similarity = float(similarities[index])
+            if similarity < self.threshold:
+                break
+            entry = group.entries[names[index]]
+            if compatible(prompt, entry.prompt):
+                self._order.move_to_end((group_key, entry.name))
+                return entry, similarity
+        return None, nearest
 
     def keep(
         self, group_key: bytes, prompt: str, vector: Vector, events: list[dict[str, Any]]
@@ -130,7 +146,7 @@ class SemanticCache:
             return
         name = hashlib.sha256(prompt.encode()).hexdigest()[:12]
         group = self._groups.setdefault(group_key, Group())
-        group.entries[name] = Entry(vector, events, time.monotonic(), name)
+        group.entries[name] = Entry(vector, events, time.monotonic(), name, prompt)
         self._order[(group_key, name)] = None
         self._order.move_to_end((group_key, name))
         while len(self._order) > self.max_entries:
@@ -172,7 +188,7 @@ class SemanticCache:
             ):
                 yield item
             return
-        entry, similarity = self.lookup(group_key, vector)
+        entry, similarity = self.lookup(group_key, prompt, vector)
         if similarity is not None:
             metrics.SEMANTIC_SIMILARITY.labels(adapter.name).observe(similarity)
         if entry is not None and similarity is not None:

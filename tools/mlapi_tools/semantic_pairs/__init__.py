@@ -1,0 +1,1 @@
+"""Labelled prompt pairs and the semantic cache's threshold chosen on them (docs/caching.md)."""
