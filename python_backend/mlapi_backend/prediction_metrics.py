@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlapi_backend.classifier_repository import version_folders
+from mlapi_backend.cost import CostMeter
 from mlapi_backend.drift import DriftReport
 from mlapi_backend.drift_monitor import ServedImages, ServedTraffic, read_profiles
 from mlapi_backend.errors import ModelConfigError
@@ -64,6 +65,16 @@ class TritonPredictionMetrics:
                 description="Served batches the statistics thread fell too far behind to see",
                 kind=family.COUNTER,
             ),
+            "cost": family(
+                name="mlapi_cost_usd_total",
+                description="Estimated cost of served requests in USD (docs: cost model)",
+                kind=family.COUNTER,
+            ),
+            "cpu": family(
+                name="mlapi_cost_cpu_seconds_total",
+                description="CPU seconds the estimated cost of served requests stands for",
+                kind=family.COUNTER,
+            ),
             "statistic": family(
                 name="mlapi_drift_statistic",
                 description="Drift test statistic of the live window vs the version's profile",
@@ -86,6 +97,7 @@ class TritonPredictionMetrics:
             ),
         }
         self._metrics: dict[tuple[Any, ...], Any] = {}
+        self._pending: dict[tuple[str, str, str, str], float] = {}
 
     def _metric(self, family: str, buckets: Any = None, **labels: str) -> Any:
         key = (family, *sorted(labels.items()))
@@ -100,26 +112,36 @@ class TritonPredictionMetrics:
         return self._metrics[key]
 
     def record_served(self, served: ServedImages) -> None:
-        """Count one served request's predictions, scores and flags."""
+        """Count one served request's predictions, scores and flags (sent at ``flush``)."""
         version = str(served.version)
-        per_label: dict[str, int] = {}
         top1 = self._metric("top1", TOP1_BUCKETS, version=version)
         for observation in served.observations:
-            per_label[observation.predicted] = per_label.get(observation.predicted, 0) + 1
+            self._add(("predictions", version, "label", observation.predicted), 1)
             top1.observe(observation.top1)
-        for label, count in per_label.items():
-            self._metric("predictions", version=version, label=label).increment(count)
-        per_reason: dict[str, int] = {}
-        flagged = 0
+        flagged = sum(bool(reasons) for reasons in served.low_confidence)
+        # Zero increments too, so that the series exist and rates read 0 rather than nothing.
+        self._add(("flagged", version, "", ""), flagged)
+        blank = sum(BLANK_REASON in reasons for reasons in served.low_confidence)
+        self._add(("blank", version, "", ""), blank)
         for reasons in served.low_confidence:
-            flagged += bool(reasons)
             for reason in reasons:
-                per_reason[reason] = per_reason.get(reason, 0) + 1
-        # Create the zero series too, so that rates read 0 rather than nothing.
-        self._metric("flagged", version=version).increment(flagged)
-        self._metric("blank", version=version).increment(per_reason.get(BLANK_REASON, 0))
-        for reason, count in per_reason.items():
-            self._metric("low_confidence", version=version, reason=reason).increment(count)
+                self._add(("low_confidence", version, "reason", reason), 1)
+        self._add(("cost", version, "", ""), served.cost_usd)
+        self._add(("cpu", version, "", ""), served.cpu_s)
+
+    def _add(self, key: tuple[str, str, str, str], count: float) -> None:
+        self._pending[key] = self._pending.get(key, 0) + count
+
+    def flush(self) -> None:
+        """Send the counts gathered since the last flush: one update per series per drain.
+
+        A Python-backend metric update is a message to the server process; per drain rather
+        than per request keeps the thread's cost per image low.
+        """
+        pending, self._pending = self._pending, {}
+        for (family, version, name, value), count in pending.items():
+            labels = {"version": version, **({name: value} if name else {})}
+            self._metric(family, **labels).increment(count)
 
     def record_rejected(self, field: str, count: int) -> None:
         """Count requests refused for ``field``."""
@@ -144,7 +166,9 @@ class TritonPredictionMetrics:
         self._metric("flag", **labels).set(1 if report.drifted else 0)
 
 
-def start_statistics(pb_utils: Any, settings: Any, args: dict[str, str]) -> ServedTraffic:
+def start_statistics(
+    pb_utils: Any, settings: Any, args: dict[str, str], meter: CostMeter | None = None
+) -> ServedTraffic:
     """Start ``digits``'s statistics thread: profiles read, Triton metrics as its sink.
 
     ``settings`` is the model's DigitsSettings; ``args`` the stub's initialize arguments (the
@@ -161,6 +185,7 @@ def start_statistics(pb_utils: Any, settings: Any, args: dict[str, str]) -> Serv
         TritonPredictionMetrics(pb_utils, settings.model_name, instance),
         lambda version: settings.profile(version).input_kind,
         log_error=pb_utils.Logger.log_error,
+        on_drain=meter.update if meter is not None else lambda: None,
     )
     traffic.start()
     watched = sorted(profiles) or "none (no drift_profile.json)"

@@ -7,6 +7,8 @@ mlapi_backend.digits_pipeline, the BLS calls and metrics in mlapi_backend.bls_cl
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from mlapi_backend.blas_threads import limit_blas_threads
 from mlapi_backend.bls_classifier import BlsClassifier
+from mlapi_backend.cost import price_results, started_meter
 from mlapi_backend.digits_pipeline import DigitsPipeline, DigitsSettings, ParsedRequest
 from mlapi_backend.failure_log import FailureLog
 from mlapi_backend.model_config import ModelConfig
@@ -39,10 +42,12 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{settings.model_name}: classifier inputs by version {inputs}")
         limited = blas or "none (no OpenBLAS loaded, or OPENBLAS_NUM_THREADS set)"
         pb_utils.Logger.log_info(f"{settings.model_name}: OpenBLAS limited to 1 thread: {limited}")
-        # Prediction distributions and drift per version, computed by a thread off the request path.
-        self.statistics = start_statistics(pb_utils, settings, args)
+        # Prediction distributions, drift and cost per version: a thread off the request path.
+        self.meter = started_meter(os.environ, str(args.get("model_instance_name", "digits")))
+        self.statistics = start_statistics(pb_utils, settings, args, self.meter)
 
     def execute(self, requests: list) -> list:
+        self.started = time.perf_counter()  # cost: the batch's compute time starts here
         return respond(requests, self._parse, self._run, pb_utils, self.failures)
 
     def _parse(self, request) -> ParsedRequest:
@@ -52,6 +57,7 @@ class TritonPythonModel:
 
     def _run(self, parsed: list) -> list:
         results = self.pipeline.run(parsed, self.backend)
+        price_results(self.meter, parsed, results, time.perf_counter() - self.started)
         self.statistics.submit(parsed, results)  # statistics: one queue append here
         return results
 

@@ -160,6 +160,9 @@ class RecordingSink:
     def record_dropped(self, count: int) -> None:
         self.dropped += count
 
+    def flush(self) -> None:
+        self.flushed = getattr(self, "flushed", 0) + 1
+
 
 class FakeRequest:
     def __init__(self, images: np.ndarray, routed: int) -> None:
@@ -196,6 +199,7 @@ def test_served_traffic_routes_windows_counts_and_survives_failures() -> None:
     assert [(s.version, s.routed) for s in sink.served] == [(2, 2), (2, 3)]
     assert sink.rejected == [("image", 1)]
     assert sorted((v, w) for v, _, w in sink.drift) == [(2, 4), (3, 4)]
+    assert sink.flushed == 1
     traffic.submit([FakeRequest(images, 2)], [{"metadata": np.array([[b"not json"]])}])
     assert traffic.drain() == 0 and len(errors) == 1  # logged once, nothing raised
 
@@ -264,10 +268,14 @@ def test_triton_metrics_export_counts_histogram_and_drift_gauges() -> None:
     reasons = [[], ["top_score_below_threshold"], []]
     metrics.record_served(ServedImages(2, 2, observations, reasons))
     f = FakeFamily.created
+    assert not f["mlapi_predictions_total"].metrics  # nothing sent before the flush
+    metrics.record_served(ServedImages(2, 2, observations[:1], [[]]))
+    metrics.flush()
     assert {m.labels["label"]: m.value for m in f["mlapi_predictions_total"].metrics} == {
-        "3": 2, "8": 1
+        "3": 3, "8": 1
     }  # fmt: skip
-    assert f["mlapi_top1_score"].metrics[0].observed == [0.9, 0.3, 0.99]
+    assert len(f["mlapi_predictions_total"].metrics) == 2  # one series each, sent once
+    assert f["mlapi_top1_score"].metrics[0].observed == [0.9, 0.3, 0.99, 0.9]
     assert f["mlapi_low_confidence_images_total"].metrics[0].value == 1
     assert f["mlapi_blank_images_total"].metrics[0].value == 0
     monitor = monitor_for(2)

@@ -1,0 +1,82 @@
+"""The cost model: prices from the environment, the formula, /proc readings, the meter's rate."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlapi_backend.cost import (
+    PRICE_ENV,
+    CostMeter,
+    Prices,
+    price_results,
+    process_cpu_s,
+    tree_usage,
+)
+
+
+def test_prices_come_from_the_environment_and_bad_ones_are_refused() -> None:
+    assert Prices.from_env({}) == Prices()
+    prices = Prices.from_env({PRICE_ENV["cpu_core_hour_usd"]: "0.1", PRICE_ENV["gpu_hour_usd"]: ""})
+    assert prices.cpu_core_hour_usd == 0.1 and prices.gpu_hour_usd == Prices().gpu_hour_usd
+    for bad in ("abc", "-1", "inf", "nan"):
+        with pytest.raises(ValueError, match=PRICE_ENV["memory_gb_hour_usd"]):
+            Prices.from_env({PRICE_ENV["memory_gb_hour_usd"]: bad})
+
+
+def test_the_formula_prices_cpu_gpu_and_memory_per_hour() -> None:
+    prices = Prices(cpu_core_hour_usd=3.6, gpu_hour_usd=36.0, memory_gb_hour_usd=0.36)
+    # 2 CPU-s, 0.5 GPU-s, 4 GB held for 10 s.
+    assert prices.cost_usd(2.0, 0.5, 4.0, 10.0) == pytest.approx(0.002 + 0.005 + 0.004)
+
+
+def test_proc_readings_follow_this_process() -> None:
+    before = process_cpu_s(os.getpid())
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    assert process_cpu_s(os.getpid()) - before >= 0.1
+    cpu, memory = tree_usage(os.getpid())
+    assert cpu >= process_cpu_s(os.getpid()) and memory > 0.001
+
+
+def test_the_rate_spreads_the_servers_cpu_over_every_instances_compute(tmp_path: Path) -> None:
+    server = os.getpid()  # this process stands in for the server tree
+    a = CostMeter(Prices(cpu_core_hour_usd=3600), server, "a", ledger_dir=tmp_path)
+    b = CostMeter(Prices(cpu_core_hour_usd=3600), server, "b", ledger_dir=tmp_path)
+    assert a.record(0.5) == (0.5, pytest.approx(0.5))  # one core per compute second at first
+    a.update()
+    b.update()
+    cpu_before = tree_usage(server)[0]
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    a.record(0.2)
+    b.record(0.4)  # the two instances computed 0.6 s in all
+    b.update()
+    a.update()
+    used = tree_usage(server)[0] - cpu_before
+    assert a.cpu_per_compute_s == pytest.approx(used / 0.6, rel=0.2)
+    cpu_s, usd = a.record(1.0)
+    assert usd == pytest.approx(cpu_s) and cpu_s == pytest.approx(a.cpu_per_compute_s)
+
+
+def test_results_carry_their_share_of_the_batch(tmp_path: Path) -> None:
+    meter = CostMeter(Prices(cpu_core_hour_usd=3600), os.getpid(), "x", ledger_dir=tmp_path)
+
+    def served(images: int) -> dict:
+        rows = [[json.dumps({"model": "digits"}).encode()] for _ in range(images)]
+        return {"metadata": np.array(rows, dtype=np.object_)}
+
+    results = [served(3), ValueError("bad"), served(1)]
+    price_results(meter, [object()] * 3, results, compute_s=0.4)
+    costs = [json.loads(row[0])["cost"] for r in (results[0], results[2]) for row in r["metadata"]]
+    assert len(costs) == 4
+    assert sum(c["compute_s"] for c in costs) == pytest.approx(0.4)
+    assert sum(c["usd"] for c in costs) == pytest.approx(0.4)  # 1 CPU-s per compute-s, 1 USD
+    assert json.loads(results[0]["metadata"][0][0])["model"] == "digits"
