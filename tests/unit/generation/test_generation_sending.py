@@ -69,11 +69,44 @@ def test_a_failed_send_is_reported_once_and_stops_only_its_stream() -> None:
     assert broken.sender.sends == 3, "nothing is sent after the failure"
 
 
-def test_cancellation_is_read_from_the_real_sender() -> None:
-    class Cancelled(FakeSender):
-        def is_cancelled(self) -> bool:
-            return True
+class Cancellable(FakeSender):
+    """Cancelled once ``cancel`` is called; counts the is_cancelled calls and their threads."""
 
+    def __init__(self) -> None:
+        super().__init__("c", [])
+        self.is_cancelled_event = threading.Event()
+        self.asked_from: list[str] = []
+
+    def is_cancelled(self) -> bool:
+        self.asked_from.append(threading.current_thread().name)
+        return self.is_cancelled_event.is_set()
+
+
+def test_before_the_first_send_the_loop_asks_the_sender_itself() -> None:
     queue = SendQueue(lambda rid, exc: None)
-    assert queue.sender(Cancelled("c", []), "id").is_cancelled()
+    real = Cancellable()
+    sender = queue.sender(real, "id")
+    assert not sender.is_cancelled()
+    real.is_cancelled_event.set()
+    assert sender.is_cancelled()
+    assert real.asked_from == [threading.current_thread().name] * 2
     queue.close()
+
+
+def test_after_a_send_the_worker_asks_and_the_loop_reads_a_flag() -> None:
+    queue = SendQueue(lambda rid, exc: None)
+    real = Cancellable()
+    sender = queue.sender(real, "id")
+    sender.send("first")
+    queue.executor.submit(lambda: None).result()  # the first send is done
+    assert not sender.is_cancelled()
+    real.is_cancelled_event.set()
+    sender.send("second")
+    queue.executor.submit(lambda: None).result()
+    assert sender.is_cancelled()
+    me = threading.current_thread().name
+    # asked once by the worker after each send; the loop's polls cost no round trip
+    assert len(real.asked_from) == 2 and me not in real.asked_from
+    sender.send(flags=FINAL)
+    queue.close()
+    assert len(real.asked_from) == 2, "not asked after the final response"
