@@ -96,6 +96,10 @@ bench-full: models $(INSTALLED) ## Long sweep + batching study + harness capacit
 perf-analyzer: models $(INSTALLED) system-deps ## perf_analyzer sweeps of the public models over HTTP and gRPC, the harness beside it: CSV, table, PNG
 	$(BIN)/python -m mlapi_bench perf-analyzer --compare $(BENCH_ARGS)
 
+.PHONY: bench-digits
+bench-digits: models backends system-deps ## wrk (~2.5 min): digits vs its classifier version direct at 1/16/64 connections; req/s, p50/p99, server CPU per request
+	$(BIN)/python benchmarks/wrk/digits_bench.py $(BENCH_ARGS)
+
 bench-tools: ## Install Debian's wrk (HTTP load from C, for `mlapi_bench capacity --wrk`)
 	apt-get install -y wrk
 
