@@ -31,6 +31,37 @@ from mlapi_gateway.settings import GatewaySettings
 from mlapi_gateway.streaming import END, next_within, relay
 
 TOKEN_PREFIX = "mlst_"
+MODEL_PARAMETER = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+MINT_DOCUMENT = {
+    "parameters": [MODEL_PARAMETER],
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TensorPredict"}}},
+    },
+}
+MINTED_SCHEMA = {
+    "type": "object",
+    "required": ["token", "expires_in_s", "stream_url"],
+    "properties": {
+        "token": {"type": "string"},
+        "expires_in_s": {"type": "number"},
+        "stream_url": {"type": "string", "description": "GET it once (EventSource)"},
+    },
+}
+GET_STREAM_DOCUMENT = {
+    "parameters": [
+        MODEL_PARAMETER,
+        {
+            "name": "token",
+            "in": "query",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "from POST /v1/models/{model}/stream-tokens; opens one stream",
+        },
+    ],
+    # EventSource sends no Authorization header: the token is the credential.
+    "security": [],
+}
 
 
 @dataclass(frozen=True)
@@ -212,12 +243,11 @@ def add_stream_token_routes(app: FastAPI, settings: GatewaySettings) -> TokenSto
         methods=["POST"],
         tags=["models"],
         status_code=201,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/TensorPredict"}}
-                },
+        openapi_extra=MINT_DOCUMENT,
+        responses={
+            201: {
+                "description": "a token opening one stream of this body",
+                "content": {"application/json": {"schema": MINTED_SCHEMA}},
             }
         },
     )
@@ -226,6 +256,7 @@ def add_stream_token_routes(app: FastAPI, settings: GatewaySettings) -> TokenSto
         stream_with_token,
         methods=["GET"],
         tags=["models"],
+        openapi_extra=GET_STREAM_DOCUMENT,
         responses={200: {"description": "text/event-stream: message events, then done or error"}},
     )
     return store
