@@ -106,6 +106,10 @@ bench-tools: ## Install Debian's wrk (HTTP load from C, for `mlapi_bench capacit
 # --- API gateway (gateway/, docs/gateway.md) ---
 .PHONY: gateway bench-gateway system-deps
 GATEWAY_PORT ?= 8080
+# Gateway workers of `make serve`, `make gateway` and `make bench-gateway`: the benchmark
+# measures the count serve runs (docs/gateway.md, Speed).
+GATEWAY_WORKERS ?= 1
+export GATEWAY_WORKERS
 
 # Idempotent and tolerant: does nothing when the tools and the packages (FONT_PACKAGES for the
 # digits build, libb64-0d for perf_analyzer, chromium for the browser-client tests) are there; without root or apt-get it only warns
