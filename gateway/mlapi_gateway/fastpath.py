@@ -103,6 +103,8 @@ class PredictShortcut:
 
     @classmethod
     def _assemble(cls, app: FastAPI) -> PredictShortcut | None:
+        if app.root_path:  # FastAPI puts it in every scope: the routes match below it
+            return None
         parts: dict[type, Any] = {}
         layer: Any = app.middleware_stack
         while not isinstance(layer, PredictFastPath):

@@ -262,6 +262,10 @@ def test_the_shortcut_is_off_for_a_stack_with_a_layer_it_does_not_know(tmp_path:
     limited.max_body_size = 10  # FastAPI's own body limit: Starlette's middleware joins
     _started(limited).state.services = object()
     assert PredictShortcut.of(limited) is None
+    rooted = create_app(settings, Services.build(settings, FakeTriton.default()))
+    rooted.root_path = "/api"  # FastAPI's own root path: the router sees it, the shortcut not
+    _started(rooted).state.services = object()
+    assert PredictShortcut.of(rooted) is None
 
 
 def test_the_shortcut_waits_for_the_app_to_start(tmp_path: Path) -> None:
