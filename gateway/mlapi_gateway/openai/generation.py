@@ -24,6 +24,7 @@ from mlapi_gateway import errors
 from mlapi_gateway.openai import chat_template
 from mlapi_gateway.openai.bodies import ChatBody, CompletionBody, Sampling, parse_body
 from mlapi_gateway.openai.context import PREFIX, Call, admit, openai_errors
+from mlapi_gateway.openai.error_objects import error_object
 from mlapi_gateway.openai.openai_metrics import TIME_TO_FIRST_TOKEN, TOKENS, count_usage
 from mlapi_gateway.routes import HeldStream, json_response
 from mlapi_gateway.schemas import TensorPredict
@@ -221,87 +222,64 @@ def _event(data: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
+def _chunk(generation: Generation, choices: list[dict[str, Any]]) -> bytes:
+    """Return one chunk event (with ``"usage": null`` when the usage comes last)."""
+    data = generation.envelope(choices, chunk=True)
+    if generation.body.include_usage():
+        data["usage"] = None
+    return _event(data)
+
+
+def _pieces(generation: Generation, outputs: dict[str, Any]) -> Iterator[bytes]:
+    """Yield the chunk events of one model response (its text; the finish reason on the last)."""
+    text = str(outputs["text_output"][0])
+    reason = finish_reason_of(outputs)
+    if generation.chat:
+        if text:
+            yield _chunk(generation, [generation.choice(text, None, chunk=True)])
+        if reason:
+            yield _chunk(generation, [generation.choice("", reason, chunk=True)])
+    elif text or reason:
+        yield _chunk(generation, [generation.choice(text, reason, chunk=True)])
+
+
 async def _chunks(
     generation: Generation, source: AsyncIterator[dict[str, Any]], first: Any
 ) -> AsyncIterator[bytes]:
     """Yield the SSE bytes of a streamed completion: chunks, the usage chunk if asked, [DONE]."""
     settings = generation.call.svc.settings
-    include_usage = generation.body.include_usage()
-    extra = {"usage": None} if include_usage else {}
     used: dict[str, int] | None = None
-    first_sent = False
+    sent = 0  # text chunks, for the token estimate of a stream whose caller left
     if generation.chat:
-        yield _event(
-            {
-                **generation.envelope(
-                    [
-                        {
-                            "index": 0,
-                            "delta": {"role": "assistant", "content": ""},
-                            "logprobs": None,
-                            "finish_reason": None,
-                        }
-                    ],
-                    chunk=True,
-                ),
-                **extra,
-            }
+        role = {"role": "assistant", "content": ""}
+        yield _chunk(
+            generation, [{"index": 0, "delta": role, "logprobs": None, "finish_reason": None}]
         )
     pending: asyncio.Future[Any] | None = None
     item = first
     try:
         while item is not END:
             outputs = item["outputs"]
-            text = str(outputs["text_output"][0])
+            for piece in _pieces(generation, outputs):
+                if sent == 0:
+                    ttft_s = time.perf_counter() - generation.started_s
+                    TIME_TO_FIRST_TOKEN.labels(generation.route, generation.model).observe(ttft_s)
+                sent += 1
+                yield piece
             reason = finish_reason_of(outputs)
-            if text or (reason and not generation.chat):
-                yield _event(
-                    {
-                        **generation.envelope(
-                            [
-                                generation.choice(
-                                    text, reason if not generation.chat else None, chunk=True
-                                )
-                            ],
-                            chunk=True,
-                        ),
-                        **extra,
-                    }
-                )
-                if not first_sent:
-                    first_sent = True
-                    TIME_TO_FIRST_TOKEN.labels(generation.route, generation.model).observe(
-                        time.perf_counter() - generation.started_s
-                    )
             if reason:
                 used = usage(outputs)
-                count_usage(
-                    generation.route,
-                    generation.model,
-                    used["prompt_tokens"],
-                    used["completion_tokens"],
-                    reason,
-                )
-                if generation.chat:
-                    yield _event(
-                        {
-                            **generation.envelope(
-                                [generation.choice("", reason, chunk=True)], chunk=True
-                            ),
-                            **extra,
-                        }
-                    )
+                prompt, completion = used["prompt_tokens"], used["completion_tokens"]
+                count_usage(generation.route, generation.model, prompt, completion, reason)
                 break
             pending = asyncio.ensure_future(next_within(source, settings))
             while not (await asyncio.wait({pending}, timeout=settings.sse_heartbeat_s))[0]:
                 yield HEARTBEAT
             item, pending = pending.result(), None
-        if include_usage and used is not None:
+        if generation.body.include_usage() and used is not None:
             yield _event({**generation.envelope([], chunk=True), "usage": used})
         yield DONE
     except errors.GatewayError as exc:
-        from mlapi_gateway.openai.error_objects import error_object
-
         yield _event(error_object(exc))
     finally:
         if pending is not None:
@@ -309,7 +287,8 @@ async def _chunks(
             with contextlib.suppress(BaseException):
                 await pending
         await source.aclose()  # type: ignore[attr-defined]
-        await _settle(generation, used)
+        spent = used or {"total_tokens": len(generation.prompt) + sent}
+        await _settle(generation, spent)
 
 
 async def _stream(generation: Generation) -> Response:
