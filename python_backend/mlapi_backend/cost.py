@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,12 @@ PRICE_ENV = {
 }
 # The CPU per compute second assumed until the first measurement (one busy core).
 INITIAL_CPU_PER_COMPUTE_S = 1.0
+# Seconds between two measurements of the rate: reading the tree's /proc files (tritonserver
+# has ~100 threads to look for children in) costs ~1 ms, too much for every 0.1 s drain.
+MEASURE_EVERY_S = 1.0
+# The rate is measured over the last RATE_WINDOW_S (at least): one second alone swung by +-20 %
+# between runs on a busy 2-CPU host (the instances' ledgers are read at different moments).
+RATE_WINDOW_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,9 @@ class CostMeter:
         self.memory_gb = 0.0
         self._compute_s = 0.0
         self._lock = threading.Lock()
-        self._last: tuple[float, float] | None = None  # (tree CPU s, all instances' compute s)
+        # (monotonic s, tree CPU s, all instances' compute s), oldest first.
+        self._history: deque[tuple[float, float, float]] = deque(maxlen=64)
+        self._measured_at = float("-inf")
 
     def record(self, compute_s: float) -> tuple[float, float]:
         """Note ``compute_s`` of work; return its estimated (CPU seconds, cost in USD)."""
@@ -147,8 +157,15 @@ class CostMeter:
         cpu_s = compute_s * self.cpu_per_compute_s
         return cpu_s, self.prices.cost_usd(cpu_s, 0.0, self.memory_gb, compute_s)
 
-    def update(self) -> None:
-        """Write this instance's ledger, re-measure the rate from /proc and every ledger."""
+    def update(self, now: float | None = None) -> None:
+        """Write this instance's ledger, re-measure the rate from /proc and every ledger.
+
+        At most every MEASURE_EVERY_S (``now``: monotonic seconds, for tests).
+        """
+        now = time.monotonic() if now is None else now
+        if now - self._measured_at < MEASURE_EVERY_S:
+            return
+        self._measured_at = now
         with self._lock:
             mine = self._compute_s
         tmp = self.ledger.with_suffix(".tmp")
@@ -163,13 +180,12 @@ class CostMeter:
             except (OSError, ValueError):
                 continue
         cpu, self.memory_gb = tree_usage(self.server_pid)
-        if self._last is not None:
-            d_cpu, d_compute = cpu - self._last[0], total - self._last[1]
-            if d_compute > 0.05:  # a rate from too little work is mostly idle noise
-                self.cpu_per_compute_s = d_cpu / d_compute
-                self._last = (cpu, total)
-        else:
-            self._last = (cpu, total)
+        self._history.append((now, cpu, total))
+        while len(self._history) > 2 and now - self._history[1][0] >= RATE_WINDOW_S:
+            self._history.popleft()  # keep the newest sample at least RATE_WINDOW_S old
+        _, first_cpu, first_total = self._history[0]
+        if total - first_total > 0.05:  # a rate from too little work is mostly idle noise
+            self.cpu_per_compute_s = (cpu - first_cpu) / (total - first_total)
 
 
 def started_meter(env: Mapping[str, str], instance: str) -> CostMeter:

@@ -50,16 +50,17 @@ def test_the_rate_spreads_the_servers_cpu_over_every_instances_compute(tmp_path:
     a = CostMeter(Prices(cpu_core_hour_usd=3600), server, "a", ledger_dir=tmp_path)
     b = CostMeter(Prices(cpu_core_hour_usd=3600), server, "b", ledger_dir=tmp_path)
     assert a.record(0.5) == (0.5, pytest.approx(0.5))  # one core per compute second at first
-    a.update()
-    b.update()
+    a.update(now=0)
+    b.update(now=0)
     cpu_before = tree_usage(server)[0]
     end = time.process_time() + 0.3
     while time.process_time() < end:
         pass
     a.record(0.2)
     b.record(0.4)  # the two instances computed 0.6 s in all
-    b.update()
-    a.update()
+    b.update(now=1)
+    a.update(now=1)
+    a.update(now=1.5)  # too soon: not measured again
     used = tree_usage(server)[0] - cpu_before
     assert a.cpu_per_compute_s == pytest.approx(used / 0.6, rel=0.2)
     cpu_s, usd = a.record(1.0)
