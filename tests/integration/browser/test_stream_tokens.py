@@ -45,6 +45,9 @@ def test_token_opens_its_own_stream_once(cors_gateway: Gateway, browser_key: str
     status, text = _events(cors_gateway.url + grant["stream_url"])
     assert status == 200 and text.count("event: message") >= 1 and "event: done" in text
     assert _events(cors_gateway.url + grant["stream_url"])[0] == 401
+    # The access log names the route and the key id, never the token in the query string.
+    log = cors_gateway.log_path.read_text(errors="replace")
+    assert '"route":"/v1/models/{model}/stream"' in log and grant["token"] not in log
 
 
 def test_minting_is_authenticated_and_checked(cors_gateway: Gateway, browser_key: str) -> None:
