@@ -25,7 +25,7 @@ from mlapi_gateway.openai import chat_template
 from mlapi_gateway.openai.bodies import ChatBody, CompletionBody, Sampling, parse_body
 from mlapi_gateway.openai.context import PREFIX, Call, admit, openai_errors
 from mlapi_gateway.openai.error_objects import error_object
-from mlapi_gateway.openai.openai_metrics import TIME_TO_FIRST_TOKEN, TOKENS, count_usage
+from mlapi_gateway.openai.openai_metrics import TIME_TO_FIRST_TOKEN, count_usage
 from mlapi_gateway.routes import HeldStream, json_response
 from mlapi_gateway.schemas import TensorPredict
 from mlapi_gateway.services import read_body
@@ -161,7 +161,7 @@ async def _start(request: Request, chat: bool) -> Generation:
 
 
 async def _settle(generation: Generation, used: dict[str, int] | None) -> None:
-    """Give back the unused token estimate; count the usage."""
+    """Give back what the request did not use of its token estimate (``used``: none)."""
     call = generation.call
     spent = used["total_tokens"] if used else 0
     await call.budgets.give_back(
@@ -335,4 +335,4 @@ async def chat_completions(request: Request) -> Response:
     return await _generate(request, chat=True)
 
 
-__all__ = ["TOKENS", "chat_completions", "completions"]
+__all__ = ["chat_completions", "completions"]
