@@ -182,10 +182,11 @@ def _text(events: list[dict]) -> str:
 
 
 def test_a_paraphrase_gets_the_cached_generation(api: httpx.Client) -> None:
-    tag = uuid.uuid4().hex[:6]  # a prompt of its own: the cache outlives single tests
-    first, _ = _generate(api, f"Write a short story about a fox named {tag}.")
+    # Cosine 0.98 with the served text_embedder; no other test of this module's gateway (its
+    # cache lives as long as the module) sends either prompt.
+    first, _ = _generate(api, "Write a short story about a fox.")
     assert first and first[0]["cache"] == {"hit": False, "kind": "semantic"}
-    again, headers = _generate(api, f"Please write a short story about a fox named {tag}.")
+    again, headers = _generate(api, "Please write a short story about a fox.")
     cache = again[0]["cache"]
     assert cache["hit"] is True and cache["kind"] == "semantic", cache
     assert cache["similarity"] >= 0.9515 and len(cache["entry"]) == 12
