@@ -191,6 +191,7 @@ SETTINGS: dict[str, dict[str, str]] = {
     "shipped": SHIPPED,
     "per-stream BLS": {**SHIPPED, "coalesce_decode_steps": "false"},
     "prompt by steps": {**SHIPPED, "prefill_model": ""},
+    "sends on the loop": {**SHIPPED, "queue_sends": "false"},
     # what was served before text_prefill and the send queue
     "before (steps, sends on the loop)": {**SHIPPED, "prefill_model": "", "queue_sends": "false"},
     "2 generator instances": {**SHIPPED, INSTANCES: "2"},
@@ -324,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compare-instances", action="store_true", help="also run 2 text_generator instances"
     )
+    parser.add_argument(
+        "--compare-sends",
+        action="store_true",
+        help="also send the responses on the event loop (queue_sends off)",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -337,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     settings += ["per-stream BLS"] if args.compare_coalescing else []
     settings += ["2 generator instances"] if args.compare_instances else []
+    settings += ["sends on the loop"] if args.compare_sends else []
     with server(args.url) as url:
         shipped = instance_count(url)
         for streams in args.streams:

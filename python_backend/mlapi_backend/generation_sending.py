@@ -8,6 +8,11 @@ in the order they were made (so every stream's responses keep their order and th
 comes last), while the loop samples and batches the next step; the send releases the GIL
 while it waits. Sending from another thread is what the backend's own decoupled examples do.
 
+Generation must not outrun the thread: a stream that had queued many responses would reach
+its client late and in bursts. ``caught_up`` lets the stream's coroutine wait until at most
+``pending`` of its responses are still to be sent before it computes the next token, so one
+send overlaps the next step and no backlog builds up.
+
 ``is_cancelled`` is a round trip too (about 0.06 ms). Once a stream has sent a response, the
 worker asks it after each send and the loop reads the answer from a flag; before that (the
 prompt) the loop asks the sender itself. A cancel is thus seen one send later at most.
@@ -15,9 +20,11 @@ prompt) the loop asks the sender itself. A cancel is thus seen one send later at
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 # (request id, the exception a send raised)
@@ -37,12 +44,20 @@ class QueuedSender:
         self.failed = threading.Event()
         self.cancelled = threading.Event()
         self.queued = 0
+        self.in_flight: deque[Future[None]] = deque()
 
     def send(self, response: Any = None, flags: int = 0) -> None:
         """Queue one response (or the final flag alone) behind those sent before."""
         if not self.failed.is_set():
             self.queued += 1
-            self.executor.submit(self._send, response, flags)
+            self.in_flight.append(self.executor.submit(self._send, response, flags))
+
+    async def caught_up(self, pending: int = 1) -> None:
+        """Wait until at most ``pending`` of this stream's responses are still to be sent."""
+        while self.in_flight and self.in_flight[0].done():
+            self.in_flight.popleft()
+        while len(self.in_flight) > pending:
+            await asyncio.wrap_future(self.in_flight.popleft())
 
     def is_cancelled(self) -> bool:
         """Whether the client cancelled the request (or a send to it failed)."""

@@ -35,7 +35,7 @@ from mlapi_backend.generation import (
 from mlapi_backend.generation_batching import stream_prefill, stream_step
 from mlapi_backend.generation_metrics import GeneratorMetrics
 from mlapi_backend.generation_request import INPUTS, parse_request
-from mlapi_backend.generation_sending import SendQueue
+from mlapi_backend.generation_sending import QueuedSender, SendQueue
 from mlapi_backend.model_config import ModelConfig
 from mlapi_backend.triton_responses import request_id, send_stream
 
@@ -68,18 +68,23 @@ class TritonPythonModel:
         sender = request.get_response_sender()
         if self.settings.queue_sends:
             sender = self.sends.sender(sender, rid)
-        chunks = self._chunks(request, sender.is_cancelled)
+        chunks = self._chunks(request, sender)
         await send_stream(sender, chunks, pb_utils, self.failures, rid)
 
-    async def _chunks(self, request, is_cancelled) -> AsyncGenerator[tuple[dict, bool], None]:
+    async def _chunks(self, request, sender) -> AsyncGenerator[tuple[dict, bool], None]:
+        queued = isinstance(sender, QueuedSender)
         tensors = {name: _input(request, name) for name in INPUTS}
         parsed = parse_request(tensors, self.settings.limits)
         shape = self.settings.state_shape
         timing = self.metrics.stream_started()
         try:
-            async for chunk in responses(parsed, self.step, shape, is_cancelled, self.prefill):
+            async for chunk in responses(
+                parsed, self.step, shape, sender.is_cancelled, self.prefill
+            ):
                 yield chunk.outputs(), chunk.is_last
                 timing.sent()
+                if queued:  # computing the next token overlaps this one's send, no more
+                    await sender.caught_up(1)
                 if chunk.finish_reason is not None:
                     self.metrics.stream_finished(chunk, timing)
         finally:

@@ -110,3 +110,34 @@ def test_after_a_send_the_worker_asks_and_the_loop_reads_a_flag() -> None:
     sender.send(flags=FINAL)
     queue.close()
     assert len(real.asked_from) == 2, "not asked after the final response"
+
+
+def test_caught_up_waits_until_at_most_n_responses_are_pending() -> None:
+    import asyncio
+
+    release = threading.Event()
+    log: list = []
+
+    class Slow(FakeSender):
+        def send(self, response: object = None, flags: int = 0) -> None:
+            release.wait(timeout=30)
+            super().send(response, flags)
+
+    queue = SendQueue(lambda rid, exc: None)
+    sender = queue.sender(Slow("s", log), "id")
+
+    async def go() -> list[int]:
+        for index in range(3):
+            sender.send(index)
+        waiting = asyncio.ensure_future(sender.caught_up(1))
+        await asyncio.sleep(0.05)
+        seen = [len(log), int(waiting.done())]
+        release.set()
+        await waiting
+        return [*seen, len(log) >= 2]
+
+    # nothing was sent while the sends were held, so the stream waited; once they went, it
+    # resumed with at most one of its responses still to send
+    assert asyncio.run(go()) == [0, 0, True]
+    queue.close()
+    assert [r for _, r, _ in log] == [0, 1, 2]
