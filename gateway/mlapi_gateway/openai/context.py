@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -69,6 +70,20 @@ class Call:
             )
         self.request.state.model = name  # a metrics label once known
         return name
+
+    @contextlib.contextmanager
+    def loaded(self, model: str) -> Iterator[None]:
+        """Answer a configured model missing on the server (unloaded, loading) as a 503.
+
+        Its name was checked against the models these routes serve: for the caller it exists,
+        it is just not ready now (the native routes say 404 "not on the server").
+        """
+        try:
+            yield
+        except errors.NotFoundError as exc:
+            raise errors.UnavailableError(
+                f"model '{model}' is not loaded now; retry later", self.svc.settings.retry_after_s
+            ) from exc
 
 
 async def admit(request: Request) -> Call:

@@ -61,7 +61,7 @@ async def embeddings(request: Request) -> Response:
     used = 0
     try:
         adapter = call.svc.inference.adapter(model)
-        with _input_named():
+        with call.loaded(model), _input_named():
             parsed = adapter.parse({"texts": texts})
             answer = await adapter.predict(parsed, None, call.deadline_s(), call.request_id)
         used = sum(int(e["token_count"]) for e in answer["embeddings"])

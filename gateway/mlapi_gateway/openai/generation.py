@@ -181,7 +181,7 @@ async def _open(generation: Generation, stream: bool) -> tuple[AsyncIterator[dic
         and generation.body.max_completion_tokens is not None
         else "max_tokens"
     )
-    with _parameters_named(generation.chat, max_name):
+    with call.loaded(generation.model), _parameters_named(generation.chat, max_name):
         source = adapter.stream(generation.tensors(stream), None, timeout_s, call.request_id)
         try:
             first = await next_within(source, settings)
