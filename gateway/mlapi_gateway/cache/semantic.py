@@ -138,6 +138,32 @@ class SemanticCache:
                 return entry, similarity
         return None, nearest
 
+    async def _find(
+        self, group_key: bytes, prompt: str, timeout_s: float
+    ) -> tuple[Entry | None, float | None, Vector | None]:
+        """Return the entry answering ``prompt`` (or None), its similarity, the prompt's vector.
+
+        A repeat of a cached prompt is found without an embedding (no vector then).
+        """
+        entry = self.same_prompt(group_key, prompt)
+        if entry is not None:
+            return entry, 1.0, None
+        vector = await self.embed(prompt, timeout_s)
+        entry, similarity = self.lookup(group_key, prompt, vector)
+        return entry, similarity, vector
+
+    def same_prompt(self, group_key: bytes, prompt: str) -> Entry | None:
+        """Return the live entry of exactly ``prompt`` in the group, if any."""
+        group = self._groups.get(group_key)
+        if group is None:
+            return None
+        self._expire(group_key, group)
+        entry = group.entries.get(hashlib.sha256(prompt.encode()).hexdigest()[:12])
+        if entry is None or entry.prompt != prompt:
+            return None
+        self._order.move_to_end((group_key, entry.name))
+        return entry
+
     def keep(
         self, group_key: bytes, prompt: str, vector: Vector, events: list[dict[str, Any]]
     ) -> None:
@@ -180,7 +206,7 @@ class SemanticCache:
             return
         group_key = await self._group_key(adapter, scope, body, version)
         try:
-            vector = await self.embed(prompt, timeout_s)
+            entry, similarity, vector = await self._find(group_key, prompt, timeout_s)
         except errors.GatewayError as exc:  # the generation must not fail for the embedder
             log.warning("semantic cache: embedding failed (%s); generating", exc)
             async for item in self._bypassed(
@@ -188,7 +214,6 @@ class SemanticCache:
             ):
                 yield item
             return
-        entry, similarity = self.lookup(group_key, prompt, vector)
         if similarity is not None:
             metrics.SEMANTIC_SIMILARITY.labels(adapter.name).observe(similarity)
         if entry is not None and similarity is not None:
@@ -214,7 +239,7 @@ class SemanticCache:
             yield {**item, "cache": miss}
         # Only a generation that ran to its end is kept (a client that left stops it early),
         # and only when the version the group names served it.
-        if events and str(events[-1].get("model_version")) == scope.version:
+        if events and vector is not None and str(events[-1].get("model_version")) == scope.version:
             self.keep(group_key, prompt, vector, events)
 
     async def _bypassed(

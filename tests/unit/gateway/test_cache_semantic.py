@@ -230,3 +230,15 @@ def test_the_default_threshold_is_the_chosen_one() -> None:
 
     chosen = Path(__file__).resolve().parents[3] / "tools/mlapi_tools/semantic_pairs/threshold.json"
     assert GatewaySettings().semantic_cache_threshold == json.loads(chosen.read_text())["setting"]
+
+
+def test_a_repeated_prompt_is_answered_without_embedding_it() -> None:
+    async def check() -> None:
+        cache, model, embedder = _setup()
+        await _events(cache, model, _body("Why are volcanoes hot?"))
+        calls = embedder.calls
+        again = await _events(cache, model, _body("Why are volcanoes hot?"))
+        assert again[0]["cache"]["hit"] is True and again[0]["cache"]["similarity"] == 1.0
+        assert embedder.calls == calls and model.relayed == ["Why are volcanoes hot?"]
+
+    asyncio.run(check())
