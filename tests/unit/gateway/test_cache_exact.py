@@ -205,3 +205,11 @@ def test_the_cache_is_off_by_default(tmp_path: Path) -> None:
         assert _digits_calls(gw.triton) == 2
 
     run(tmp_path, check)
+
+
+def test_the_answer_schema_documents_the_cache_field_of_covered_models(tmp_path: Path) -> None:
+    async def check(gw: Gateway) -> None:
+        schemas = (await gw.http.get("/openapi.json")).json()["components"]["schemas"]
+        assert schemas["DigitsAnswer"]["properties"]["cache"]["required"] == ["hit"]
+
+    run(tmp_path, check, exact_cache_models=["digits"])
