@@ -25,6 +25,10 @@ from mlapi_gateway.settings import GatewaySettings, Plan
 
 log = logging.getLogger(__name__)
 CLOSE = (b"connection", b"close")
+# The guarded routes: the native API and its OpenAI-compatible surface (answers there are
+# OpenAI error objects, as every other answer of those routes).
+GUARDED = ("/v1/", "/openai/v1/")
+OPENAI_PREFIX = "/openai/"
 
 
 class RateLimiter(Protocol):
@@ -160,7 +164,7 @@ class StreamSlots:
 
 
 class RequestGuard:
-    """Pure ASGI middleware in front of the /v1 routes of one worker.
+    """Pure ASGI middleware in front of the /v1 and /openai/v1 routes of one worker.
 
     It sheds a request while ``max_in_flight`` others are being served (503 + Retry-After,
     before any work), refuses a declared body over ``max_body_bytes`` before anything reads
@@ -177,7 +181,7 @@ class RequestGuard:
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or not scope["path"].startswith(GUARDED):
             await self.app(scope, receive, send)
             return
         declared = declared_body(scope)
@@ -218,10 +222,17 @@ class RequestGuard:
             )
         if refusal is None:
             return None
-        count_error(refusal.error_type, status_of(refusal))
         request_id = request_id_of(scope)
-        log_server_error(refusal, request_id, f"{scope['method']} {scope['path']}")
-        response = render(refusal, scope["path"], request_id)
+        where = f"{scope['method']} {scope['path']}"
+        if scope["path"].startswith(OPENAI_PREFIX):
+            # Imported here: the OpenAI package builds on the routes that import this module.
+            from mlapi_gateway.openai.error_objects import error_response
+
+            response = error_response(refusal, request_id, where)
+        else:
+            count_error(refusal.error_type, status_of(refusal))
+            log_server_error(refusal, request_id, where)
+            response = render(refusal, scope["path"], request_id)
         if declared != 0:
             response.headers["connection"] = "close"
         return response

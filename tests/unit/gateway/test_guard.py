@@ -96,6 +96,36 @@ def test_requests_over_the_in_flight_cap_are_503_with_retry_after() -> None:
     asyncio.run(main())
 
 
+def test_openai_routes_are_guarded_and_refused_with_openai_error_objects() -> None:
+    release = asyncio.Event()
+    path = "/openai/v1/chat/completions"
+
+    async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await release.wait()
+        await _answer(scope, receive, send)
+
+    async def main() -> None:
+        guard = RequestGuard(slow_app, _settings(max_body_bytes=2048))
+        held = [Exchange() for _ in range(2)]
+        tasks = [asyncio.create_task(guard(_scope(path), e.receive, e.send)) for e in held]
+        await asyncio.sleep(0)
+        assert guard.in_flight == 2
+        shed = Exchange()
+        await guard(_scope(path), shed.receive, shed.send)
+        assert shed.status == 503 and shed.header("retry-after") == "3"
+        assert shed.header("content-type") == "application/json"
+        assert json.loads(shed.body)["error"]["code"] == "overloaded"
+        release.set()
+        await asyncio.gather(*tasks)
+        big = Exchange()
+        await guard(_scope(path, {"Content-Length": "4096"}), big.receive, big.send)
+        assert big.status == 413 and big.header("connection") == "close"
+        error = json.loads(big.body)["error"]
+        assert error["type"] == "invalid_request_error" and "4096 bytes" in error["message"]
+
+    asyncio.run(main())
+
+
 def test_a_declared_oversized_body_is_413_before_the_app_runs() -> None:
     called = False
 
