@@ -15,6 +15,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlapi_gateway import errors
+from mlapi_gateway.cache.status import outcome_of
 from mlapi_gateway.metrics import exposition
 from mlapi_gateway.request_id import request_id_of
 from mlapi_gateway.schemas import ModelList, TensorPredict, parse_as
@@ -164,7 +165,11 @@ async def serve_predict(request: Request, version: str | None) -> Response:
     answer = await adapter.predict(body, version, deadline_s, request_id_of(request.scope))
     served = str(answer["model_version"])
     request.state.model_version = served
-    return json_response(answer, headers={"X-Model-Version": served})
+    headers = {"X-Model-Version": served}
+    cached = outcome_of(answer.get("cache"))
+    if cached is not None:
+        headers["X-Cache"] = cached
+    return json_response(answer, headers=headers)
 
 
 async def predict(request: Request) -> Response:

@@ -32,8 +32,21 @@ def report(value: str) -> None:
         outcome.value = value
 
 
+def outcome_of(field: object) -> str | None:
+    """Return the ``X-Cache`` value that an answer's ``cache`` field names (None: no field)."""
+    if not isinstance(field, dict):
+        return None
+    if field.get("hit"):
+        return "hit"
+    return "bypass" if "bypass" in field else "miss"
+
+
 class CacheHeaderMiddleware:
-    """Add ``X-Cache: <outcome>`` to the answer of a request whose outcome was reported."""
+    """Add ``X-Cache: <outcome>`` to the answer of a request whose outcome was reported.
+
+    An answer that names its outcome itself (predict: from its ``cache`` field, on every path
+    including the predict shortcut, which does not pass here) keeps its own header.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -47,7 +60,11 @@ class CacheHeaderMiddleware:
 
         async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start" and outcome.value is not None:
-                headers = [*message.get("headers", ()), (HEADER, outcome.value.encode())]
+                headers = list(message.get("headers", ()))
+                if any(name.lower() == HEADER for name, _ in headers):
+                    await send(message)
+                    return
+                headers.append((HEADER, outcome.value.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 

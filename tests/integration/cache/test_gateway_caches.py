@@ -108,6 +108,7 @@ def test_an_exact_hit_is_the_identical_answer_and_is_counted(
     assert second.json()["cache"]["hit"] is True and second.json()["cache"]["kind"] == "exact"
     assert _without_cache(second.json()) == _without_cache(first.json())
     assert second.headers["x-model-version"] == first.headers["x-model-version"]
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
     after_hits = _counter(
         api.metrics(),
         "mlapi_gateway_exact_cache_requests_total",
@@ -135,13 +136,15 @@ def test_other_parameters_shapes_and_versions_never_hit(api: httpx.Client) -> No
         reply = api.post(path, json=body)
         assert reply.status_code == 200, reply.text
         assert reply.json()["cache"]["hit"] is False, (path, body)
+        assert reply.headers["x-cache"] == "miss"  # the predict shortcut's answer too
         answers.append(reply.json())
     assert answers[1]["metadata"] != answers[0]["metadata"]  # the shape was [8, 16]
     assert len(answers[2]["predictions"]) == 2
     assert answers[3]["model_version"] == "1" and answers[4]["model_version"] == "2"
     for (path, body), answer in zip(cases, answers, strict=True):  # each is now its own hit
-        again = api.post(path, json=body).json()
-        assert again["cache"]["hit"] is True
+        reply = api.post(path, json=body)
+        again = reply.json()
+        assert again["cache"]["hit"] is True and reply.headers["x-cache"] == "hit"
         assert _without_cache(again) == _without_cache(answer)
 
 

@@ -213,3 +213,35 @@ def test_the_answer_schema_documents_the_cache_field_of_covered_models(tmp_path:
         assert schemas["DigitsAnswer"]["properties"]["cache"]["required"] == ["hit"]
 
     run(tmp_path, check, exact_cache_models=["digits"])
+
+
+def test_the_answer_header_names_the_cache_field_and_is_never_doubled() -> None:
+    from starlette.types import Message, Receive, Scope, Send
+
+    from mlapi_gateway.cache import status
+
+    assert status.outcome_of({"hit": True, "kind": "exact", "age_s": 1.0}) == "hit"
+    assert status.outcome_of({"hit": False}) == "miss"
+    assert status.outcome_of({"hit": False, "bypass": "canary split"}) == "bypass"
+    assert status.outcome_of(None) is None and status.outcome_of("hit") is None
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        status.report("hit")
+        own = [(b"x-cache", b"miss")] if scope["path"] == "/own" else []
+        await send({"type": "http.response.start", "status": 200, "headers": own})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def headers_of(path: str) -> list[tuple[bytes, bytes]]:
+        sent: list[Message] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b""}
+
+        await status.CacheHeaderMiddleware(app)({"type": "http", "path": path}, receive, send)
+        return list(sent[0]["headers"])
+
+    assert asyncio.run(headers_of("/reported")) == [(b"x-cache", b"hit")]
+    assert asyncio.run(headers_of("/own")) == [(b"x-cache", b"miss")]
