@@ -73,7 +73,7 @@ def process_tree_cpu_s(root: int) -> float:
 
 
 def binary_body(inputs: list[tuple[str, np.ndarray, str]], parameters: dict) -> tuple[bytes, int]:
-    """A KServe v2 binary-tensor request body and its JSON header's length."""
+    """A KServe v2 binary-tensor request body (binary outputs) and its JSON header's length."""
     header = {
         "inputs": [
             {
@@ -85,8 +85,8 @@ def binary_body(inputs: list[tuple[str, np.ndarray, str]], parameters: dict) -> 
             for name, array, datatype in inputs
         ],
     }
-    if parameters:
-        header["parameters"] = parameters
+    # Outputs come back binary too, as tritonclient asks when no outputs are named.
+    header["parameters"] = {"binary_data_output": True, **parameters}
     head = json.dumps(header).encode()
     return head + b"".join(np.ascontiguousarray(a).tobytes() for _, a, _ in inputs), len(head)
 
