@@ -180,12 +180,14 @@ class CostMeter:
             except (OSError, ValueError):
                 continue
         cpu, self.memory_gb = tree_usage(self.server_pid)
+        if self._history and cpu < self._history[-1][1]:
+            self._history.clear()  # a process of the tree exited (e.g. an unloaded model)
         self._history.append((now, cpu, total))
         while len(self._history) > 2 and now - self._history[1][0] >= RATE_WINDOW_S:
             self._history.popleft()  # keep the newest sample at least RATE_WINDOW_S old
         _, first_cpu, first_total = self._history[0]
         if total - first_total > 0.05:  # a rate from too little work is mostly idle noise
-            self.cpu_per_compute_s = (cpu - first_cpu) / (total - first_total)
+            self.cpu_per_compute_s = max(0.0, (cpu - first_cpu) / (total - first_total))
 
 
 def started_meter(env: Mapping[str, str], instance: str) -> CostMeter:

@@ -31,7 +31,7 @@ def _promtool(*args: str) -> str:
 @needs_promtool
 def test_promtool_checks_the_rules() -> None:
     out = _promtool("check", "rules", str(RULES_FILE))
-    assert "SUCCESS: 14 rules found" in out, out
+    assert "SUCCESS: 16 rules found" in out, out
 
 
 @needs_promtool
@@ -49,6 +49,7 @@ def test_every_alert_of_the_design_has_a_unit_test() -> None:
         "MlapiQueueTimeHigh",
         "MlapiPredictLatencyP99High",
         "MlapiPredictionDrift",
+        "MlapiCostBudget",
     }
     assert design <= alerts
     tested = {

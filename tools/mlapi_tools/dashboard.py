@@ -267,7 +267,7 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 tuple(
                     (
                         f"histogram_quantile({q}, sum by (le, version) "
-                        f"(rate(mlapi_top1_score_bucket[{RATE}])))",
+                        f"(rate(mlapi_top1_score_images_total[{RATE}])))",
                         f"p{round(q * 100)} v{{{{version}}}}",
                     )
                     for q in (0.05, 0.5)
@@ -281,6 +281,24 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                     (
                         f"sum by (version, label) (rate(mlapi_predictions_total[{RATE}]))",
                         "v{{version}} {{label}}",
+                    ),
+                ),
+            ),
+            Panel(
+                "Cost",
+                "Estimated serving cost in USD per hour by version, and per 1000 images "
+                "(measured compute time x the server's CPU per compute second x prices).",
+                "currencyUSD",
+                (
+                    (
+                        f"sum by (model, version) (rate(mlapi_cost_usd_total[{RATE}])) * 3600",
+                        "{{model}} v{{version}} per hour",
+                    ),
+                    (
+                        f"sum by (model, version) (rate(mlapi_cost_usd_total[{RATE}])) * 1000"
+                        " / clamp_min(sum by (model, version) "
+                        f"(rate(mlapi_predictions_total[{RATE}])), 1e-9)",
+                        "{{model}} v{{version}} per 1000 images",
                     ),
                 ),
             ),
@@ -385,6 +403,91 @@ def dashboard() -> dict[str, Any]:
     }
 
 
+# The panels ``--png`` draws: the dashboard's main ones, by title.
+PNG_PANELS = (
+    "Inferences by model and version",
+    "Drift flag",
+    "Drift p-values",
+    "Low-confidence rate",
+    "Top-1 score",
+    "Cost",
+)
+
+
+def query_range(
+    prometheus_url: str, expr: str, start: float, end: float, step_s: float
+) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+    """Each series ``expr`` returns over [start, end] (a Prometheus range query)."""
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode(
+        {"query": expr, "start": start, "end": end, "step": f"{step_s}s"}
+    )
+    with urllib.request.urlopen(f"{prometheus_url}/api/v1/query_range?{query}", timeout=30) as r:
+        body = json.load(r)
+    if body.get("status") != "success":
+        raise RuntimeError(f"{expr}: {body}")
+    return [
+        (row["metric"], [(float(t), float(v)) for t, v in row["values"]])
+        for row in body["data"]["result"]
+    ]
+
+
+def _legend(template: str, labels: dict[str, str]) -> str:
+    text = template
+    for key, value in labels.items():
+        text = text.replace("{{" + key + "}}", value)
+    return text
+
+
+def plot_png(
+    prometheus_url: str,
+    out: Path,
+    minutes: float,
+    rate_window: str = "1m",
+    step_s: float = 5,
+    end: float | None = None,
+) -> int:
+    """Draw ``PNG_PANELS`` from a real Prometheus's ``minutes`` up to ``end`` (default: now).
+
+    Return the number of series drawn.
+    """
+    import time
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [p for p in panels() if p.title in PNG_PANELS]
+    end = time.time() if end is None else end
+    start = end - minutes * 60
+    figure, axes = plt.subplots(3, 2, figsize=(13, 10), constrained_layout=True)
+    drawn = 0
+    for axis, panel in zip(axes.flat, chosen, strict=False):
+        for expr, legend in panel.queries:
+            for labels, values in query_range(
+                prometheus_url, expr.replace(RATE, rate_window), start, end, step_s
+            ):
+                xs = [(t - start) / 60 for t, _ in values]
+                ys = [v for _, v in values]
+                axis.plot(xs, ys, label=_legend(legend, labels), linewidth=1.2)
+                drawn += 1
+        if panel.title == "Drift p-values":  # down to 1e-30: the alarm is at 2e-4
+            axis.set_yscale("log")
+            axis.set_ylim(1e-30, 2)
+        axis.set_title(panel.title)
+        axis.set_xlabel("minutes")
+        axis.set_ylabel(panel.unit)
+        if axis.lines:
+            axis.legend(fontsize=6, ncol=2, loc="best")
+    figure.suptitle("triton-mlapi dashboard: main panels, from a real Prometheus")
+    figure.savefig(out, dpi=80)
+    plt.close(figure)
+    return drawn
+
+
 def render() -> str:
     """The dashboard file's text."""
     return json.dumps(dashboard(), indent=2, ensure_ascii=False) + "\n"
@@ -395,7 +498,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="fail when the file is stale")
     parser.add_argument("--out", type=Path, default=DASHBOARD_FILE)
+    parser.add_argument("--png", type=Path, help="draw the main panels from --prometheus here")
+    parser.add_argument("--prometheus", default="http://127.0.0.1:9090")
+    parser.add_argument("--minutes", type=float, default=15, help="time range of --png")
+    parser.add_argument("--end", type=float, help="end of --png's range (Unix time; now)")
     args = parser.parse_args(argv)
+    if args.png:
+        drawn = plot_png(args.prometheus, args.png, args.minutes, end=args.end)
+        return 0 if drawn else 1
     text = render()
     if args.check:
         current = args.out.read_text() if args.out.exists() else ""

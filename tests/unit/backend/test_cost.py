@@ -81,3 +81,22 @@ def test_results_carry_their_share_of_the_batch(tmp_path: Path) -> None:
     assert sum(c["compute_s"] for c in costs) == pytest.approx(0.4)
     assert sum(c["usd"] for c in costs) == pytest.approx(0.4)  # 1 CPU-s per compute-s, 1 USD
     assert json.loads(results[0]["metadata"][0][0])["model"] == "digits"
+
+
+def test_a_process_leaving_the_tree_restarts_the_rate_instead_of_going_negative(
+    tmp_path: Path,
+) -> None:
+    meter = CostMeter(Prices(), os.getpid(), "x", ledger_dir=tmp_path)
+    readings = iter([(10.0, 0.1), (12.0, 0.1), (4.0, 0.1), (5.0, 0.1)])
+    import mlapi_backend.cost as cost
+
+    original = cost.tree_usage
+    cost.tree_usage = lambda pid: next(readings)
+    try:
+        for second in range(4):
+            meter.record(1.0)
+            meter.update(now=second)
+            assert meter.cpu_per_compute_s >= 0
+    finally:
+        cost.tree_usage = original
+    assert meter.cpu_per_compute_s == pytest.approx(1.0)  # (5 - 4) CPU-s over 1 compute-s

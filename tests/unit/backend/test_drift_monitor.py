@@ -275,7 +275,11 @@ def test_triton_metrics_export_counts_histogram_and_drift_gauges() -> None:
         "3": 3, "8": 1
     }  # fmt: skip
     assert len(f["mlapi_predictions_total"].metrics) == 2  # one series each, sent once
-    assert f["mlapi_top1_score"].metrics[0].observed == [0.9, 0.3, 0.99, 0.9]
+    buckets = {m.labels["le"]: m.value for m in f["mlapi_top1_score_images_total"].metrics}
+    # Cumulative: 0.3 <= 0.3; 0.9, 0.9 <= 0.9; 0.99 <= 0.99; all four <= +Inf.
+    assert (buckets["0.2"], buckets["0.3"], buckets["0.8"], buckets["0.9"]) == (0, 1, 1, 3)
+    assert (buckets["0.95"], buckets["0.99"], buckets["+Inf"]) == (3, 4, 4)
+    assert buckets["0.1"] == 0 and len(buckets) == 13  # every bucket, so quantiles read right
     assert f["mlapi_low_confidence_images_total"].metrics[0].value == 1
     assert f["mlapi_blank_images_total"].metrics[0].value == 0
     monitor = monitor_for(2)
