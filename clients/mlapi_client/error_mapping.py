@@ -11,9 +11,7 @@ restricted-protocol refusal from an unavailable model (both UNAVAILABLE).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,15 +168,27 @@ def translate(exc: BaseException, context: CallContext) -> MlapiError:
     return ServerError(f"{context.target()}: unexpected failure: {type(exc).__name__}: {exc}")
 
 
-@contextlib.asynccontextmanager
-async def translated(context: CallContext) -> AsyncIterator[None]:
-    """Run a block and re-raise any failure as an ``MlapiError`` (cancellation passes through)."""
-    try:
-        yield
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        raise translate(exc, context) from exc
+class translated:  # noqa: N801 - used as a function: ``async with translated(context):``
+    """Run a block and re-raise any failure as an ``MlapiError`` (cancellation passes through).
+
+    A class rather than an ``asynccontextmanager``: it is on every call's success path, where
+    a generator-based one costs a generator and its wrapper per call.
+    """
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: CallContext) -> None:
+        self.context = context
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None or not isinstance(exc, Exception):  # success, or cancellation
+            return
+        raise translate(exc, self.context) from exc
 
 
 def _from_status(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import Any
 
 import numpy as np
@@ -181,7 +181,7 @@ def http_infer_response(
         datatype = output["datatype"]
         data_size = (output.get("parameters") or {}).get("binary_data_size")
         if data_size is None:
-            array = np.array(output["data"], dtype=triton_to_np_dtype(datatype))
+            array = np.array(output["data"], dtype=_np_dtype(datatype))
         else:
             chunk = buffer[offset : offset + data_size]
             offset += data_size
@@ -192,7 +192,7 @@ def http_infer_response(
             elif datatype == "BF16":
                 array = deserialize_bf16_tensor(chunk.tobytes())
             else:
-                array = np.frombuffer(chunk, dtype=triton_to_np_dtype(datatype))
+                array = np.frombuffer(chunk, dtype=_np_dtype(datatype))
         if name not in outputs:  # a name twice: the first, as tritonclient's as_numpy
             outputs[name] = array.reshape(output["shape"])
     return InferResponse(
@@ -200,6 +200,21 @@ def http_infer_response(
         model_version=str(header.get("model_version", "")),
         outputs=outputs,
     )
+
+
+# triton_to_np_dtype, looked up once: it walks a chain of comparisons on every call. Names it
+# does not know are absent here and None there, alike.
+_NP_DTYPES: Mapping[str, Any] = MappingProxyType(
+    {
+        name: triton_to_np_dtype(name)
+        for name in ("BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+                     "UINT64", "FP16", "BF16", "FP32", "FP64", "BYTES")
+    }
+)  # fmt: skip
+
+
+def _np_dtype(datatype: str) -> Any:
+    return _NP_DTYPES.get(datatype)
 
 
 def http_response(result: Any) -> InferResponse:

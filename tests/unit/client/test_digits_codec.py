@@ -60,3 +60,45 @@ def test_response_outside_the_contract_is_a_server_error() -> None:
     broken = InferResponse("digits", "1", {"labels": np.array([[b"7"]], dtype=np.object_)})
     with pytest.raises(ServerError):
         digits_result(broken)
+
+
+def test_scores_and_metadata_are_exactly_what_the_model_sent() -> None:
+    scores = np.array([[0.9999467, 4.2069321e-05, 7.5968069e-06]], dtype=np.float32)
+    metadata = {
+        "classifier": {"name": "digits_classifier", "version": "3"},
+        "cost": {"cpu_us": 812.5, "tiny": 5e-324, "huge": 1.7976931348623157e308},
+        "count": 12345678901234567890123,  # past 64 bits
+        "note": "ünïcode ✓",
+        "nested": [[1, 2.5], {"a": None, "b": True}],
+    }
+    got = digits_result(
+        InferResponse(
+            "digits",
+            "1",
+            {
+                "labels": np.array([[b"4", b"9", b"7"]], dtype=np.object_),
+                "scores": scores,
+                "low_confidence": np.array([[True]]),
+                "metadata": np.array([[json.dumps(metadata).encode()]], dtype=np.object_),
+            },
+        )
+    )
+    assert [p.score for p in got.predictions] == [float(s) for s in scores.reshape(-1)]
+    assert all(type(p.score) is float and type(p.label) is str for p in got.predictions)
+    assert got.metadata == metadata and got.low_confidence is True
+    assert got.model_version == "3"
+
+
+@pytest.mark.parametrize("text", ['{"x": 1e400, "classifier": {}}', '{"x": NaN}'])
+def test_metadata_json_reads_as_python_json_reads_it(text: str) -> None:
+    outputs = response({})
+    outputs.outputs["metadata"] = np.array([[text.encode()]], dtype=np.object_)
+    got = digits_result(outputs).metadata
+    assert json.dumps(got) == json.dumps(json.loads(text))  # inf and nan included
+
+
+def test_metadata_that_is_not_json_is_a_server_error() -> None:
+    outputs = response({})
+    outputs.outputs["metadata"] = np.array([[b"{not json"]], dtype=np.object_)
+    with pytest.raises(ServerError, match="outside its contract"):
+        digits_result(outputs)
