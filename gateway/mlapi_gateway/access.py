@@ -111,12 +111,60 @@ def write_line(
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
     }
+    text = orjson.dumps(line).decode()
+    handler = _line_handler()
+    if handler is not None:
+        handler.write_line(text)
+        return
     # The record info() would make, minus its caller lookup (a stack walk) and %-formatting:
     # the message is the JSON line itself.
-    record = access_log.makeRecord(
-        ACCESS_LOGGER, logging.INFO, __file__, 0, orjson.dumps(line).decode(), (), None
-    )
-    access_log.handle(record)
+    access_log.handle(_record(text))
+
+
+def _record(text: str) -> logging.LogRecord:
+    return access_log.makeRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, text, (), None)
+
+
+def _line_handler() -> LineHandler | None:
+    """Return the access logger's one LineHandler, when nothing else would see its records.
+
+    That is how logging_config sets it up. Any other arrangement (a filter, another handler,
+    propagation to the root logger, as under pytest's caplog) gets the records themselves.
+    """
+    handlers = access_log.handlers
+    if access_log.propagate or access_log.filters or len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if (
+        type(handler) is not LineHandler
+        or handler.formatter is not handler.bare  # another format: the record's way
+        or handler.filters
+        or handler.level > logging.INFO
+    ):
+        return None
+    return handler
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record's bare message as a line; ``write_line`` skips the record itself.
+
+    A log record costs the access log about as much as the line it carries (the record's
+    time, thread and process lookups, then its formatting), once per request.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self.bare = logging.Formatter("%(message)s")
+        self.setFormatter(self.bare)
+
+    def write_line(self, text: str) -> None:
+        """Write ``text`` as emit() writes a record whose message it is, and flush."""
+        try:
+            with self.lock:  # type: ignore[union-attr]
+                self.stream.write(text + self.terminator)
+                self.stream.flush()
+        except Exception:
+            self.handleError(_record(text))
 
 
 def logging_config(level: str) -> dict[str, Any]:
@@ -133,13 +181,11 @@ def logging_config(level: str) -> dict[str, Any]:
         "handlers": {**LOGGING_CONFIG["handlers"]},
         "loggers": {**LOGGING_CONFIG["loggers"]},
     }
-    config["formatters"]["mlapi_line"] = {"format": "%(message)s"}
     config["formatters"]["mlapi_gateway"] = {
         "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"
     }
     config["handlers"]["mlapi_access"] = {
-        "class": "logging.StreamHandler",
-        "formatter": "mlapi_line",
+        "class": "mlapi_gateway.access.LineHandler",
         "stream": "ext://sys.stdout",
     }
     config["handlers"]["mlapi_gateway"] = {

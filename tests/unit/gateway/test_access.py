@@ -4,9 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import logging.config
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +19,7 @@ import httpx
 import pytest
 
 from mlapi_gateway import GatewaySettings, create_app
-from mlapi_gateway.access import ACCESS_LOGGER
+from mlapi_gateway.access import ACCESS_LOGGER, LineHandler, logging_config, write_line
 from mlapi_gateway.keys import add_key, new_key
 from mlapi_gateway.request_id import request_id_from
 
@@ -189,3 +194,114 @@ def test_each_5xx_is_logged_once_with_its_cause_and_request_id(
     assert "-> 503 unavailable" in down[0].getMessage()
     assert "cause ConnectionFailedError" in down[0].getMessage()
     assert not [r for r in gateway if "-> 400" in r.getMessage()]  # 4xx: the access log only
+
+
+@contextlib.contextmanager
+def line_handler() -> Iterator[tuple[LineHandler, io.StringIO]]:
+    """The access logger as logging_config sets it up, its one handler writing to a buffer.
+
+    Entered inside the test: pytest's log capture adds its handlers to every logger that does
+    not propagate when the test starts, and removes them when it ends.
+    """
+    logger = logging.getLogger(ACCESS_LOGGER)
+    buffer = io.StringIO()
+    handler = LineHandler(buffer)
+    saved = (logger.handlers[:], logger.filters[:], logger.propagate, logger.level)
+    logger.handlers[:], logger.filters[:], logger.propagate = [handler], [], False
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler, buffer
+    finally:
+        logger.handlers[:], logger.filters[:], logger.propagate = saved[:3]
+        logger.setLevel(saved[3])
+
+
+SCOPE = {
+    "method": "POST",
+    "path": "/v1/models/digits/predict",
+    "state": {"key_id": "k-1", "model": "digits", "model_version": "2"},
+}
+
+
+def test_logging_config_writes_access_lines_through_the_line_handler() -> None:
+    config = logging_config("info")
+    assert config["loggers"][ACCESS_LOGGER] == {
+        "handlers": ["mlapi_access"], "level": "INFO", "propagate": False,
+    }  # fmt: skip
+    configurator = logging.config.DictConfigurator(config)  # what dictConfig builds from it
+    handler = configurator.configure_handler(configurator.config["handlers"]["mlapi_access"])
+    assert type(handler) is LineHandler and handler.stream is sys.stdout
+
+
+def test_the_line_handler_writes_the_line_a_record_would_without_making_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    logger = logging.getLogger(ACCESS_LOGGER)
+    seen: list[logging.LogRecord] = []
+    with line_handler() as (_, buffer):
+        with monkeypatch.context() as patched:
+            patched.setattr(logger, "makeRecord", _no_record)
+            write_line(SCOPE, "rid-1", 200, time.perf_counter(), 10, 20)
+        direct = buffer.getvalue()
+        # The same line through the record machinery: a filter on the logger forces it.
+        logger.addFilter(lambda record: seen.append(record) or True)
+        write_line(SCOPE, "rid-1", 200, time.perf_counter(), 10, 20)
+        through_record = buffer.getvalue()[len(direct) :]
+    assert len(seen) == 1 and through_record == seen[0].getMessage() + "\n"
+    assert direct.endswith("\n") and direct.count("\n") == 1
+    one, two = json.loads(direct), json.loads(through_record)
+    assert list(one) == list(two) == [
+        "time", "request_id", "key_id", "method", "route", "path", "model", "version",
+        "status", "latency_ms", "bytes_in", "bytes_out",
+    ]  # fmt: skip
+    volatile = ("time", "latency_ms")
+    assert {k: v for k, v in one.items() if k not in volatile} == {
+        k: v for k, v in two.items() if k not in volatile
+    } == {
+        "request_id": "rid-1", "key_id": "k-1", "method": "POST", "route": "unmatched",
+        "path": "/v1/models/digits/predict", "model": "digits", "version": "2", "status": 200,
+        "bytes_in": 10, "bytes_out": 20,
+    }  # fmt: skip
+
+
+def test_any_other_arrangement_gets_the_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    with line_handler() as (handler, buffer):
+        _every_arrangement_makes_records(handler, monkeypatch)
+        assert buffer.getvalue().splitlines()[-1].startswith("access INFO {")
+
+
+def _every_arrangement_makes_records(handler: LineHandler, monkeypatch: pytest.MonkeyPatch) -> None:
+    logger = logging.getLogger(ACCESS_LOGGER)
+    other = logging.Formatter("access %(levelname)s %(message)s")
+    arrangements: list[Callable[[pytest.MonkeyPatch], object]] = [
+        lambda patched: patched.setattr(logger, "propagate", True),
+        lambda patched: patched.setattr(logger, "handlers", [handler, logging.NullHandler()]),
+        lambda patched: patched.setattr(handler, "filters", [lambda record: True]),
+        lambda patched: patched.setattr(handler, "formatter", other),
+    ]
+    for arrange in arrangements:
+        with monkeypatch.context() as patched:
+            arrange(patched)
+            made: list[logging.LogRecord] = []
+            make = logger.makeRecord
+
+            def recording(*args: Any, make: Any = make, made: list[Any] = made) -> Any:
+                made.append(make(*args))
+                return made[-1]
+
+            patched.setattr(logger, "makeRecord", recording)
+            write_line(SCOPE, "rid-2", 503, time.perf_counter(), 0, 5)
+        assert len(made) == 1 and json.loads(made[0].getMessage())["status"] == 503
+
+
+def test_a_failed_write_is_reported_as_logging_reports_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    reported: list[logging.LogRecord] = []
+    with line_handler() as (handler, buffer):
+        buffer.close()  # writing to it raises ValueError
+        monkeypatch.setattr(handler, "handleError", reported.append)
+        write_line(SCOPE, "rid-3", 200, time.perf_counter(), 0, 0)
+    assert len(reported) == 1 and json.loads(reported[0].getMessage())["request_id"] == "rid-3"
+
+
+def _no_record(*args: object) -> logging.LogRecord:
+    raise AssertionError("the line handler's path made a log record")
