@@ -5,11 +5,12 @@ through HF ``tokenizers``, with the truncation sentence-transformers applies to 
 most ``MAX_TOKENS`` tokens including ``[CLS]`` and ``[SEP]``, so 254 word pieces of the text.
 Each text also reports how many tokens the encoder saw and whether its end was cut off.
 
-Each request's texts are padded to that request's longest text, not to the longest of the whole
-``execute`` call: on the CPU, padding costs more than batching gains (one ONNX Runtime thread,
-200 varied sentences: batch 1 146 sentences/s, batches of 8 padded to their longest 65/s; see
-docs/embeddings.md). Padding does not change an embedding: pooling and attention both ignore
-masked positions. The encoder's dynamic batcher still merges requests of equal length.
+Each request's texts are padded to its longest text rounded up to a length bucket (the
+``pad_buckets`` parameter, e.g. 16, 32, 64, 128, 256 tokens). Triton's dynamic batcher merges
+only requests whose tensors have equal shapes, so without buckets two one-text requests of 14
+and 15 tokens never share an encoder call; with them, most short texts land in the same few
+shapes and the encoder runs them together (docs/embeddings.md has the measurement). Padding does
+not change an embedding: attention and mean pooling both ignore masked positions.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ MAX_TOKENS = 256
 # [CLS] and [SEP]: a text that yields nothing else has no content to embed.
 SPECIAL_TOKENS = 2
 DEFAULT_MAX_TEXT_BYTES = 16384
+# No buckets: pad each request to its own longest text only.
+NO_BUCKETS: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,9 @@ class TokenBatch:
 class TextTokenizer:
     """The model's word-piece tokenizer with this model's truncation and pad-to-longest."""
 
-    def __init__(self, tokenizer: Any, max_tokens: int = MAX_TOKENS) -> None:
+    def __init__(
+        self, tokenizer: Any, max_tokens: int = MAX_TOKENS, buckets: Sequence[int] = NO_BUCKETS
+    ) -> None:
         tokenizer.enable_truncation(max_length=max_tokens)
         pad_id = tokenizer.token_to_id("[PAD]")
         if pad_id is None:
@@ -69,22 +74,38 @@ class TextTokenizer:
         tokenizer.enable_padding(pad_id=pad_id, pad_token="[PAD]")
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+        self.pad_id = int(pad_id)
+        self.buckets = tuple(sorted(buckets))
 
     @classmethod
-    def from_file(cls, path: Path, max_tokens: int = MAX_TOKENS) -> TextTokenizer:
+    def from_file(
+        cls, path: Path, max_tokens: int = MAX_TOKENS, buckets: Sequence[int] = NO_BUCKETS
+    ) -> TextTokenizer:
         """Load ``tokenizer.json`` (the file the model was trained with)."""
         from tokenizers import Tokenizer
 
         if not Path(path).is_file():
             raise ModelConfigError(f"tokenizer file {path} is missing: run `make models`")
-        return cls(Tokenizer.from_file(str(path)), max_tokens)
+        return cls(Tokenizer.from_file(str(path)), max_tokens, buckets)
+
+    def padded_length(self, longest: int) -> int:
+        """Return the length to pad to: ``longest`` rounded up to a bucket (at most max_tokens)."""
+        if not self.buckets:
+            return longest
+        return next((b for b in self.buckets if b >= longest), max(longest, self.max_tokens))
 
     def encode(self, texts: Sequence[str]) -> TokenBatch:
-        """Tokenize ``texts`` together, padded to the longest (at most ``max_tokens``)."""
+        """Tokenize ``texts`` together, padded to the longest rounded up to a bucket."""
         encodings = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        extra = self.padded_length(ids.shape[1]) - ids.shape[1]
+        if extra > 0:
+            ids = np.pad(ids, ((0, 0), (0, extra)), constant_values=self.pad_id)
+            mask = np.pad(mask, ((0, 0), (0, extra)))
         return TokenBatch(
-            input_ids=np.array([e.ids for e in encodings], dtype=np.int64),
-            attention_mask=np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            input_ids=ids,
+            attention_mask=mask,
             token_count=np.array([sum(e.attention_mask) for e in encodings], dtype=np.int32),
             truncated=np.array([bool(e.overflowing) for e in encodings], dtype=np.bool_),
         )
@@ -96,6 +117,7 @@ class TokenizerSettings:
 
     max_tokens: int = MAX_TOKENS
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    pad_buckets: tuple[int, ...] = NO_BUCKETS
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> TokenizerSettings:
@@ -112,12 +134,37 @@ class TokenizerSettings:
             raise ModelConfigError(
                 f"model '{config.name}': input '{TEXT}' must be batched with dims [1]"
             )
+        max_tokens = config.int_parameter("max_tokens", MAX_TOKENS, SPECIAL_TOKENS + 1, 512)
         return cls(
-            max_tokens=config.int_parameter("max_tokens", MAX_TOKENS, SPECIAL_TOKENS + 1, 512),
+            max_tokens=max_tokens,
             max_text_bytes=config.int_parameter(
                 "max_text_bytes", DEFAULT_MAX_TEXT_BYTES, 1, 1 << 20
             ),
+            pad_buckets=parse_buckets(
+                config.name, config.string_parameter("pad_buckets", ""), max_tokens
+            ),
         )
+
+
+def parse_buckets(model: str, text: str, max_tokens: int) -> tuple[int, ...]:
+    """Parse ``pad_buckets`` ("16,32,64"): increasing lengths between 1 and ``max_tokens``."""
+    if not text.strip():
+        return NO_BUCKETS
+    try:
+        buckets = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        buckets = ()
+    if not buckets or list(buckets) != sorted(set(buckets)) or not 0 < buckets[0] <= max_tokens:
+        raise ModelConfigError(
+            f"model '{model}': parameter 'pad_buckets' must be increasing token lengths "
+            f"between 1 and {max_tokens} separated by commas, got {text!r}"
+        )
+    if buckets[-1] > max_tokens:
+        raise ModelConfigError(
+            f"model '{model}': parameter 'pad_buckets' must not exceed max_tokens {max_tokens}, "
+            f"got {buckets[-1]}"
+        )
+    return buckets
 
 
 def parse_texts(array: NDArray[Any] | None, max_text_bytes: int) -> list[str]:
@@ -151,7 +198,7 @@ def parse_texts(array: NDArray[Any] | None, max_text_bytes: int) -> list[str]:
 def tokenize_requests(
     tokenizer: TextTokenizer, requests: Sequence[list[str] | Exception]
 ) -> list[dict[str, NDArray[Any]] | Exception]:
-    """Tokenize each valid request's texts (padded to its own longest); failures pass through.
+    """Tokenize each valid request's texts (padded to its own bucket); failures pass through.
 
     A text without any word piece (e.g. only control characters, which BERT's normaliser drops)
     fails its own request only.

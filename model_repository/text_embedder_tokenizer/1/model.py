@@ -30,7 +30,7 @@ class TritonPythonModel:
         self.settings = TokenizerSettings.from_config(config)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.tokenizer = TextTokenizer.from_file(
-            version_dir / "tokenizer.json", self.settings.max_tokens
+            version_dir / "tokenizer.json", self.settings.max_tokens, self.settings.pad_buckets
         )
         self.failures = FailureLog(pb_utils.Logger, config.name)
 

@@ -14,6 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from mlapi_client import access
 from tests.conftest import MODEL_REPOSITORY
 
 MODEL = "text_embedder"
@@ -153,3 +154,57 @@ def test_a_bad_request_does_not_fail_its_batch_mates(ready, grpc_client):
     assert isinstance(results[5], InferenceServerException)
     good = [r for i, r in enumerate(results) if i != 5]
     assert all(isinstance(r, np.ndarray) and r.shape == (1, 384) for r in good)
+
+
+def test_the_tokenizer_pads_each_request_to_its_length_bucket(ready, http_client):
+    widths = []
+    for text in ["one two", " ".join(["word"] * 20), LONG]:
+        tensor = httpclient.InferInput("text", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(_texts([text]))
+        result = http_client.infer("text_embedder_tokenizer", [tensor])
+        widths.append(result.as_numpy("input_ids").shape[1])
+        assert result.as_numpy("attention_mask").sum() == result.as_numpy("token_count").item()
+    assert widths == [16, 32, 256]
+
+
+def _encoder_counts(http_client) -> tuple[int, int]:
+    (stats,) = http_client.get_inference_statistics("text_embedder_encoder")["model_stats"]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def test_concurrent_requests_of_different_lengths_share_encoder_runs(ready, triton):
+    """One-text requests of 29 different lengths (4 to 32 tokens) land in two buckets, so the
+    encoder's batcher merges some of them once it is busy (fewer executions than inferences;
+    without the buckets no two of them could share a run), and each still gets its own text's
+    embedding."""
+    texts = [" ".join(["word"] * n) + f" {n}" for n in range(1, 30)]
+    import queue
+
+    client = access.with_key(grpcclient.InferenceServerClient(triton.grpc_url))
+    alone = {t: _infer(client, grpcclient, _texts([t])).as_numpy("embedding")[0] for t in texts}
+    inputs = []
+    for text in texts:
+        tensor = grpcclient.InferInput("text", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(_texts([text]))
+        inputs.append(tensor)
+    stats = access.with_key(httpclient.InferenceServerClient(triton.http_url))
+    for _ in range(30):  # until a round merged some requests
+        before = _encoder_counts(stats)
+        done: queue.Queue = queue.Queue()
+        for index, tensor in enumerate(inputs):
+            client.async_infer(
+                MODEL,
+                [tensor],
+                lambda result, error, i=index, box=done: box.put((i, result, error)),
+            )
+        got = sorted((done.get(timeout=60) for _ in inputs), key=lambda item: item[0])
+        after = _encoder_counts(stats)
+        for (_index, result, error), text in zip(got, texts, strict=True):
+            assert error is None, error
+            np.testing.assert_allclose(result.as_numpy("embedding")[0], alone[text], atol=1e-5)
+        if after[1] - before[1] < after[0] - before[0]:
+            break
+    else:
+        pytest.fail(f"the encoder never merged requests: counts {before} -> {after}")
+    client.close()
+    stats.close()

@@ -94,7 +94,9 @@ def test_parse_decodes_utf8():
 
 def test_settings_come_from_the_served_config():
     settings = emb.TokenizerSettings.from_config(ModelConfig.from_pbtxt(CONFIG))
-    assert settings == emb.TokenizerSettings(max_tokens=256, max_text_bytes=16384)
+    assert settings == emb.TokenizerSettings(
+        max_tokens=256, max_text_bytes=16384, pad_buckets=(16, 32, 64, 128, 256)
+    )
 
 
 def test_a_config_with_other_tensors_is_refused():
@@ -108,3 +110,40 @@ def test_a_config_with_other_tensors_is_refused():
 def test_a_missing_tokenizer_file_names_make_models(tmp_path):
     with pytest.raises(ModelConfigError, match="make models"):
         emb.TextTokenizer.from_file(tmp_path / "tokenizer.json")
+
+
+def test_requests_are_padded_up_to_their_length_bucket(model_dir):
+    bucketed = emb.TextTokenizer.from_file(model_dir / "tokenizer.json", buckets=(8, 16, 64))
+    results = emb.tokenize_requests(
+        bucketed, [["one"], ["two words here", "three"], [" ".join(["word"] * 12)], [LONG]]
+    )
+    assert [r[emb.IDS].shape[1] for r in results] == [8, 8, 16, 256]
+    second = results[1]
+    # The padding is [PAD] with mask 0, and the counts are those of the real tokens.
+    assert second[emb.MASK].tolist() == [[1] * 5 + [0] * 3, [1] * 3 + [0] * 5]
+    assert set(second[emb.IDS][1, 3:].tolist()) == {bucketed.pad_id}
+    assert second[emb.TOKEN_COUNT].ravel().tolist() == [5, 3]
+
+
+def test_bucket_padding_leaves_the_ids_of_unpadded_tokens_unchanged(tokenizer, model_dir):
+    bucketed = emb.TextTokenizer.from_file(model_dir / "tokenizer.json", buckets=(16, 32))
+    texts = ["Hello, World!", "Café crème — déjà vu"]
+    plain, padded = tokenizer.encode(texts), bucketed.encode(texts)
+    width = plain.input_ids.shape[1]
+    assert padded.input_ids.shape == (2, 16)
+    np.testing.assert_array_equal(padded.input_ids[:, :width], plain.input_ids)
+    np.testing.assert_array_equal(padded.attention_mask[:, :width], plain.attention_mask)
+    assert not padded.attention_mask[:, width:].any()
+
+
+@pytest.mark.parametrize(
+    "text", ["16,8", "16,16", "0,16", "16,x", "16,300", ","], ids=lambda t: repr(t)
+)
+def test_bad_bucket_lists_are_refused_naming_the_parameter(text):
+    with pytest.raises(ModelConfigError, match="pad_buckets"):
+        emb.parse_buckets("text_embedder_tokenizer", text, 256)
+
+
+def test_no_buckets_pad_to_the_longest_text_only():
+    assert emb.parse_buckets("m", " ", 256) == emb.NO_BUCKETS
+    assert emb.parse_buckets("m", "16,32,256", 256) == (16, 32, 256)
