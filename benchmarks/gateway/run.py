@@ -22,7 +22,7 @@ starts one gateway per count, measured in the same rounds.
 ``--protocols`` starts one gateway per protocol of its calls to Triton (settings'
 triton_infer_protocol) and measures them in the same interleaved rounds.
 
-``--compare-tree DIR`` (a checkout of another revision, e.g. from ``git worktree add``) adds,
+``--compare-tree DIR`` (another revision's tree, from ``git worktree add`` or ``git archive``) adds,
 per protocol, a gateway running that tree's packages (``gateway-http@<rev>``), measured in the
 same rounds: before/after figures of a change from one run, whatever the machine's load.
 
@@ -393,8 +393,10 @@ class Target(NamedTuple):
 
 
 def _revision(tree: Path, short: bool = True) -> str:
+    """The checkout's git revision; a tree outside git (``git archive``) goes by its name."""
     command = ["git", "rev-parse", *(["--short"] if short else []), "HEAD"]
-    return subprocess.run(command, cwd=tree, capture_output=True, text=True).stdout.strip()
+    revision = subprocess.run(command, cwd=tree, capture_output=True, text=True).stdout.strip()
+    return revision or tree.resolve().name
 
 
 def _figures(rounds: dict[str, dict[str, list[dict]]], labels: list[str]) -> dict[str, dict]:
