@@ -64,7 +64,7 @@ def test_the_rate_spreads_the_servers_cpu_over_every_instances_compute(tmp_path:
     used = tree_usage(server)[0] - cpu_before
     assert a.cpu_per_compute_s == pytest.approx(used / 0.6, rel=0.2)
     cpu_s, usd = a.record(1.0)
-    assert usd == pytest.approx(cpu_s) and cpu_s == pytest.approx(a.cpu_per_compute_s)
+    assert usd == pytest.approx(cpu_s) and cpu_s == pytest.approx(a.cpu_per_compute_s, rel=1e-3)
 
 
 def test_results_carry_their_share_of_the_batch(tmp_path: Path) -> None:
