@@ -15,6 +15,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlapi_gateway import errors
+from mlapi_gateway.adapters import ModelAdapter
 from mlapi_gateway.cache.status import outcome_of
 from mlapi_gateway.metrics import exposition
 from mlapi_gateway.request_id import request_id_of
@@ -299,17 +300,33 @@ async def stream(request: Request, model: str) -> StreamingResponse:
         body = parse_as(TensorPredict, await read_body(request))
         assert isinstance(body, TensorPredict)
         await svc.inference.contract(model)  # 404/503 before the stream starts
+    except BaseException:
+        svc.streams.release(caller)
+        raise
+    return await event_stream(request, adapter, body, lambda: svc.streams.release(caller))
+
+
+async def event_stream(
+    request: Request, adapter: ModelAdapter, body: TensorPredict, release: Callable[[], None]
+) -> StreamingResponse:
+    """Start ``body``'s stream on ``adapter`` and relay it as server-sent events.
+
+    The caller holds a stream slot; ``release`` gives it back however the stream ends (also
+    when it fails to start). The first item is pulled eagerly, so a refused request
+    (400/404/503) is an HTTP error, not an event.
+    """
+    svc = services(request)
+    try:
         source = adapter.stream(
             body, None, svc.settings.sse_max_duration_s, request_id_of(request.scope)
         )
-        # Pull the first item eagerly so a refused request (400/404/503) is an HTTP error, not an event.
         try:
             first = await next_within(source, svc.settings)
         except BaseException:
             await source.aclose()
             raise
     except BaseException:
-        svc.streams.release(caller)
+        release()
         raise
 
     async def chained() -> Any:
@@ -321,9 +338,10 @@ async def stream(request: Request, model: str) -> StreamingResponse:
         finally:
             await source.aclose()  # cancels the gRPC call when the client left early
 
+    where = f"{request.method} {request.url.path}"
     return HeldStream(
-        relay(chained(), svc.settings, request_id_of(request.scope), f"POST {request.url.path}"),
-        lambda: svc.streams.release(caller),
+        relay(chained(), svc.settings, request_id_of(request.scope), where),
+        release,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -23,12 +23,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from mlapi_gateway import errors
-from mlapi_gateway.request_id import request_id_of
-from mlapi_gateway.routes import HeldStream, json_response
+from mlapi_gateway.routes import event_stream, json_response
 from mlapi_gateway.schemas import TensorPredict, parse_as
 from mlapi_gateway.services import read_body, services
 from mlapi_gateway.settings import GatewaySettings
-from mlapi_gateway.streaming import END, next_within, relay
 
 TOKEN_PREFIX = "mlst_"
 MODEL_PARAMETER = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -202,34 +200,7 @@ async def stream_with_token(request: Request) -> StreamingResponse:
     body = parse_as(TensorPredict, grant.body)
     assert isinstance(body, TensorPredict)
     svc.streams.acquire(grant.key_id)
-    try:
-        source = adapter.stream(
-            body, None, svc.settings.sse_max_duration_s, request_id_of(request.scope)
-        )
-        try:
-            first = await next_within(source, svc.settings)
-        except BaseException:
-            await source.aclose()
-            raise
-    except BaseException:
-        svc.streams.release(grant.key_id)
-        raise
-
-    async def chained() -> Any:
-        try:
-            if first is not END:
-                yield first
-                async for item in source:
-                    yield item
-        finally:
-            await source.aclose()  # cancels the gRPC call when the client left early
-
-    return HeldStream(
-        relay(chained(), svc.settings, request_id_of(request.scope), f"GET {request.url.path}"),
-        lambda: svc.streams.release(grant.key_id),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return await event_stream(request, adapter, body, lambda: svc.streams.release(grant.key_id))
 
 
 def add_stream_token_routes(app: FastAPI, settings: GatewaySettings) -> TokenStore:
