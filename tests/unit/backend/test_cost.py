@@ -47,8 +47,9 @@ def test_proc_readings_follow_this_process() -> None:
 
 def test_the_rate_spreads_the_servers_cpu_over_every_instances_compute(tmp_path: Path) -> None:
     server = os.getpid()  # this process stands in for the server tree
-    a = CostMeter(Prices(cpu_core_hour_usd=3600), server, "a", ledger_dir=tmp_path)
-    b = CostMeter(Prices(cpu_core_hour_usd=3600), server, "b", ledger_dir=tmp_path)
+    prices = Prices(cpu_core_hour_usd=3600, memory_gb_hour_usd=0)  # CPU alone: usd == cpu_s
+    a = CostMeter(prices, server, "a", ledger_dir=tmp_path)
+    b = CostMeter(prices, server, "b", ledger_dir=tmp_path)
     assert a.record(0.5) == (0.5, pytest.approx(0.5))  # one core per compute second at first
     a.update(now=0)
     b.update(now=0)
@@ -64,7 +65,7 @@ def test_the_rate_spreads_the_servers_cpu_over_every_instances_compute(tmp_path:
     used = tree_usage(server)[0] - cpu_before
     assert a.cpu_per_compute_s == pytest.approx(used / 0.6, rel=0.2)
     cpu_s, usd = a.record(1.0)
-    assert usd == pytest.approx(cpu_s) and cpu_s == pytest.approx(a.cpu_per_compute_s, rel=1e-3)
+    assert usd == pytest.approx(cpu_s) and cpu_s == pytest.approx(a.cpu_per_compute_s)
 
 
 def test_results_carry_their_share_of_the_batch(tmp_path: Path) -> None:
