@@ -156,15 +156,34 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self.bare = logging.Formatter("%(message)s")
         self.setFormatter(self.bare)
+        self._flush_scheduled = False
 
     def write_line(self, text: str) -> None:
-        """Write ``text`` as emit() writes a record whose message it is, and flush."""
+        """Write ``text`` as emit() writes a record whose message it is; flush soon.
+
+        On an event loop's thread the flush waits for the loop's next iteration, so the lines
+        of every answer sent in one iteration leave in one system call, and none waits longer
+        than the callbacks already queued. Elsewhere the line is flushed at once.
+        """
         try:
             with self.lock:  # type: ignore[union-attr]
                 self.stream.write(text + self.terminator)
-                self.stream.flush()
+                if self._flush_scheduled:
+                    return
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    self.stream.flush()
+                    return
+                self._flush_scheduled = True
+            loop.call_soon(self._scheduled_flush)
         except Exception:
             self.handleError(_record(text))
+
+    def _scheduled_flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._flush_scheduled = False
+        self.flush()
 
 
 def logging_config(level: str) -> dict[str, Any]:

@@ -305,3 +305,36 @@ def test_a_failed_write_is_reported_as_logging_reports_it(monkeypatch: pytest.Mo
 
 def _no_record(*args: object) -> logging.LogRecord:
     raise AssertionError("the line handler's path made a log record")
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[str] = []  # what was written at each flush
+
+    def flush(self) -> None:
+        self.flushed.append(self.getvalue())
+
+
+def test_lines_written_in_one_loop_iteration_are_flushed_together() -> None:
+    stream = _CountingStream()
+    handler = LineHandler(stream)
+
+    async def main() -> tuple[list[str], list[str]]:
+        handler.write_line("one")
+        handler.write_line("two")
+        before = list(stream.flushed)  # nothing flushed inside the iteration that wrote
+        await asyncio.sleep(0)  # the next iteration runs the scheduled flush
+        await asyncio.sleep(0)
+        return before, list(stream.flushed)
+
+    before, after = asyncio.run(main())
+    assert before == []
+    assert after == ["one\ntwo\n"]  # one flush for both lines
+    handler.write_line("three")  # no running loop: flushed at once
+    assert stream.flushed[-1] == "one\ntwo\nthree\n" and len(stream.flushed) == 2
+
+
+def test_fresh_request_ids_do_not_repeat() -> None:
+    ids = {request_id_from([]) for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(len(i) == 32 for i in ids)
