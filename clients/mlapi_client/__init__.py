@@ -1,6 +1,7 @@
 """Typed Python clients for the project's models over Triton HTTP and gRPC, sync and asyncio."""
 
 from mlapi_client.async_client import AsyncClient
+from mlapi_client.coalesce import Coalescing
 from mlapi_client.errors import (
     AccessDeniedError,
     ConnectionFailedError,
@@ -31,6 +32,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ClientSettings",
+    "Coalescing",
     "ConnectionFailedError",
     "DigitsResult",
     "Endpoint",

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from mlapi_client import access
 from mlapi_client import digits as digits_model
+from mlapi_client.coalesce import Coalescer, Coalescing
 from mlapi_client.error_mapping import CallContext, not_found_or_unavailable, translated
 from mlapi_client.errors import MlapiError, ModelNotFoundError
 from mlapi_client.images import ImageLike
@@ -39,7 +40,9 @@ class AsyncClient:
     ``close()`` (or the end of ``async with``). Every call takes ``timeout_s`` (default: the
     client's, 30 s) and ``retry`` (a RetryPolicy, or False to fail on the first error).
     ``triton_key`` is the server's access key (mlapi_client.access); by default it is read from
-    ``MLAPI_TRITON_KEY`` or the key file, as the launcher wrote it.
+    ``MLAPI_TRITON_KEY`` or the key file, as the launcher wrote it. ``coalesce`` lets
+    concurrent ``infer`` calls of the models it names share Triton requests while Triton is
+    busy (mlapi_client.coalesce); off by default.
     """
 
     def __init__(
@@ -50,7 +53,9 @@ class AsyncClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         triton_key: str | None = None,
+        coalesce: Coalescing | None = None,
     ) -> None:
+        self._coalescer = Coalescer(coalesce) if coalesce is not None and coalesce.models else None
         self.settings = ClientSettings(
             endpoint=Endpoint.parse(url, protocol),
             timeout_s=timeout_s,
@@ -246,12 +251,29 @@ class AsyncClient:
         ver = _version(version)
         context = CallContext("infer", model, ver)
         limit = self._timeout(timeout_s)
-        return await self._call(
-            context,
-            lambda t: t.infer(model, inputs, ver, outputs, parameters, limit, request_id),
-            timeout_s,
-            retry,
+        coalescer = self._coalescer
+        kind = (
+            None
+            if coalescer is None
+            else coalescer.kind_of(model, inputs, ver, outputs, parameters)
         )
+        if coalescer is None or kind is None:
+            return await self._call(
+                context,
+                lambda t: t.infer(model, inputs, ver, outputs, parameters, limit, request_id),
+                timeout_s,
+                retry,
+            )
+
+        def shared(transport: Transport) -> Awaitable[InferResponse]:
+            def send(
+                tensors: Mapping[str, npt.NDArray[Any]], limit_s: float | None, rid: str | None
+            ) -> Awaitable[InferResponse]:
+                return transport.infer(model, tensors, ver, outputs, parameters, limit_s, rid)
+
+            return coalescer.call(kind[0], kind[1], inputs, limit, request_id, send)
+
+        return await self._call(context, shared, timeout_s, retry)
 
     async def digits(
         self,

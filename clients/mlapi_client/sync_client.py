@@ -18,6 +18,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import numpy.typing as npt
 
 from mlapi_client.async_client import AsyncClient, Retry
+from mlapi_client.coalesce import Coalescing
 from mlapi_client.results import InferResponse
 from mlapi_client.settings import DEFAULT_TIMEOUT_S, ClientSettings, Protocol, RetryPolicy
 from mlapi_client.transport import Parameters
@@ -84,9 +85,15 @@ class Client:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         triton_key: str | None = None,
+        coalesce: Coalescing | None = None,
     ) -> None:
         self._async = AsyncClient(
-            url, protocol=protocol, timeout_s=timeout_s, retry=retry, triton_key=triton_key
+            url,
+            protocol=protocol,
+            timeout_s=timeout_s,
+            retry=retry,
+            triton_key=triton_key,
+            coalesce=coalesce,
         )
         self._loop = _LoopThread()
         self._finalizer = weakref.finalize(self, self._loop.stop)

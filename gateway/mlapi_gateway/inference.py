@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from mlapi_backend.traffic_policy import default_version
 from mlapi_client import errors as client_errors
 from mlapi_client.async_client import AsyncClient
+from mlapi_client.coalesce import Coalescing
 from mlapi_client.results import ModelContract
 from mlapi_gateway import errors
 from mlapi_gateway.adapters import ModelAdapter, adapters_for
@@ -55,13 +56,23 @@ class Inference:
             self.client = client
             self.stream_client = stream_client or client
         else:
+            coalesce = Coalescing(
+                frozenset(settings.coalesce_models),
+                settings.coalesce_max_rows,
+                settings.coalesce_max_in_flight,
+                frozenset(settings.coalesce_uniform_inputs),
+            )
             self.stream_client = AsyncClient(
-                f"grpc://{settings.triton_grpc_url}", timeout_s=settings.deadline_s
+                f"grpc://{settings.triton_grpc_url}",
+                timeout_s=settings.deadline_s,
+                coalesce=coalesce,
             )
             self.client = self.stream_client  # with triton_infer_protocol grpc: one channel
             if settings.triton_infer_protocol == "http":
                 self.client = AsyncClient(
-                    f"http://{settings.triton_http_url}", timeout_s=settings.deadline_s
+                    f"http://{settings.triton_http_url}",
+                    timeout_s=settings.deadline_s,
+                    coalesce=coalesce,
                 )
         self._contracts = Cached(settings.metadata_cache_s)
         self._configs = Cached(settings.metadata_cache_s)

@@ -46,6 +46,15 @@ class GatewaySettings(BaseSettings):
     triton_infer_protocol: Literal["http", "grpc"] = "http"
     # Models the gateway exposes; others on the server stay internal (e.g. the classifiers).
     models: list[str] = ["digits", "text_generator", "text_embedder"]
+    # Concurrent predictions of these models share Triton requests while Triton is busy
+    # (mlapi_client.coalesce): a call goes at once while fewer than coalesce_max_in_flight
+    # requests of its kind are out, else with the others that wait, up to coalesce_max_rows
+    # rows a request. Empty: every call alone. Only models whose rows are independent; inputs
+    # that a model reads once per request (digits' top_k) must be equal for calls to share.
+    coalesce_models: list[str] = ["digits"]
+    coalesce_max_rows: int = Field(default=8, ge=1)
+    coalesce_max_in_flight: int = Field(default=2, ge=1)
+    coalesce_uniform_inputs: list[str] = ["top_k"]
 
     # Authentication: "keys" (Bearer API keys) or "open" (no auth; loudly logged at start).
     auth_mode: Literal["keys", "open"] = "keys"
