@@ -110,10 +110,10 @@ class Coalescer:
             rows = array.shape[0]
             signature.append((name, array.dtype.str, array.shape[1:]))
             if name in self.policy.uniform_inputs:
-                values = np.unique(array.reshape(rows, -1), axis=0)
-                if len(values) != 1:  # the model would refuse them in one request too
-                    return None
-                signature.append((name, values.tobytes()))
+                values = array.reshape(rows, -1)
+                if rows > 1 and not (values == values[0]).all():
+                    return None  # the model would refuse them in one request too
+                signature.append((name, values[0].tobytes()))
         if not rows or rows > self.policy.max_rows:
             return None
         try:
