@@ -13,8 +13,10 @@ the CPU seconds the whole server process tree (tritonserver and every Python stu
 used over the last interval, divided by the compute seconds every digits instance of that server
 recorded in the same interval (each instance keeps its running total in a small ledger file
 that the others read). So the server's CPU, frontend and classifier included, is spread over the
-requests that caused it. ``memory_gb`` is the tree's resident memory; ``gpu_s`` is 0 (the CPU
-models; a GPU classifier's time is not measured yet).
+requests that caused it. ``memory_gb`` is the tree's resident memory. ``gpu_s`` is the time a
+GPU instance spent on the request (its compute time when the instance is of kind KIND_GPU):
+digits' classifiers run on CPU instances here, so it is 0 and every answer's metadata says so
+(``"gpu_s": 0``); the GPU-hour price applies as soon as a request reports GPU time.
 """
 
 from __future__ import annotations
@@ -150,12 +152,12 @@ class CostMeter:
         self._history: deque[tuple[float, float, float]] = deque(maxlen=64)
         self._measured_at = float("-inf")
 
-    def record(self, compute_s: float) -> tuple[float, float]:
-        """Note ``compute_s`` of work; return its estimated (CPU seconds, cost in USD)."""
+    def record(self, compute_s: float, gpu_s: float = 0.0) -> tuple[float, float]:
+        """Note ``compute_s`` of work (``gpu_s`` of it on a GPU); return (CPU s, cost in USD)."""
         with self._lock:
             self._compute_s += compute_s
         cpu_s = compute_s * self.cpu_per_compute_s
-        return cpu_s, self.prices.cost_usd(cpu_s, 0.0, self.memory_gb, compute_s)
+        return cpu_s, self.prices.cost_usd(cpu_s, gpu_s, self.memory_gb, compute_s)
 
     def update(self, now: float | None = None) -> None:
         """Write this instance's ledger, re-measure the rate from /proc and every ledger.
@@ -196,13 +198,18 @@ def started_meter(env: Mapping[str, str], instance: str) -> CostMeter:
 
 
 def price_results(
-    meter: CostMeter, parsed: Sequence[Any], results: list[Any], compute_s: float
+    meter: CostMeter,
+    parsed: Sequence[Any],
+    results: list[Any],
+    compute_s: float,
+    gpu_s: float = 0.0,
 ) -> list[Any]:
     """Add each served request's estimated cost to its images' metadata (in place).
 
-    The batch's ``compute_s`` is split over its served images; each image's metadata JSON gains
-    ``"cost": {"usd", "cpu_s", "compute_s"}`` (its share), appended to the encoded string rather
-    than re-encoded, to stay cheap on the request path.
+    The batch's ``compute_s`` (``gpu_s`` of it on a GPU instance; 0 on CPU instances) is split
+    over its served images; each image's metadata JSON gains ``"cost": {"usd", "cpu_s",
+    "gpu_s", "compute_s"}`` (its share), appended to the encoded string rather than
+    re-encoded, to stay cheap on the request path.
     """
     served = [
         (request, outcome)
@@ -212,11 +219,11 @@ def price_results(
     images = sum(len(outcome["metadata"]) for _, outcome in served)
     if not images:
         return results
-    cpu_s, usd = meter.record(compute_s)
+    cpu_s, usd = meter.record(compute_s, gpu_s)
     per_cpu, per_usd, per_compute = cpu_s / images, usd / images, compute_s / images
     tail = (
         f', "cost": {{"usd": {per_usd:.6g}, "cpu_s": {per_cpu:.6g}, '
-        f'"compute_s": {per_compute:.6g}}}}}'
+        f'"gpu_s": {gpu_s / images:.6g}, "compute_s": {per_compute:.6g}}}}}'
     ).encode()
     for _, outcome in served:
         rows = outcome["metadata"]

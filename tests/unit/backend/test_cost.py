@@ -101,3 +101,23 @@ def test_a_process_leaving_the_tree_restarts_the_rate_instead_of_going_negative(
     finally:
         cost.tree_usage = original
     assert meter.cpu_per_compute_s == pytest.approx(1.0)  # (5 - 4) CPU-s over 1 compute-s
+
+
+def test_gpu_time_is_priced_per_gpu_hour_and_is_zero_on_cpu_instances(tmp_path: Path) -> None:
+    prices = Prices(cpu_core_hour_usd=0, gpu_hour_usd=7200, memory_gb_hour_usd=0)
+    meter = CostMeter(prices, os.getpid(), "g", ledger_dir=tmp_path)
+    # 0.25 GPU-s at 7200 USD per GPU-hour: 0.5 USD, whatever the CPU.
+    assert meter.record(1.0, gpu_s=0.25)[1] == pytest.approx(0.5)
+    assert meter.record(1.0)[1] == 0.0  # a CPU instance's request: no GPU time, no GPU cost
+
+    def served() -> dict:
+        return {"metadata": np.array([[b'{"model": "digits"}']] * 2, dtype=np.object_)}
+
+    on_cpu, on_gpu = [served()], [served()]
+    price_results(meter, [object()], on_cpu, compute_s=0.4)
+    price_results(meter, [object()], on_gpu, compute_s=0.4, gpu_s=0.1)
+    cpu_costs = [json.loads(row[0])["cost"] for row in on_cpu[0]["metadata"]]
+    gpu_costs = [json.loads(row[0])["cost"] for row in on_gpu[0]["metadata"]]
+    assert [c["gpu_s"] for c in cpu_costs] == [0, 0] and [c["usd"] for c in cpu_costs] == [0, 0]
+    assert [c["gpu_s"] for c in gpu_costs] == [0.05, 0.05]
+    assert sum(c["usd"] for c in gpu_costs) == pytest.approx(0.1 * 7200 / 3600)
