@@ -7,8 +7,11 @@ With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` makes /metrics add up
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
+from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from prometheus_client import (
@@ -57,11 +60,60 @@ ERRORS = Counter(
 JOBS = Counter("mlapi_gateway_jobs_total", "Async jobs that reached a final state", ("status",))
 WEBHOOKS = Counter("mlapi_gateway_webhooks_total", "Webhook deliveries", ("outcome",))
 CLIENT_CLOSED = 499  # the caller went away before its answer (nginx's code)
+# Estimated cost of served predictions, from the cost the model put in its answer's metadata
+# (docs/observability.md#cost-per-request), per model, served version and API key: the key's
+# id (ids come from the keys file, so the label is bounded), "open" for every caller in open
+# mode (whose ids name client addresses).
+COST = Counter(
+    "mlapi_gateway_cost_usd_total",
+    "Estimated cost of served predictions in USD, from the models' metadata",
+    ("model", "version", "key"),
+)
+COST_HEADER = "X-Cost-USD"
+OPEN_KEY_PREFIX = "open:"
 
 
 def count_error(error_type: str, status: int) -> None:
     """Count one error answer of ``error_type`` sent (or that would be sent) with ``status``."""
     ERRORS.labels(error_type, f"{status // 100}xx").inc()
+
+
+def answer_cost_usd(answer: Mapping[str, Any]) -> float | None:
+    """Return the cost in USD that a predict answer's metadata reports (None: it reports none).
+
+    A cache hit ran no model: its cost is 0, whatever the cached metadata says.
+    """
+    metadata = answer.get("metadata")
+    cost = metadata.get("cost") if isinstance(metadata, Mapping) else None
+    usd = cost.get("usd") if isinstance(cost, Mapping) else None
+    if isinstance(usd, bool) or not isinstance(usd, int | float) or not 0 <= usd < math.inf:
+        return None
+    cache = answer.get("cache")
+    if isinstance(cache, Mapping) and cache.get("hit"):
+        return 0.0
+    return float(usd)
+
+
+def cost_key_label(key_id: str) -> str:
+    """Return the ``key`` label of a caller: its key id, or ``open`` in open mode."""
+    return "open" if key_id.startswith(OPEN_KEY_PREFIX) else key_id
+
+
+@lru_cache(maxsize=4096)  # the labels are bounded: known models, served versions, key ids
+def _cost_child(model: str, version: str, key: str) -> Any:
+    return COST.labels(model, version, key)
+
+
+def count_cost(answer: Mapping[str, Any], model: str, version: str, key_id: str) -> str | None:
+    """Count a served answer's cost and return its ``X-Cost-USD`` value (None: no cost known).
+
+    ``model`` must be a known model and ``version`` the one Triton served (bounded labels).
+    """
+    usd = answer_cost_usd(answer)
+    if usd is None:
+        return None
+    _cost_child(model, version, cost_key_label(key_id)).inc(usd)
+    return f"{usd:.6g}"
 
 
 def input_size_bucket(size_bytes: int) -> str:

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mlapi_gateway import errors
 from mlapi_gateway.adapters import ModelAdapter
 from mlapi_gateway.cache.status import outcome_of
-from mlapi_gateway.metrics import exposition
+from mlapi_gateway.metrics import COST_HEADER, count_cost, exposition
 from mlapi_gateway.request_id import request_id_of
 from mlapi_gateway.schemas import ModelList, TensorPredict, parse_as
 from mlapi_gateway.services import read_body, services
@@ -170,6 +170,9 @@ async def serve_predict(request: Request, version: str | None) -> Response:
     cached = outcome_of(answer.get("cache"))
     if cached is not None:
         headers["X-Cache"] = cached
+    cost = count_cost(answer, model, served, request.state.key_id)
+    if cost is not None:
+        headers[COST_HEADER] = cost
     return json_response(answer, headers=headers)
 
 

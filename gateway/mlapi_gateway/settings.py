@@ -158,7 +158,7 @@ class GatewaySettings(BaseSettings):
     cors_allow_origins: list[str] = []
     cors_allow_credentials: bool = False
     cors_expose_headers: list[str] = [
-        "X-Model-Version", "Retry-After", "X-Request-ID", "X-Cache",
+        "X-Model-Version", "Retry-After", "X-Request-ID", "X-Cache", "X-Cost-USD",
         "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
         "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
         "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",

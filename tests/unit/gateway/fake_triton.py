@@ -22,6 +22,8 @@ from mlapi_client.results import (
     TensorSpec,
 )
 
+# The cost every fake digits answer reports in its metadata.
+FAKE_COST_USD = 2.5e-08
 DIGITS_PARAMETERS = {
     "classifier_model": "digits_classifier",
     "traffic_policy": '{"weights": {"2": 100}}',
@@ -136,7 +138,9 @@ class FakeTriton:
         predictions = tuple(
             Prediction(str(label), 0.5 / (label + 1)) for label in range(top_k or 3)
         )
-        return DigitsResult(predictions, True, version or "2", {"shape": list(image.shape)})
+        # As the real model: the request's estimated cost in the metadata (X-Cost-USD).
+        metadata = {"shape": list(image.shape), "cost": {"usd": FAKE_COST_USD, "gpu_s": 0.0}}
+        return DigitsResult(predictions, True, version or "2", metadata)
 
     async def stream(
         self,
