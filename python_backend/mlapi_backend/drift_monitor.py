@@ -8,7 +8,9 @@ to the sliding window of the classifier version it was routed to (a request that
 another version stays in its routed version's window: the switch shows as drift), compares each
 window that grew with that version's reference profile (``drift_profile.json``, written beside the version by the
 build from held-out data with the same features), and hands the results to a sink (the Triton
-metrics of ``prediction_metrics``).
+metrics of ``prediction_metrics``), which queues them: ``publish``, called by ``execute``,
+sends them to Triton from the stub's request thread. So the metrics show the last report once
+the next request arrives (at most ``report_every_s`` plus the gap between requests late).
 
 The thread never touches a response: a failure there is logged once per kind and the request
 path goes on.
@@ -139,6 +141,8 @@ class StatisticsSink(Protocol):
 
     def flush(self) -> None: ...
 
+    def apply(self) -> int: ...
+
 
 def served_images(
     request: Any, outputs: Mapping[str, NDArray[Any]], input_kind: Callable[[int], str]
@@ -207,6 +211,13 @@ class ServedTraffic:
         self._queue.append((parsed, results))
         self._submitted += 1
 
+    def publish(self) -> None:
+        """Send the sink's queued updates: from ``execute``, the thread never sends them.
+
+        Called on every execute: with nothing queued, one check of an empty deque.
+        """
+        self._guard("publish", self.sink.apply)
+
     def start(self) -> None:
         """Start the draining thread (a daemon: it never holds the stub up at exit)."""
         self._thread = threading.Thread(target=self._loop, name="digits-statistics", daemon=True)
@@ -218,6 +229,7 @@ class ServedTraffic:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.drain(force=True)
+        self.publish()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

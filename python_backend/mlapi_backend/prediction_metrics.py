@@ -1,7 +1,9 @@
 """``digits``'s prediction distributions and drift results as Triton custom metrics.
 
-The ``drift_monitor`` thread calls this sink; ``pb_utils`` is passed in, so this library module
-never imports it. Every label value is bounded: model and version come from the repository,
+The ``drift_monitor`` thread calls this sink, which only queues the updates: ``apply`` sends
+them to Triton from ``execute`` (the stub's own thread), never from the statistics thread (an
+update from another thread preceded an abort of tritonserver in a boost lock). ``pb_utils`` is
+passed in, so this library module never imports it. Every label value is bounded: model and version come from the repository,
 ``label`` from the classifier's labels file, ``reason`` from the fixed low-confidence reasons,
 ``field`` from the model's inputs and parameters, ``feature`` and ``test`` from the profile, and
 ``instance`` from the model's instance group.
@@ -10,10 +12,13 @@ never imports it. Every label value is bounded: model and version come from the 
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mlapi_backend.classifier_repository import version_folders
-from mlapi_backend.cost import CostMeter
+from mlapi_backend.cost import CostMeter, price_results, started_meter
 from mlapi_backend.drift import DriftReport
 from mlapi_backend.drift_monitor import ServedImages, ServedTraffic, read_profiles
 from mlapi_backend.errors import ModelConfigError
@@ -104,6 +109,9 @@ class TritonPredictionMetrics:
         }
         self._metrics: dict[tuple[Any, ...], Any] = {}
         self._pending: dict[tuple[str, str, str, str], float] = {}
+        # Updates queued by the statistics thread for ``apply``: (family, labels, method,
+        # value). deque's append and popleft are atomic, so the two threads need no lock.
+        self._outbox: deque[tuple[str, dict[str, str], str, float]] = deque()
 
     def _metric(self, family: str, **labels: str) -> Any:
         key = (family, *sorted(labels.items()))
@@ -137,40 +145,56 @@ class TritonPredictionMetrics:
     def _add(self, key: tuple[str, str, str, str], count: float) -> None:
         self._pending[key] = self._pending.get(key, 0) + count
 
-    def flush(self) -> None:
-        """Send the counts gathered since the last flush: one update per series per drain.
+    def _send(self, family: str, labels: dict[str, str], method: str, value: float) -> None:
+        self._outbox.append((family, labels, method, value))
 
-        A Python-backend metric update is a message to the server process; per drain rather
-        than per request keeps the thread's cost per image low.
+    def apply(self) -> int:
+        """Send the queued updates to Triton; return how many (call from ``execute``).
+
+        Creating a metric and updating it are messages to the server process: here they
+        leave from the stub's request thread, one batch of them per statistics report.
+        """
+        sent = 0
+        while self._outbox:
+            family, labels, method, value = self._outbox.popleft()
+            getattr(self._metric(family, **labels), method)(value)
+            sent += 1
+        return sent
+
+    def flush(self) -> None:
+        """Queue the counts gathered since the last flush: one update per series per report.
+
+        A Python-backend metric update is a message to the server process; per report rather
+        than per request keeps the cost per image low.
         """
         pending, self._pending = self._pending, {}
         for (family, version, name, value), count in pending.items():
             if not count >= 0:  # never send a counter a negative or NaN step
                 continue
             labels = {"version": version, **({name: value} if name else {})}
-            self._metric(family, **labels).increment(count)
+            self._send(family, labels, "increment", count)
 
     def record_rejected(self, field: str, count: int) -> None:
         """Count requests refused for ``field``."""
-        self._metric("rejected", field=field).increment(count)
+        self._send("rejected", {"field": field}, "increment", count)
 
     def record_dropped(self, count: int) -> None:
         """Count batches the statistics never saw."""
-        self._metric("dropped").increment(count)
+        self._send("dropped", {}, "increment", count)
 
     def record_drift(self, version: int, report: DriftReport | None, window: int) -> None:
         """Export one evaluation of ``version``'s window (None: too few images yet)."""
         labels = {"version": str(version), "instance": self.instance}
-        self._metric("window", **labels).set(window)
+        self._send("window", labels, "set", window)
         if report is None:
-            self._metric("flag", **labels).set(0)
+            self._send("flag", labels, "set", 0)
             return
         for test in report.tests:
             where = {**labels, "feature": test.feature, "test": test.test}
-            self._metric("statistic", **where).set(test.statistic)
+            self._send("statistic", where, "set", test.statistic)
             if test.p_value is not None:
-                self._metric("p_value", **where).set(test.p_value)
-        self._metric("flag", **labels).set(1 if report.drifted else 0)
+                self._send("p_value", where, "set", test.p_value)
+        self._send("flag", labels, "set", 1 if report.drifted else 0)
 
 
 def start_statistics(
@@ -198,3 +222,57 @@ def start_statistics(
     watched = sorted(profiles) or "none (no drift_profile.json)"
     pb_utils.Logger.log_info(f"{settings.model_name}: drift watched for versions {watched}")
     return traffic
+
+
+# The model parameter that turns the statistics and the cost estimate of ``digits`` off
+# ("off"; default "on"): the gateway's own metrics stay on. Off, answers carry no cost and
+# Triton exports none of the prediction, drift or cost metrics above.
+OBSERVABILITY_PARAMETER = "observability"
+
+
+@dataclass
+class Observability:
+    """What ``digits``' execute calls for its statistics and costs (no-ops when off)."""
+
+    meter: CostMeter | None = None
+    statistics: ServedTraffic | None = None
+
+    def publish(self) -> None:
+        """Send the statistics thread's queued metric updates (first thing in ``execute``)."""
+        if self.statistics is not None:
+            self.statistics.publish()
+
+    def record(
+        self, parsed: Sequence[Any], results: list[Any], compute_s: float, gpu_s: float = 0.0
+    ) -> None:
+        """Price the batch's answers (in place) and queue the batch for the statistics."""
+        if self.meter is not None:
+            price_results(self.meter, parsed, results, compute_s, gpu_s)
+        if self.statistics is not None:
+            self.statistics.submit(parsed, results)
+
+    def stop(self) -> None:
+        """Drain and stop the statistics thread."""
+        if self.statistics is not None:
+            self.statistics.stop()
+
+
+def start_observability(
+    pb_utils: Any, settings: Any, args: dict[str, str], parameters: Mapping[str, str],
+    env: Mapping[str, str],
+) -> Observability:  # fmt: skip
+    """Start the cost meter and statistics of ``digits``, unless its parameters turn them off.
+
+    ``parameters``: the model config's; ``env``: where the prices come from.
+    """
+    value = (parameters.get(OBSERVABILITY_PARAMETER) or "on").strip().lower()
+    if value not in ("on", "off"):
+        raise ModelConfigError(
+            f"model '{settings.model_name}': parameter '{OBSERVABILITY_PARAMETER}' must be "
+            f"'on' or 'off', got {value!r}"
+        )
+    if value == "off":
+        pb_utils.Logger.log_info(f"{settings.model_name}: statistics and cost estimates off")
+        return Observability()
+    meter = started_meter(env, str(args.get("model_instance_name") or settings.model_name))
+    return Observability(meter, start_statistics(pb_utils, settings, args, meter))

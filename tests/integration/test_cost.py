@@ -94,9 +94,14 @@ def test_the_costs_of_a_load_run_add_up_to_the_cpu_the_server_used(
     )
     assert abs(ratio - 1) <= 0.15
     deadline = time.monotonic() + 30
+    too_small = grpcclient.InferInput("image", [1, 4, 4], "UINT8")
+    too_small.set_data_from_numpy(np.zeros((1, 4, 4), dtype=np.uint8))
     while _counter(server, "mlapi_cost_usd_total") - counted_before < estimated * 0.999:
         assert time.monotonic() < deadline, "the cost counter never caught up"
         time.sleep(0.2)
+        # A refused request costs nothing; its execute sends the counts the statistics queued.
+        with pytest.raises(Exception, match="image"):
+            client.infer("digits", [too_small])
     client.close()
 
 

@@ -16,11 +16,10 @@ import triton_python_backend_utils as pb_utils
 
 from mlapi_backend.blas_threads import limit_blas_threads
 from mlapi_backend.bls_classifier import BlsClassifier
-from mlapi_backend.cost import price_results, started_meter
 from mlapi_backend.digits_pipeline import DigitsPipeline, DigitsSettings, ParsedRequest
 from mlapi_backend.failure_log import FailureLog
 from mlapi_backend.model_config import ModelConfig
-from mlapi_backend.prediction_metrics import start_statistics
+from mlapi_backend.prediction_metrics import start_observability
 from mlapi_backend.triton_responses import respond
 
 
@@ -42,11 +41,12 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{settings.model_name}: classifier inputs by version {inputs}")
         limited = blas or "none (no OpenBLAS loaded, or OPENBLAS_NUM_THREADS set)"
         pb_utils.Logger.log_info(f"{settings.model_name}: OpenBLAS limited to 1 thread: {limited}")
-        # Prediction distributions, drift and cost per version: a thread off the request path.
-        self.meter = started_meter(os.environ, str(args.get("model_instance_name", "digits")))
-        self.statistics = start_statistics(pb_utils, settings, args, self.meter)
+        # Prediction distributions, drift and cost per version: a thread off the request path
+        # (parameter "observability": "off" turns them off).
+        self.observed = start_observability(pb_utils, settings, args, config.parameters, os.environ)
 
     def execute(self, requests: list) -> list:
+        self.observed.publish()  # statistics: the thread's queued metric updates leave here
         self.started = time.perf_counter()  # cost: the batch's compute time starts here
         return respond(requests, self._parse, self._run, pb_utils, self.failures)
 
@@ -57,12 +57,12 @@ class TritonPythonModel:
 
     def _run(self, parsed: list) -> list:
         results = self.pipeline.run(parsed, self.backend)
-        price_results(self.meter, parsed, results, time.perf_counter() - self.started)
-        self.statistics.submit(parsed, results)  # statistics: one queue append here
+        # cost into the metadata, and the statistics: one queue append
+        self.observed.record(parsed, results, time.perf_counter() - self.started)
         return results
 
     def finalize(self) -> None:
-        self.statistics.stop()
+        self.observed.stop()
 
 
 def _input(request, name: str) -> np.ndarray | None:

@@ -7,6 +7,8 @@ the build wrote; the shifts are the ones the integration test drives through a r
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -163,6 +165,10 @@ class RecordingSink:
     def flush(self) -> None:
         self.flushed = getattr(self, "flushed", 0) + 1
 
+    def apply(self) -> int:
+        self.applied = getattr(self, "applied", 0) + 1
+        return 0
+
 
 class FakeRequest:
     def __init__(self, images: np.ndarray, routed: int) -> None:
@@ -232,13 +238,19 @@ def test_the_thread_drains_in_the_background_and_stops() -> None:
 
 
 class FakeMetric:
+    # The threads that created or updated a metric (each such call is a message to Triton).
+    threads: ClassVar[set[int]] = set()
+
     def __init__(self, labels: dict[str, str], buckets: list[float] | None) -> None:
         self.labels, self.buckets, self.value, self.observed = labels, buckets, 0.0, []
+        FakeMetric.threads.add(threading.get_ident())
 
     def increment(self, value: float) -> None:
+        FakeMetric.threads.add(threading.get_ident())
         self.value += value
 
     def set(self, value: float) -> None:
+        FakeMetric.threads.add(threading.get_ident())
         self.value = value
 
     def observe(self, value: float) -> None:
@@ -271,6 +283,9 @@ def test_triton_metrics_export_counts_histogram_and_drift_gauges() -> None:
     assert not f["mlapi_predictions_total"].metrics  # nothing sent before the flush
     metrics.record_served(ServedImages(2, 2, observations[:1], [[]]))
     metrics.flush()
+    assert not f["mlapi_predictions_total"].metrics  # queued: sent by apply() alone
+    assert metrics.apply() == 2 + 13 + 5  # labels, top-1 buckets; flagged, blank, reason, cost, CPU
+    assert metrics.apply() == 0
     assert {m.labels["label"]: m.value for m in f["mlapi_predictions_total"].metrics} == {
         "3": 3, "8": 1
     }  # fmt: skip
@@ -286,10 +301,43 @@ def test_triton_metrics_export_counts_histogram_and_drift_gauges() -> None:
     for _ in range(MIN_COUNT):
         monitor.observe(Observation("3", 0.5, {"inverted": "yes"}))
     metrics.record_drift(2, monitor.evaluate(), len(monitor))
+    metrics.apply()
     assert f["mlapi_drift_flag"].metrics[0].value == 1
     assert f["mlapi_drift_flag"].metrics[0].labels == {
         "model": "digits", "version": "2", "instance": "i0"
     }  # fmt: skip
     assert {m.labels["test"] for m in f["mlapi_drift_p_value"].metrics} == {"chi2", "ks"}
     metrics.record_drift(3, None, 10)
+    metrics.apply()
     assert f["mlapi_drift_window_images"].metrics[-1].value == 10
+
+
+@needs_models
+def test_the_statistics_thread_never_sends_a_metric_itself() -> None:
+    """Its updates wait in the sink until publish(), which execute calls on its own thread."""
+    FakeFamily.created, FakeMetric.threads = {}, set()
+    metrics = TritonPredictionMetrics(SimpleNamespace(MetricFamily=FakeFamily), "digits", "i0")
+    profiles = read_profiles(CLASSIFIER, [2])
+    traffic = ServedTraffic(profiles, metrics, lambda v: SCALED_8X8, interval_s=0.01)
+    traffic.report_every_s = 0.0  # report at every drain
+    images = np.full((4, 8, 8), 9, dtype=np.uint8)
+    traffic.start()
+    try:
+        for _ in range(5):
+            traffic.submit([FakeRequest(images, 2)], [outputs(4, 2)])
+        traffic.submit(
+            [InvalidInputError("image", "x", "y")], [InvalidInputError("image", "x", "y")]
+        )
+        deadline = time.monotonic() + 30
+        while traffic._drained < 6 or not metrics._outbox:  # the thread has drained them all
+            assert time.monotonic() < deadline, "the statistics thread never drained"
+            time.sleep(0.01)
+        assert FakeMetric.threads == set()  # queued, not one message sent from the thread
+        traffic.publish()
+    finally:
+        traffic.stop()
+    assert FakeMetric.threads == {threading.get_ident()}
+    predicted = FakeFamily.created["mlapi_predictions_total"].metrics
+    assert sum(m.value for m in predicted) == 20
+    assert FakeFamily.created["mlapi_rejected_inputs_total"].metrics[0].value == 1
+    assert FakeFamily.created["mlapi_drift_window_images"].metrics[-1].value == 20
