@@ -8,6 +8,7 @@ rules run unchanged. The chart's `helm test` script makes its prediction through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -329,11 +330,19 @@ def test_every_dashboard_query_runs_on_the_real_stack(stack: Stack, report_figur
                 batch = images[np.arange(start, start + 64) % len(images)]
                 await client.infer("digits", {"image": batch}, timeout_s=30)
 
+    async def nudge_digits() -> None:
+        # A refused request: each execute sends what the statistics thread has queued.
+        async with AsyncClient(f"grpc://{stack.triton_grpc}") as client:
+            for _ in range(4):  # so that both digits instances execute
+                with contextlib.suppress(MlapiError):
+                    await client.infer("digits", {"image": np.zeros((1, 4, 4), np.uint8)})
+
     asyncio.run(digits_windows())
     for _ in range(2):  # two scrapes apart, so that rate() has two samples of each series
         assert _helm_test(stack).returncode == 0
         asyncio.run(streams())
         time.sleep(1.5)
+        asyncio.run(nudge_digits())
     headers = {"Authorization": f"Bearer {stack.api_key_file.read_text().strip()}"}
     refused = httpx.post(
         f"{stack.gateway.url}/v1/models/digits/predict", json={"pixels": "x"}, headers=headers
