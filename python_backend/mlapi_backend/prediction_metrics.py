@@ -109,6 +109,7 @@ class TritonPredictionMetrics:
         }
         self._metrics: dict[tuple[Any, ...], Any] = {}
         self._pending: dict[tuple[str, str, str, str], float] = {}
+        self._top1: dict[str, list[int]] = {}  # per version: images per top-1 bucket
         # Updates queued by the statistics thread for ``apply``: (family, labels, method,
         # value). deque's append and popleft are atomic, so the two threads need no lock.
         self._outbox: deque[tuple[str, dict[str, str], str, float]] = deque()
@@ -123,14 +124,13 @@ class TritonPredictionMetrics:
     def record_served(self, served: ServedImages) -> None:
         """Count one served request's predictions, scores and flags (sent at ``flush``)."""
         version = str(served.version)
-        counts = [0] * len(TOP1_LE)
+        # Per bucket, not cumulative: flush adds them up (13 additions a request fewer).
+        counts = self._top1.get(version)
+        if counts is None:
+            counts = self._top1[version] = [0] * len(TOP1_LE)
         for observation in served.observations:
             self._add(("predictions", version, "label", observation.predicted), 1)
             counts[bisect_left(TOP1_BUCKETS, observation.top1)] += 1  # first bucket it is <= of
-        total = 0
-        for le, count in zip(TOP1_LE, counts, strict=True):  # every bucket, zeros too
-            total += count
-            self._add(("top1", version, "le", le), total)
         flagged = sum(bool(reasons) for reasons in served.low_confidence)
         # Zero increments too, so that the series exist and rates read 0 rather than nothing.
         self._add(("flagged", version, "", ""), flagged)
@@ -167,6 +167,12 @@ class TritonPredictionMetrics:
         A Python-backend metric update is a message to the server process; per report rather
         than per request keeps the cost per image low.
         """
+        for version, counts in self._top1.items():
+            total = 0
+            for le, count in zip(TOP1_LE, counts, strict=True):  # every bucket, zeros too
+                total += count
+                self._add(("top1", version, "le", le), total)
+        self._top1 = {}
         pending, self._pending = self._pending, {}
         for (family, version, name, value), count in pending.items():
             if not count >= 0:  # never send a counter a negative or NaN step
