@@ -169,8 +169,8 @@ class TritonPredictionMetrics:
         """
         for version, counts in self._top1.items():
             total = 0
-            for le, count in zip(TOP1_LE, counts, strict=True):  # every bucket, zeros too
-                total += count
+            for le, images in zip(TOP1_LE, counts, strict=True):  # every bucket, zeros too
+                total += images
                 self._add(("top1", version, "le", le), total)
         self._top1 = {}
         pending, self._pending = self._pending, {}
