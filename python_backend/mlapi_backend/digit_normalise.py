@@ -8,7 +8,7 @@ The steps, each recorded in the metadata (docs/preprocessing.md explains them):
 3. ``illumination``: a paper-only box mean (normalised convolution with cumulative sums) is the
    lighting; subtracting it flattens gradients, shadows and vignettes;
 4. ``threshold``: Otsu on the flattened image, never below the paper noise (4 robust sigmas);
-5. ``components``: 8-connected labelling of the ink (runs joined by a union-find); the digit is the
+5. ``components``: 8-connected labelling of the ink (scipy.ndimage.label); the digit is the
    largest blob that does not touch the border plus the blobs near it; specks are dropped;
 6. ``crop`` and ``square_pad``: the kept ink's bounding box, centred on a square canvas;
 7. ``stroke``: the stroke width (2 x area / Crofton perimeter) is brought to STROKE_TARGET_PX by
@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage
 
 from mlapi_backend.image_ops import (
     histogram,
@@ -70,7 +71,7 @@ FRAME_SHARE = 0.9
 FRAME_FILL = 0.6
 MAX_INK_SHARE = 0.5
 MIN_BOX_WORK_PX = 8
-# Past this many ink runs the labelling would dominate the cost; such images are textures.
+# Past this many ink runs (row-wise) an image is a texture, flagged before labelling.
 MAX_RUNS = 6000
 
 STEP_NAMES = (
@@ -156,7 +157,9 @@ def stroke_width(mask: Mask) -> float:
     area = float(mask.sum())
     if area == 0.0:
         return 0.0
-    ink = pad_constant(mask, False)
+    # Only the ink's bounding box holds crossings: the counts are those of the whole mask.
+    rows_in, cols_in = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    ink = pad_constant(mask[rows_in[0] : rows_in[-1] + 1, cols_in[0] : cols_in[-1] + 1], False)
     rows = np.count_nonzero(ink[:, 1:] != ink[:, :-1])
     cols = np.count_nonzero(ink[1:, :] != ink[:-1, :])
     diag = np.count_nonzero(ink[1:, 1:] != ink[:-1, :-1])
@@ -193,9 +196,9 @@ def morph(mask: Mask, steps: int) -> Mask:
 
 @dataclass(frozen=True)
 class _Blobs:
-    """Per-component figures of an ink mask, from its runs."""
+    """Per-component figures of an ink mask; component k (0-based) is label k + 1."""
 
-    runs: NDArray[np.int64]  # (n, 4): row, start, end (exclusive), label
+    labels: NDArray[np.int32]  # the mask's label image, 0 off the ink
     area: Floats
     top: NDArray[np.int64]
     bottom: NDArray[np.int64]
@@ -204,71 +207,37 @@ class _Blobs:
     on_border: NDArray[np.bool_]
 
 
-def label_runs(mask: Mask) -> _Blobs:
-    """Label the 8-connected components of ``mask`` by joining overlapping runs of ink.
+# 8-connectivity for scipy.ndimage.label: diagonal neighbours join.
+_EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 
-    Runs of consecutive ink pixels in a row are found with numpy; runs in adjacent rows that touch
-    (diagonally included) are merged with a union-find, which costs O(runs), not O(pixels).
+
+def label_components(mask: Mask) -> _Blobs:
+    """Label the 8-connected components of ``mask`` (scipy.ndimage's compiled labelling).
+
+    Components are numbered in raster order of their first pixel. A mask with more than MAX_RUNS
+    runs of ink (row-wise) is a texture and flagged before any labelling.
     """
     height, width = mask.shape
-    framed = np.zeros((height, width + 2), dtype=np.int8)
-    framed[:, 1:-1] = mask
-    edges = np.diff(framed, axis=1)
-    run_rows, starts = np.nonzero(edges == 1)
-    _, ends = np.nonzero(edges == -1)
-    if len(starts) > MAX_RUNS:
-        raise _FlaggedError("too_many_blobs", runs=float(len(starts)), max_runs=float(MAX_RUNS))
-    parent = list(range(len(starts)))
-    # Python ints: the loop below indexes them one at a time, where numpy scalars cost ~5x more.
-    start_at, end_at = starts.tolist(), ends.tolist()
-
-    def find(node: int) -> int:
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    row_first = np.searchsorted(run_rows, np.arange(height + 1)).tolist()
-    for row in range(height - 1):
-        i, i_end = row_first[row], row_first[row + 1]
-        j, j_end = i_end, row_first[row + 2]
-        while i < i_end and j < j_end:
-            # 8-connected: runs touch when they overlap or meet at a corner.
-            if start_at[i] <= end_at[j] and start_at[j] <= end_at[i]:
-                root_a, root_b = find(i), find(j)
-                if root_a != root_b:
-                    parent[max(root_a, root_b)] = min(root_a, root_b)
-            if end_at[i] < end_at[j]:
-                i += 1
-            else:
-                j += 1
-    roots = np.array([find(k) for k in range(len(starts))], dtype=np.int64)
-    labels = np.unique(roots, return_inverse=True)[1].reshape(-1).astype(np.int64)
-    count = int(labels.max()) + 1 if len(labels) else 0
-    runs = np.stack([run_rows, starts, ends, labels], axis=1).astype(np.int64)
-    area = np.bincount(labels, weights=(ends - starts), minlength=count).astype(np.float64)
+    runs = int(np.count_nonzero(mask[:, 1:] & ~mask[:, :-1])) + int(np.count_nonzero(mask[:, 0]))
+    if runs > MAX_RUNS:
+        raise _FlaggedError("too_many_blobs", runs=float(runs), max_runs=float(MAX_RUNS))
+    labels, count = ndimage.label(mask, structure=_EIGHT_NEIGHBOURS)
+    area = np.bincount(labels.reshape(-1), minlength=count + 1)[1:].astype(np.float64)
+    # Boxes from the ink pixels' coordinates (ndimage.find_objects took 4 ms for 1,200 labels).
+    flat = labels.reshape(-1)
+    index = np.flatnonzero(flat)
+    label = flat[index] - 1
+    rows, cols = np.divmod(index, width)
     top = np.full(count, height, dtype=np.int64)
     bottom = np.full(count, -1, dtype=np.int64)
     left = np.full(count, width, dtype=np.int64)
     right = np.full(count, -1, dtype=np.int64)
-    np.minimum.at(top, labels, run_rows)
-    np.maximum.at(bottom, labels, run_rows)
-    np.minimum.at(left, labels, starts)
-    np.maximum.at(right, labels, ends - 1)
+    np.minimum.at(top, label, rows)
+    np.maximum.at(bottom, label, rows)
+    np.minimum.at(left, label, cols)
+    np.maximum.at(right, label, cols)
     on_border = (top == 0) | (bottom == height - 1) | (left == 0) | (right == width - 1)
-    return _Blobs(runs, area, top, bottom, left, right, on_border)
-
-
-def paint_runs(runs: NDArray[np.int64], keep: NDArray[np.bool_], shape: tuple[int, int]) -> Mask:
-    """Paint the runs whose label is in ``keep`` (a boolean per label) into a mask."""
-    chosen = runs[keep[runs[:, 3]]]
-    delta = np.zeros((shape[0], shape[1] + 1), dtype=np.int32)
-    # Runs of one row are apart (a run ends before the next one's start), so no two marks share
-    # a cell and plain assignment does what np.add.at would.
-    delta[chosen[:, 0], chosen[:, 1]] = 1
-    delta[chosen[:, 0], chosen[:, 2]] = -1
-    painted: Mask = np.cumsum(delta, axis=1)[:, :-1] > 0
-    return painted
+    return _Blobs(labels, area, top, bottom, left, right, on_border)
 
 
 def _work_image(image: NDArray[np.uint8]) -> tuple[Floats, dict[str, Any]]:
@@ -389,7 +358,7 @@ def _box_gap(blobs: _Blobs, index: NDArray[np.int64], main: int) -> NDArray[np.i
 def _select(mask: Mask) -> tuple[Mask, dict[str, Any]]:
     """Keep the digit's components: the main blob plus blobs near it; flag what is not a digit."""
     height, width = mask.shape
-    blobs = label_runs(mask)
+    blobs = label_components(mask)
     min_area = max(4.0, SPECK_SHARE * height * width)
     candidates = np.nonzero(blobs.area >= min_area)[0]
     if len(candidates) == 0:
@@ -438,7 +407,8 @@ def _select(mask: Mask) -> tuple[Mask, dict[str, Any]]:
         raise _FlaggedError(
             "too_small", box_px=float(max(box_h, box_w)), min_box_px=MIN_BOX_WORK_PX
         )
-    digit = paint_runs(blobs.runs, keep, (height, width))[top : bottom + 1, left : right + 1]
+    keep_label = np.concatenate(([False], keep))  # label 0 is paper
+    digit = keep_label[blobs.labels[top : bottom + 1, left : right + 1]]
     return digit, step | {"box": [top, left, box_h, box_w]}
 
 
@@ -502,9 +472,12 @@ def _fit_and_centre(shape: Mask) -> tuple[NDArray[np.float32], dict[str, Any], d
     frame = OUTPUT_PX * UPSAMPLE
     centre = (frame - 1) / 2.0
     y0, x0 = round(centre - com_y), round(centre - com_x)
-    canvas = np.zeros((frame + 2 * fine, frame + 2 * fine))
-    canvas[fine + y0 : fine + y0 + size_h, fine + x0 : fine + x0 + size_w] = patch
-    inside = canvas[fine : fine + frame, fine : fine + frame]
+    # The patch placed at (y0, x0) in the frame; what falls outside it is clipped.
+    inside = np.zeros((frame, frame))
+    top, left = max(0, y0), max(0, x0)
+    bottom, right = min(frame, y0 + size_h), min(frame, x0 + size_w)
+    if bottom > top and right > left:
+        inside[top:bottom, left:right] = patch[top - y0 : bottom - y0, left - x0 : right - x0]
     clipped = 1.0 - float(inside.sum()) / float(mass)
     out = inside.reshape(OUTPUT_PX, UPSAMPLE, OUTPUT_PX, UPSAMPLE).mean(axis=(1, 3))
     centre_step = {

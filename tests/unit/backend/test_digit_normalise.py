@@ -10,9 +10,10 @@ from sklearn.datasets import load_digits
 
 from mlapi_backend.digit_normalise import (
     BOX_PX,
+    MAX_RUNS,
     OUTPUT_PX,
     STEP_NAMES,
-    label_runs,
+    label_components,
     morph,
     normalise_digit,
     otsu_threshold,
@@ -352,28 +353,62 @@ def test_hostile_content_is_flagged_or_normalised_never_a_crash(image):
     assert result.pixels.shape == (OUTPUT_PX, OUTPUT_PX) and np.isfinite(result.pixels).all()
 
 
-def test_label_runs_matches_a_flood_fill_oracle():
-    rng = np.random.default_rng(2)
-    mask = rng.random((40, 50)) < 0.35
-    blobs = label_runs(mask)
-    # Oracle: breadth-first flood fill over 8-neighbours.
+def _flood_fill(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+    """Oracle: breadth-first flood fill over 8-neighbours, components in raster order of their
+    first pixel, each as (area, top, bottom, left, right)."""
+    height, width = mask.shape
     seen = np.zeros_like(mask)
-    sizes = []
+    found = []
     for start in zip(*np.nonzero(mask), strict=True):
         if seen[start]:
             continue
         seen[start] = True
-        queue, size = [start], 0
+        queue, pixels = [start], []
         while queue:
             y, x = queue.pop()
-            size += 1
-            for ny in range(max(0, y - 1), min(40, y + 2)):
-                for nx in range(max(0, x - 1), min(50, x + 2)):
+            pixels.append((y, x))
+            for ny in range(max(0, y - 1), min(height, y + 2)):
+                for nx in range(max(0, x - 1), min(width, x + 2)):
                     if mask[ny, nx] and not seen[ny, nx]:
                         seen[ny, nx] = True
                         queue.append((ny, nx))
-        sizes.append(size)
-    assert sorted(blobs.area.astype(int).tolist()) == sorted(sizes)
+        ys, xs = zip(*pixels, strict=True)
+        found.append((len(pixels), min(ys), max(ys), min(xs), max(xs)))
+    return found
+
+
+@pytest.mark.parametrize("density", [0.05, 0.35, 0.6])
+def test_label_components_matches_a_flood_fill_oracle(density):
+    rng = np.random.default_rng(2)
+    mask = rng.random((40, 50)) < density
+    blobs = label_components(mask)
+    got = list(
+        zip(
+            blobs.area.astype(int).tolist(),
+            blobs.top.tolist(),
+            blobs.bottom.tolist(),
+            blobs.left.tolist(),
+            blobs.right.tolist(),
+            strict=True,
+        )
+    )
+    # Same components, same order (the digit's choice breaks ties by that order).
+    assert got == _flood_fill(mask)
+    expected_border = [t == 0 or b == 39 or left == 0 or r == 49 for _, t, b, left, r in got]
+    assert blobs.on_border.tolist() == expected_border
+    for k, (area, *_box) in enumerate(got):
+        assert int((blobs.labels == k + 1).sum()) == area
+
+
+def test_a_mask_of_too_many_runs_is_flagged_before_labelling():
+    mask = np.zeros((128, 128), dtype=bool)
+    mask[:, ::2] = True  # 64 runs in each of 128 rows
+    assert MAX_RUNS < 64 * 128
+    with pytest.raises(Exception) as raised:
+        label_components(mask)
+    assert raised.value.reason == "too_many_blobs"
+    assert raised.value.figures["runs"] == 64 * 128
+    assert label_components(mask[:, :90]).area.size == 45  # 45 x 128 runs: labelled
 
 
 def test_stroke_width_estimate_is_isotropic():
