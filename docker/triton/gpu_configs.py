@@ -23,9 +23,14 @@ INSTANCE_GROUP = re.compile(r"instance_group\s*\[(?P<body>.*?)\]", re.S)
 CPU_KIND = re.compile(r"\bkind:\s*KIND_CPU\b")
 TENSORRT = """
 # Added by docker/triton/gpu_configs.py --tensorrt=on: ONNX Runtime's TensorRT execution
-# provider builds an engine per input shape at first use (slow first requests).
+# provider builds an engine per input shape at first use (slow first requests), in FP16 with
+# up to 1 GiB of builder workspace (onnxruntime_backend's accelerator parameters).
 optimization { execution_accelerators {
-  gpu_execution_accelerator : [ { name : "tensorrt" } ]
+  gpu_execution_accelerator : [ {
+    name : "tensorrt"
+    parameters { key: "precision_mode" value: "FP16" }
+    parameters { key: "max_workspace_size_bytes" value: "1073741824" }
+  } ]
 } }
 """
 

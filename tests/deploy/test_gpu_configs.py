@@ -87,7 +87,15 @@ def test_tensorrt_is_an_opt_in_gpu_accelerator(repository: Path) -> None:
     for model in ONNX_MODELS:
         after = _config(repository, model)
         accelerators = after["optimization"]["execution_accelerators"]
-        assert accelerators["gpu_execution_accelerator"] == [{"name": "tensorrt"}]
+        assert accelerators["gpu_execution_accelerator"] == [
+            {
+                "name": "tensorrt",
+                "parameters": {
+                    "precision_mode": "FP16",
+                    "max_workspace_size_bytes": "1073741824",
+                },
+            }
+        ]
         assert after["instance_group"][0]["kind"] == "KIND_GPU"
     for model in PYTHON_MODELS:
         assert "optimization" not in _config(repository, model)
