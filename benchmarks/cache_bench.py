@@ -1,10 +1,15 @@
 """The caches' speed and text_embedder's batching, measured interleaved in one run.
 
     .venv/bin/python benchmarks/cache_bench.py [--rounds 30] [--window-s 5]
+                                               [--wrk-rounds 3] [--wrk-window-s 5]
 
 Starts its own tritonserver (free ports) and one gateway process (open auth, exact cache on
 digits and text_embedder, semantic cache on text_generator), then:
 
+- exact, with wrk (C, one connection; benchmarks/cache_wrk.lua): alternating windows of
+  digits bodies never sent before (misses) and of one body sent again (hits), each window's
+  outcomes checked against the gateway's cache counters. The latency a caller sees without the
+  Python client's own time in it;
 - exact: per round a digits request never sent before (a miss) and the same again (a hit), at
   the gateway; the same for text_embedder; and GET /healthz, the gateway's own round trip;
 - semantic: per round a 64-token temperature-0 generation of a new prompt (a miss) and of a
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -163,6 +169,62 @@ def ratios(url: str, rounds: int) -> dict[str, Any]:
     return out
 
 
+WRK_LUA = Path(__file__).with_name("cache_wrk.lua")
+
+
+def _exact_counts(client: httpx.Client) -> dict[str, float]:
+    """The gateway's exact-cache outcomes of digits so far, from its /metrics."""
+    counts = {"hit": 0.0, "miss": 0.0}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('mlapi_gateway_exact_cache_requests_total{model="digits"'):
+            for outcome in counts:
+                if f'outcome="{outcome}"' in line:
+                    counts[outcome] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def wrk_digits(url: str, rounds: int, window_s: int) -> dict[str, Any] | None:
+    """digits hits and misses at the gateway from wrk (C, one connection): p50s and ratio.
+
+    Misses are bodies never sent before (four pixels from a counter), hits one body sent
+    again; each window's outcomes are checked against the gateway's cache counters.
+    """
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (make system-deps): no wrk figures")
+        return None
+    pixels: list[list[Any]] = [[1] * 8 for _ in range(8)]
+    for n, (row, col) in enumerate(((2, 2), (3, 5), (5, 3), (6, 6))):  # the counter's pixels
+        pixels[row][col] = f"@{n}@"
+    template = json.dumps({"pixels": pixels})
+    for n in range(4):
+        template = template.replace(f'"@{n}@"', "%d")
+    windows: dict[str, list[dict[str, Any]]] = {"miss": [], "hit": []}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        client.post("/v1/models/digits/predict", json=json.loads(template % (0, 0, 0, 0)))
+        for n in range(rounds):
+            for mode in ("miss", "hit"):
+                before = _exact_counts(client)
+                env = {**os.environ, "WRK_CACHE_BODY": template, "WRK_CACHE_MODE": mode,
+                       "WRK_CACHE_SEED": str(1 + n * 8000)}  # fmt: skip
+                command = ["wrk", "-t1", "-c1", f"-d{window_s}s", "-s", str(WRK_LUA),
+                           url + "/v1/models/digits/predict"]  # fmt: skip
+                out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+                line = next(x for x in out.stdout.splitlines() if x.startswith("WRK_JSON "))
+                stats = json.loads(line[len("WRK_JSON ") :])
+                after = _exact_counts(client)
+                stats["cache_outcome_share"] = (after[mode] - before[mode]) / stats["requests"]
+                if stats["errors_status"] or stats["errors_socket"]:
+                    raise RuntimeError(f"wrk saw errors: {stats}")
+                windows[mode].append(stats)
+                share, outcome = stats["cache_outcome_share"], "hits" if mode == "hit" else "misses"
+                print(f"wrk {mode} window {n + 1}/{rounds}: p50 {stats['p50_us']} us, "
+                      f"{share:.1%} of them {outcome}", flush=True)  # fmt: skip
+    miss = statistics.median(w["p50_us"] for w in windows["miss"]) / 1e3
+    hit = statistics.median(w["p50_us"] for w in windows["hit"]) / 1e3
+    return {"miss_p50_ms": round(miss, 3), "hit_p50_ms": round(hit, 3),
+            "hit_over_miss": round(hit / miss, 4), "rounds": rounds, "windows": windows}  # fmt: skip
+
+
 def _texts(count: int) -> list[str]:
     words = [
         "the",
@@ -253,16 +315,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--window-s", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--wrk-rounds", type=int, default=3)
+    parser.add_argument("--wrk-window-s", type=int, default=5)
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir, stack(Path(workdir)) as (triton, url):
+        digits_wrk = wrk_digits(url, args.wrk_rounds, args.wrk_window_s)
         cache = ratios(url, args.rounds)
         embedder = embedder_throughput(triton, args.window_s, args.repeats)
     revision = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
     result = {"git_revision": revision, "settings": {k: str(v) for k, v in vars(args).items()},
-              "cpus": os.cpu_count(), "caches": cache, "text_embedder": embedder}  # fmt: skip
+              "cpus": os.cpu_count(), "caches": cache, "text_embedder": embedder,
+              "digits_wrk": digits_wrk}  # fmt: skip
     out = results_dir(args.output)
     (out / "cache_bench.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["| what | miss p50 ms | hit p50 ms | hit / miss |", "|---|---|---|---|"]
@@ -270,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in cache.items():
         lines.append(
             f"| {name} | {row['miss_p50_ms']} | {row['hit_p50_ms']} | {row['hit_over_miss']} |"
+        )
+    if digits_wrk is not None:
+        lines.append(
+            f"| digits, wrk (C client, 1 connection) | {digits_wrk['miss_p50_ms']} | "
+            f"{digits_wrk['hit_p50_ms']} | {digits_wrk['hit_over_miss']} |"
         )
     lines += ["", "| text_embedder | sentences/s |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in embedder.items()]
