@@ -81,7 +81,7 @@ clean: ## Remove built models and backends (keeps .venv)
 	rm -rf build $(REPO)/*/[0-9]*/*.onnx $(REPO)/*/[0-9]*/metrics.json
 
 # --- Benchmarks (benchmarks/, docs/benchmarks.md) ---
-.PHONY: bench bench-full perf-analyzer bench-tools
+.PHONY: bench bench-full perf-analyzer config-search bench-tools
 BENCH_ARGS ?=
 
 bench: models $(INSTALLED) ## Quick sweep (~75 s): uses Triton on TRITON_HTTP_PORT if ready, else starts one; prints the table
@@ -95,6 +95,9 @@ bench-full: models $(INSTALLED) ## Long sweep + batching study + harness capacit
 
 perf-analyzer: models $(INSTALLED) system-deps ## perf_analyzer sweeps of the public models over HTTP and gRPC, the harness beside it: CSV, table, PNG
 	$(BIN)/python -m mlapi_bench perf-analyzer --compare $(BENCH_ARGS)
+
+config-search: models $(INSTALLED) system-deps ## Measured search (~10 min) of instances, batch size, queue delay per model with perf_analyzer: CSV, frontier PNG, chosen config (--apply writes it)
+	$(BIN)/python -m mlapi_bench config-search $(BENCH_ARGS)
 
 .PHONY: bench-digits
 bench-digits: models backends system-deps ## wrk (~2.5 min): digits vs its classifier version direct at 1/16/64 connections; req/s, p50/p99, server CPU per request

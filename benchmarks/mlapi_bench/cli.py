@@ -6,6 +6,7 @@
     python -m mlapi_bench capacity           # how fast the harness itself can drive requests
     python -m mlapi_bench locust             # locust scenarios, headless, fixed duration
     python -m mlapi_bench perf-analyzer      # perf_analyzer sweeps (--compare: the harness too)
+    python -m mlapi_bench config-search      # measured search of batching/instance configs
 
 The server under test is the one at TRITON_HTTP_PORT/TRITON_GRPC_PORT (8000/8001) when it is
 ready, with the identity model loaded into it; otherwise the harness starts its own.
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
+from mlapi_bench.config_search_runs import ConfigSearchError, SearchSettings
 from mlapi_bench.measure import MeasurementError, Phases
 from mlapi_bench.perf_analyzer_runs import PerfAnalyzerError
 from mlapi_bench.report import results_dir
@@ -42,6 +44,24 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _words(text: str) -> tuple[str, ...]:
     return tuple(x for x in text.split(",") if x)
+
+
+def _search_settings(args: argparse.Namespace) -> SearchSettings:
+    from mlapi_bench.config_search import Grid
+
+    return SearchSettings(
+        models=args.models,
+        grid=Grid(
+            args.instances,
+            args.queue_delays_us,
+            tuple(tuple(int(x) for x in sizes.split(":")) for sizes in args.preferred),
+        ),
+        concurrency=args.concurrency,
+        measurement_ms=args.measurement_ms,
+        via=tuple((model, target) for model, _, target in (p.partition(":") for p in args.via)),
+        budget_ms=args.budget_ms,
+        apply=args.apply,
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -112,6 +132,29 @@ def parser() -> argparse.ArgumentParser:
     pa.add_argument("--measurement-ms", type=int, default=2000)
     pa.add_argument(
         "--compare", action="store_true", help="the harness on the same points, in the same run"
+    )
+
+    search = sub.add_parser(
+        "config-search",
+        parents=[common],
+        help="measured search of instance count, batch size and queue delay per model",
+    )
+    search.add_argument(
+        "--models", type=_words, default=("digits", "digits_classifier", "text_embedder_encoder")
+    )
+    search.add_argument("--instances", type=_ints, default=(1, 2))
+    search.add_argument("--queue-delays-us", type=_ints, default=(0, 100, 500, 2000))
+    search.add_argument(
+        "--preferred", type=_words, default=("4:8",), help="preferred size sets, e.g. 4:8,8:16"
+    )
+    search.add_argument("--concurrency", type=_ints, default=(1, 4, 16))
+    search.add_argument("--measurement-ms", type=int, default=1000)
+    search.add_argument(
+        "--via", type=_words, default=(), help="model:target, e.g. digits_classifier:digits"
+    )
+    search.add_argument("--budget-ms", type=float, default=0.0, help="p99 budget (0: per model)")
+    search.add_argument(
+        "--apply", action="store_true", help="write the chosen values to model_repository"
     )
 
     locust = sub.add_parser(
@@ -222,6 +265,10 @@ def _main(argv: list[str] | None) -> int:
                     ),
                     out,
                 )
+            elif args.command == "config-search":
+                from mlapi_bench.config_search_runs import run as run_config_search
+
+                summary = run_config_search(server, _search_settings(args), out)
             elif args.command == "locust":
                 from mlapi_bench.locust_run import LocustSettings, problems, run_locust
 
@@ -252,7 +299,7 @@ def _main(argv: list[str] | None) -> int:
                     CapacitySettings(args.concurrency, args.max_processes, phases, args.wrk),
                     out,
                 )
-    except (StackError, StudyError, MeasurementError, PerfAnalyzerError) as exc:
+    except (StackError, StudyError, MeasurementError, PerfAnalyzerError, ConfigSearchError) as exc:
         log.error("%s", exc)
         return 2
     print(summary)

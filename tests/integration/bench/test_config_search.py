@@ -1,0 +1,81 @@
+"""The config search against a real tritonserver on a tiny grid: every candidate is loaded and
+measured by perf_analyzer, the CSV and the chosen config are written, and the shipped config
+is served again afterwards. No timing is asserted: the machine is shared."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from tqdm import tqdm
+
+from mlapi_backend.model_config import read_pbtxt
+from mlapi_bench.config_search import Candidate, Grid
+from mlapi_bench.config_search_runs import ConfigSearchError, Searcher, SearchSettings, run
+from mlapi_bench.perf_analyzer_runs import PerfAnalyzerError, check
+from mlapi_bench.stack import Stack, control_client
+from mlapi_tools.local.triton_process import TritonServer
+from tests.conftest import MODEL_REPOSITORY
+
+try:
+    check()
+    MISSING = ""
+except PerfAnalyzerError as exc:
+    MISSING = str(exc)
+
+pytestmark = [
+    pytest.mark.skipif(bool(MISSING), reason=MISSING or "perf_analyzer runs"),
+    pytest.mark.timeout(600),
+]
+MODEL = "digits_classifier"
+
+
+def served(triton: TritonServer) -> dict:
+    with control_client(triton.http_url) as client:
+        return client.model_config(MODEL)
+
+
+def test_a_tiny_search_writes_its_table_and_choice(triton: TritonServer, tmp_path) -> None:
+    stack = Stack(triton.http_url, triton.grpc_url, started_here=False)
+    settings = SearchSettings(
+        models=(MODEL,),
+        # Two instances, as shipped: one instance behind a queue policy stalls (see the config).
+        grid=Grid((2,), (0, 100), preferred_batch_sizes=()),
+        concurrency=(1, 2),
+        measurement_ms=1000,
+        via=((MODEL, MODEL),),
+    )
+    summary = run(stack, settings, tmp_path)
+
+    with (tmp_path / "config_search.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    # Stage 1: both delays; stage 2: the winner at the other max_batch_size (64).
+    configs = {r["config"] for r in rows}
+    assert {"x2 mbs256 delay0us", "x2 mbs256 delay100us"} < configs and len(configs) == 3
+    assert any(r["max_batch_size"] == "64" and r["stage"] == "2" for r in rows)
+    assert sorted(int(r["level"]) for r in rows) == [1, 1, 1, 2, 2, 2]
+    for r in rows:
+        if r["status"] == "ok":
+            assert float(r["throughput_per_s"]) > 0
+            assert 0 < float(r["p50_us"]) <= float(r["p99_us"])
+    chosen = json.loads((tmp_path / "chosen.json").read_text())[MODEL]
+    assert chosen["config"] in configs and chosen["reason"]
+    assert {r["config"] for r in rows if r["chosen"] == "True"} == {chosen["config"]}
+    assert chosen["config"] in summary and (tmp_path / f"frontier_{MODEL}.png").stat().st_size
+    # The repository config is what the server serves again (stage 2 left mbs 64 loaded).
+    shipped = read_pbtxt(MODEL_REPOSITORY / MODEL / "config.pbtxt")
+    assert served(triton)["max_batch_size"] == shipped["max_batch_size"]
+
+
+def test_a_refused_candidate_names_the_model_and_config(triton: TritonServer, tmp_path) -> None:
+    stack = Stack(triton.http_url, triton.grpc_url, started_here=False)
+    searcher = Searcher(stack, SearchSettings(), tmp_path, tqdm(disable=True))
+    shipped = served(triton)
+    try:
+        # Triton refuses a preferred batch size above max_batch_size.
+        with pytest.raises(ConfigSearchError, match=r"digits_classifier refused x2 mbs8"):
+            searcher.load(MODEL, shipped, Candidate(2, 8, 0, (16,)))
+    finally:
+        searcher.restore(MODEL, MODEL_REPOSITORY / MODEL / "config.pbtxt")
+    assert served(triton)["max_batch_size"] == shipped["max_batch_size"]
