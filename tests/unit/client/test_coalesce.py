@@ -73,6 +73,26 @@ def call(coalescer: Coalescer, model: FakeModel, value: int, rid: str | None = N
     return coalescer.call(kind[0], kind[1], inputs, 5.0, rid, model.send)
 
 
+async def burst(
+    coalescer: Coalescer, model: FakeModel, values: list[int], ids: list[str] | None = None
+) -> list[Any]:
+    """One call of value 1 out, calls of ``values`` waiting behind it, then the model answers.
+
+    Returns every call's answer or exception, the first call's first.
+    """
+    model.gate.clear()
+    first = asyncio.create_task(call(coalescer, model, 1))
+    await asyncio.sleep(0)
+    names = ids or [None] * len(values)
+    waiting = [
+        asyncio.create_task(call(coalescer, model, v, n))
+        for v, n in zip(values, names, strict=True)
+    ]
+    await asyncio.sleep(0)
+    model.gate.set()
+    return list(await asyncio.gather(first, *waiting, return_exceptions=True))
+
+
 @synchronous
 async def test_a_lone_call_is_sent_at_once_with_its_own_id() -> None:
     coalescer, model = Coalescer(policy()), FakeModel()
@@ -137,13 +157,7 @@ def test_calls_of_different_kinds_never_share() -> None:
 @synchronous
 async def test_a_refused_row_fails_only_its_own_call() -> None:
     coalescer, model = Coalescer(policy()), FakeModel()
-    model.gate.clear()
-    first = asyncio.create_task(call(coalescer, model, 1))
-    await asyncio.sleep(0)
-    waiting = [asyncio.create_task(call(coalescer, model, v)) for v in (2, 13, 4)]
-    await asyncio.sleep(0)
-    model.gate.set()
-    results = await asyncio.gather(first, *waiting, return_exceptions=True)
+    results = await burst(coalescer, model, [2, 13, 4])
     assert [rows for rows, _ in model.requests] == [1, 3, 1, 1, 1]  # shared, then alone
     assert results[0]["sum"].tolist() == [[1]] and results[1]["sum"].tolist() == [[2]]
     assert isinstance(results[2], HttpStatusError) and results[2].status == 400
@@ -155,13 +169,7 @@ async def test_a_refused_row_fails_only_its_own_call() -> None:
 @synchronous
 async def test_a_server_failure_is_every_callers_and_not_sent_again(status: int) -> None:
     coalescer, model = Coalescer(policy()), FakeModel(HttpStatusError(status, "unavailable"))
-    model.gate.clear()
-    first = asyncio.create_task(call(coalescer, model, 1))
-    await asyncio.sleep(0)
-    waiting = [asyncio.create_task(call(coalescer, model, v)) for v in (13, 2)]
-    await asyncio.sleep(0)
-    model.gate.set()
-    results = await asyncio.gather(first, *waiting, return_exceptions=True)
+    results = await burst(coalescer, model, [13, 2])
     assert [rows for rows, _ in model.requests] == [1, 2]  # no retry alone
     for failure in results[1:]:
         assert isinstance(failure, HttpStatusError) and failure.status == status
@@ -217,13 +225,7 @@ async def test_a_response_without_a_row_per_call_is_a_server_error() -> None:
             return InferResponse("digits", "1", {"sum": answer["sum"][:1]})
 
     coalescer, model = Coalescer(policy()), Short()
-    model.gate.clear()
-    first = asyncio.create_task(call(coalescer, model, 1))
-    await asyncio.sleep(0)
-    waiting = [asyncio.create_task(call(coalescer, model, v)) for v in (2, 3)]
-    await asyncio.sleep(0)
-    model.gate.set()
-    results = await asyncio.gather(first, *waiting, return_exceptions=True)
+    results = await burst(coalescer, model, [2, 3])
     assert results[0]["sum"].tolist() == [[1]]
     assert all(isinstance(r, ServerError) and "not 2 rows" in str(r) for r in results[1:])
 
@@ -231,15 +233,7 @@ async def test_a_response_without_a_row_per_call_is_a_server_error() -> None:
 @synchronous
 async def test_a_long_list_of_ids_is_cut_and_counted() -> None:
     coalescer, model = Coalescer(policy(rows=64)), FakeModel()
-    model.gate.clear()
-    first = asyncio.create_task(call(coalescer, model, 1))
-    await asyncio.sleep(0)
-    waiting = [
-        asyncio.create_task(call(coalescer, model, 2, "x" * 100 + str(n))) for n in range(10)
-    ]
-    await asyncio.sleep(0)
-    model.gate.set()
-    await asyncio.gather(first, *waiting)
+    await burst(coalescer, model, [2] * 10, ["x" * 100 + str(n) for n in range(10)])
     joined = model.requests[1][1]
     assert joined is not None and len(joined) <= MAX_JOINED_ID_CHARS + 16
     assert joined.endswith(",+5 more") and joined.count("x" * 100) == 5
@@ -278,12 +272,6 @@ async def test_calls_that_fail_only_together_are_reported(caplog: pytest.LogCapt
             return await super().send(inputs, timeout_s, rid)
 
     coalescer, model = Coalescer(policy()), Alone()
-    model.gate.clear()
-    first = asyncio.create_task(call(coalescer, model, 1))
-    await asyncio.sleep(0)
-    waiting = [asyncio.create_task(call(coalescer, model, v)) for v in (2, 3)]
-    await asyncio.sleep(0)
-    model.gate.set()
-    answers = await asyncio.gather(first, *waiting)
+    answers = await burst(coalescer, model, [2, 3])
     assert [a["sum"].tolist() for a in answers] == [[[1]], [[2]], [[3]]]
     assert "failed together and succeeded alone" in caplog.text
