@@ -286,8 +286,9 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             ),
             Panel(
                 "Cost",
-                "Estimated serving cost in USD per hour by version, and per 1000 images "
-                "(measured compute time x the server's CPU per compute second x prices).",
+                "Estimated serving cost in USD per hour by version, per 1000 images, and per "
+                "API key at the gateway (measured compute time x the server's CPU per compute "
+                "second x prices).",
                 "currencyUSD",
                 (
                     (
@@ -299,6 +300,10 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                         " / clamp_min(sum by (model, version) "
                         f"(rate(mlapi_predictions_total[{RATE}])), 1e-9)",
                         "{{model}} v{{version}} per 1000 images",
+                    ),
+                    (
+                        f"sum by (model, key) (rate(mlapi_gateway_cost_usd_total[{RATE}])) * 3600",
+                        "{{model}} key {{key}} per hour (gateway)",
                     ),
                 ),
             ),
