@@ -5,9 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 REPO := model_repository
-CLASSIFIER_FILES := $(REPO)/digits_classifier/1/model.onnx $(REPO)/digits_classifier/2/model.onnx $(REPO)/digits_classifier/3/model.onnx
+CLASSIFIER_FILES := $(REPO)/digits_classifier/1/model.onnx $(REPO)/digits_classifier/2/model.onnx $(REPO)/digits_classifier/3/model.onnx \
+	$(REPO)/digits_classifier/4/model.onnx $(REPO)/digits_classifier/5/model.onnx
 BUILD_SOURCES := $(addprefix tools/mlapi_tools/build/,digits_data.py digits_models.py __main__.py \
-	digits_cnn.py digits_v3_data.py v3_calibration.py augment.py handwriting.py not_digits.py fonts.py) \
+	digits_cnn.py digits_v3_data.py v3_calibration.py augment.py handwriting.py not_digits.py fonts.py quantize.py) \
 	python_backend/mlapi_backend/preprocessing.py python_backend/mlapi_backend/digit_normalise.py \
 	python_backend/mlapi_backend/image_ops.py
 # Typed digits and glyphs for classifier version 3 (mlapi_tools.build.fonts lists the same
@@ -145,3 +146,13 @@ bench-gateway: models $(INSTALLED) system-deps ## wrk: gateway (auth, validation
 -include deploy/chart.mk
 -include tools/eval.mk
 -include tools/embedder.mk
+
+# INT8 graphs of the text encoder (mlapi_tools.build.quantize, dynamic and static QDQ), for the
+# in-process comparison only: under build/quantized, not served. After the include above, which
+# defines EMBEDDER_FILES.
+ENCODER_INT8_FILES := $(addprefix build/quantized/text_embedder_encoder/,dynamic/model.onnx static/model.onnx)
+$(ENCODER_INT8_FILES) &: $(EMBEDDER_FILES) tools/mlapi_tools/build/quantize.py | $(INSTALLED)
+	$(BIN)/python -m mlapi_tools.build.quantize --only encoder --repository $(REPO)
+	@touch $(ENCODER_INT8_FILES)
+
+models: $(ENCODER_INT8_FILES)

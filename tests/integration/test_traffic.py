@@ -194,7 +194,7 @@ def _load_digits_with_policy(server: TritonServer, policy: dict) -> None:
     ("policy", "fragment"),
     [
         ({"weights": {"9": 100}}, f"version(s) [9], which are not live; live versions: {SERVED}"),
-        ({"weights": {"2": 100}, "shadow": 4}, "version(s) [4], which are not live"),
+        ({"weights": {"2": 100}, "shadow": 7}, "version(s) [7], which are not live"),
         ({"weights": {"1": 60, "2": 30}}, "must sum to 100, got 90"),
         ({"weights": {"1": 0}}, "must sum to 100, got 0"),
     ],

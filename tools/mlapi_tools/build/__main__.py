@@ -1,6 +1,7 @@
 """`python -m mlapi_tools.build [--repository DIR] [--only digits|text]`: build the default models.
 
-``digits`` is digits_classifier versions 1 and 2 (digits_models) and 3 (digits_cnn).
+``digits`` is digits_classifier versions 1 and 2 (digits_models) and 3 (digits_cnn), and their
+INT8 versions 4 and 5 (quantize).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from mlapi_tools.build import digits_cnn, digits_models, drift_profiles, text_lm
+from mlapi_tools.build import digits_cnn, digits_models, drift_profiles, quantize, text_lm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "digits"):
         digits_models.build(args.repository)
         digits_cnn.build(args.repository)
+        quantize.build_digits(args.repository)  # INT8 versions 4 and 5 of versions 2 and 3
         drift_profiles.write_profiles(args.repository)  # drift references of the built versions
     if args.only in (None, "text"):
         text_lm.build(args.repository)
