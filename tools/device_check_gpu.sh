@@ -26,7 +26,8 @@ if [ ! -x "$PYTHON" ]; then
   echo "device_check_gpu: $PYTHON is missing: run \`make install\` (or set PYTHON)" >&2
   exit 1
 fi
-"$PYTHON" -m pip install --quiet "${TENSORRT_WHEEL:-tensorrt-cu12==10.5.0}" nvidia-cuda-runtime-cu12
+# The pins of pyproject.toml's tensorrt extra (TENSORRT_WHEEL overrides the TensorRT one).
+"$PYTHON" -m pip install --quiet "${TENSORRT_WHEEL:-tensorrt-cu12==10.5.0}" "nvidia-cuda-runtime-cu12>=12.0,<13"
 "$PYTHON" -c 'import tensorrt; print("tensorrt", tensorrt.__version__)'
 
 "$PYTHON" -m mlapi_tools.tensorrt_plans build --require --out "$OUT"
