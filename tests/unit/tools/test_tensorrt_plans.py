@@ -52,7 +52,7 @@ def test_plan_configs_match_the_served_onnx_configs(written: Path, model: str) -
         assert _dims(plan, section) == expected
 
 
-def test_profiles_span_batch_and_lengths_of_the_real_files() -> None:
+def test_profiles_span_batch_and_lengths_of_the_real_files(written: Path) -> None:
     encoder = plans.plan_spec(REPOSITORY, "text_embedder_encoder")
     assert encoder["profiles"]["input_ids"] == ((1, 1), (16, 32), (64, 256))
     digits = plans.plan_spec(REPOSITORY, "digits_classifier")
@@ -66,7 +66,7 @@ def test_a_dimension_without_a_range_is_refused() -> None:
         plans.profile(plans.Tensor("x", "TYPE_FP32", ("width",)), 8)
 
 
-def test_sample_feeds_fit_the_profiles() -> None:
+def test_sample_feeds_fit_the_profiles(written: Path) -> None:
     spec = plans.plan_spec(REPOSITORY, "text_prefill")
     feeds = plans.sample_feeds(spec, 4)
     assert feeds["tokens"].shape == (4, 64) and (feeds["lengths"] == 64).all()
