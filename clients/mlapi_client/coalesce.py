@@ -102,7 +102,7 @@ class Coalescer:
         if model not in self.policy.models or not inputs:
             return None
         rows = None
-        signature = []
+        signature: list[tuple[Any, ...]] = []
         for name in sorted(inputs):
             array = inputs[name]
             if array.ndim < 1 or (rows is not None and array.shape[0] != rows):
