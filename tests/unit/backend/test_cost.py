@@ -91,15 +91,15 @@ def test_a_process_leaving_the_tree_restarts_the_rate_instead_of_going_negative(
     readings = iter([(10.0, 0.1), (12.0, 0.1), (4.0, 0.1), (5.0, 0.1)])
     import mlapi_backend.cost as cost
 
-    original = cost.tree_usage
-    cost.tree_usage = lambda pid: next(readings)
+    original = cost.usage_of
+    cost.usage_of = lambda pids: (*next(readings), True)
     try:
         for second in range(4):
             meter.record(1.0)
             meter.update(now=second)
             assert meter.cpu_per_compute_s >= 0
     finally:
-        cost.tree_usage = original
+        cost.usage_of = original
     assert meter.cpu_per_compute_s == pytest.approx(1.0)  # (5 - 4) CPU-s over 1 compute-s
 
 
@@ -121,3 +121,30 @@ def test_gpu_time_is_priced_per_gpu_hour_and_is_zero_on_cpu_instances(tmp_path: 
     assert [c["gpu_s"] for c in cpu_costs] == [0, 0] and [c["usd"] for c in cpu_costs] == [0, 0]
     assert [c["gpu_s"] for c in gpu_costs] == [0.05, 0.05]
     assert sum(c["usd"] for c in gpu_costs) == pytest.approx(0.1 * 7200 / 3600)
+
+
+def test_the_tree_is_walked_again_only_after_a_while_or_once_a_process_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlapi_backend.cost as cost
+
+    walks: list[float] = []
+    gone = [False]
+
+    def walk(root: int) -> list[int]:
+        walks.append(root)
+        return [root]
+
+    monkeypatch.setattr(cost, "tree_pids", walk)
+    monkeypatch.setattr(cost, "usage_of", lambda pids: (1.0, 0.1, not gone[0]))
+    meter = CostMeter(Prices(), os.getpid(), "x", ledger_dir=tmp_path)
+    for second in range(int(cost.TREE_REFRESH_S)):  # one walk, then the known processes
+        meter.update(now=float(second))
+    assert len(walks) == 1
+    meter.update(now=cost.TREE_REFRESH_S)  # refreshed after TREE_REFRESH_S
+    assert len(walks) == 2
+    gone[0] = True
+    meter.update(now=cost.TREE_REFRESH_S + 1)  # a process vanished in this reading...
+    gone[0] = False
+    meter.update(now=cost.TREE_REFRESH_S + 2)  # ...so the next one walks the tree again
+    assert len(walks) == 3
