@@ -357,6 +357,9 @@ class DigitsPipeline:
         if shadow is not None:
             records.append(([index for index, _ in members], shadow))
         outcomes: list[tuple[int, Outputs | Exception]] = []
+        # One route update per reason for the group (each is a message to the server), naming
+        # every request it counts.
+        routed: dict[str, tuple[list[int], list[int]]] = {}
         offset = 0
         for index, request in members:
             count = request.count
@@ -364,13 +367,15 @@ class DigitsPipeline:
                 outcome: Outputs | Exception = self.respond(
                     request, probabilities[offset : offset + count]
                 )
-                records.append(
-                    ([index], partial(backend.record_routes, version, request.route.reason, count))
-                )
+                indexes, counts = routed.setdefault(request.route.reason, ([], []))
+                indexes.append(index)
+                counts.append(count)
             except Exception as exc:  # a bug in one request's answer fails that request only
                 outcome = exc
             outcomes.append((index, outcome))
             offset += count
+        for reason, (indexes, counts) in routed.items():
+            records.append((indexes, partial(backend.record_routes, version, reason, sum(counts))))
         return outcomes
 
     def _version_unavailable(

@@ -116,7 +116,7 @@ def test_one_classifier_call_per_version_for_a_whole_batch(pipeline):
     ]
     results = pipeline.run(parsed, backend)
     assert backend.calls == [(pipeline.settings.default_version, (3, 64))]
-    assert backend.routes == [(2, "default", 1), (2, "default", 2)]
+    assert backend.routes == [(2, "default", 3)]  # one update per reason: 1 + 2 images
     assert results[1]["labels"].shape == (2, 3)
     assert results[0]["labels"][0].tolist() == [b"7", b"0", b"1"]
     meta = json.loads(results[0]["metadata"][0, 0])
@@ -475,7 +475,7 @@ def test_a_bug_building_one_answer_fails_only_that_request(pipeline, monkeypatch
     assert isinstance(failed, KeyError)
     assert first["labels"][0, 0] == b"7" and last["labels"][0, 0] == b"7"
     assert len(backend.calls) == 1  # one classifier call for the three requests
-    assert [count for _, _, count in backend.routes] == [1, 1]
+    assert [count for _, _, count in backend.routes] == [2]  # the two answered, in one update
 
 
 class _BrokenReadiness(FakeBackend):
@@ -540,4 +540,14 @@ def test_a_failing_metric_update_fails_the_requests_it_counts():
     parsed = [pipeline.parse(_image(), None), pipeline.parse(_image(), None)]
     results = pipeline.run(parsed, backend)
     assert all(isinstance(r, ValueError) for r in results)
-    assert backend.routes == [(1, "default", 1), (1, "default", 1)]
+    assert backend.routes == [(1, "default", 2)]
+
+
+def test_a_failing_route_update_fails_every_request_it_counts(pipeline):
+    class BrokenRouteMetric(FakeBackend):
+        def record_routes(self, version, reason, count):
+            raise ValueError("metric family gone")
+
+    parsed = [pipeline.parse(_image(), None), pipeline.parse(_image(), None)]
+    results = pipeline.run(parsed, BrokenRouteMetric())
+    assert len(results) == 2 and all(isinstance(r, ValueError) for r in results)
