@@ -44,6 +44,7 @@ import numpy as np
 import tritonclient.http as httpclient
 
 from mlapi_bench.report import results_dir
+from mlapi_bench.threaded import run_threads
 from mlapi_client import access
 from mlapi_tools.local.triton_process import Ports, TritonServer
 from mlapi_tools.semantic_pairs.embedding import LocalEmbedder
@@ -275,13 +276,7 @@ def embedder_throughput(triton: TritonServer, window_s: float, repeats: int) -> 
                     latencies.append(time.perf_counter() - start)
             client.close()
 
-        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-        began = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return done[0] / (time.monotonic() - began), statistics.median(latencies) * 1e3
+        return done[0] / run_threads(worker, concurrency), statistics.median(latencies) * 1e3
 
     window(4)  # warm
     rows: dict[int, list[tuple[float, float]]] = {1: [], 16: []}

@@ -34,6 +34,7 @@ from cache_bench import _texts
 from tritonclient.utils import InferenceServerException
 
 from mlapi_bench.report import results_dir
+from mlapi_bench.threaded import run_threads
 from mlapi_client import access
 from mlapi_tools.local.triton_process import Ports, TritonServer
 from mlapi_tools.semantic_pairs.embedding import LocalEmbedder
@@ -121,13 +122,7 @@ def _window(url: str, texts: list[str], concurrency: int, window_s: float) -> tu
                 latencies.append(time.perf_counter() - start)
         client.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    began = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - began
+    elapsed = run_threads(worker, concurrency)
     p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
     return len(latencies) / elapsed, float(p50), float(p99), shed[0]
 

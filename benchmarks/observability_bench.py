@@ -33,6 +33,7 @@ import tritonclient.grpc as grpcclient
 
 from mlapi_backend.cost import tree_usage
 from mlapi_bench.report import results_dir
+from mlapi_bench.threaded import run_threads
 from mlapi_client import access
 from mlapi_gateway.metrics import count_cost
 from mlapi_tools.build.digits_data import load_split
@@ -86,14 +87,8 @@ def _window(
                 latencies.append(time.perf_counter() - start)
         client.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     cpu_before = tree_usage(pid)[0]
-    began = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - began
+    elapsed = run_threads(worker, concurrency)
     cpu = tree_usage(pid)[0] - cpu_before
     p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
     return {

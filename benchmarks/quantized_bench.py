@@ -28,6 +28,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from mlapi_bench.report import results_dir
+from mlapi_bench.threaded import run_threads
 from mlapi_client import access
 from mlapi_tools.build.quantize import OUT, session
 from mlapi_tools.local.triton_process import Ports, TritonServer
@@ -97,13 +98,8 @@ def _window(url: str, version: int, concurrency: int, window_s: float) -> tuple[
                 latencies.append(time.perf_counter() - start)
         client.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    began = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return len(latencies) / (time.monotonic() - began), statistics.median(latencies) * 1e3
+    elapsed = run_threads(worker, concurrency)
+    return len(latencies) / elapsed, statistics.median(latencies) * 1e3
 
 
 def served(window_s: float, repeats: int) -> dict[str, dict[str, float]]:
