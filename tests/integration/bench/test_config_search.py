@@ -11,10 +11,10 @@ import pytest
 from tqdm import tqdm
 
 from mlapi_backend.model_config import read_pbtxt
-from mlapi_bench.config_search import Candidate, Grid
+from mlapi_bench.config_search import Candidate, Grid, shipped_candidate
 from mlapi_bench.config_search_runs import ConfigSearchError, Searcher, SearchSettings, run
 from mlapi_bench.perf_analyzer_runs import PerfAnalyzerError, check
-from mlapi_bench.stack import Stack, control_client
+from mlapi_bench.stack import Stack, config_dict, control_client
 from mlapi_tools.local.triton_process import TritonServer
 from tests.conftest import MODEL_REPOSITORY
 
@@ -50,11 +50,15 @@ def test_a_tiny_search_writes_its_table_and_choice(triton: TritonServer, tmp_pat
 
     with (tmp_path / "config_search.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    # Stage 1: both delays; stage 2: the winner at the other max_batch_size (64).
-    configs = {r["config"] for r in rows}
-    assert {"x2 mbs256 delay0us", "x2 mbs256 delay100us"} < configs and len(configs) == 3
+    # Stage 1: both delays and the shipped config (one of them, or one more); stage 2: the
+    # winner with the other max_batch_size (64).
+    shipped_label = shipped_candidate(config_dict(MODEL_REPOSITORY / MODEL / "config.pbtxt")).label
+    grid_labels = {"x2 mbs256 delay0us", "x2 mbs256 delay100us"}
+    assert {r["config"] for r in rows if r["stage"] == "1"} == grid_labels | {shipped_label}
     assert any(r["max_batch_size"] == "64" and r["stage"] == "2" for r in rows)
-    assert sorted(int(r["level"]) for r in rows) == [1, 1, 1, 2, 2, 2]
+    configs = {r["config"] for r in rows}
+    for config in configs:  # every config at both levels
+        assert sorted(int(r["level"]) for r in rows if r["config"] == config) == [1, 2], config
     for r in rows:
         if r["status"] == "ok":
             assert float(r["throughput_per_s"]) > 0
