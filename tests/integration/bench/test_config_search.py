@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 
 import pytest
 from tqdm import tqdm
@@ -16,7 +17,7 @@ from mlapi_bench.config_search_runs import ConfigSearchError, Searcher, SearchSe
 from mlapi_bench.perf_analyzer_runs import PerfAnalyzerError, check
 from mlapi_bench.stack import Stack, config_dict, control_client
 from mlapi_tools.local.triton_process import TritonServer
-from tests.conftest import MODEL_REPOSITORY
+from tests.conftest import MODEL_REPOSITORY, own_triton
 
 try:
     check()
@@ -29,6 +30,15 @@ pytestmark = [
     pytest.mark.timeout(600),
 ]
 MODEL = "digits_classifier"
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """A server of this module's own: the search reloads digits_classifier many times, and
+    the session's server must not inherit what that leaves (a later interrupted sweep then
+    could not unload its identity model within its minute)."""
+    with own_triton(tmp_path_factory.mktemp("config-search")) as server:
+        yield server
 
 
 def served(triton: TritonServer) -> dict:
